@@ -1,0 +1,143 @@
+"""A consumer-group reader that decodes as it reads and sends anything undecodable to the dead-letter topic.
+
+Delivery is at-least-once: offsets of a batch are stored (and then auto-committed) when the *next* batch is asked
+for, i.e. after the caller has handled it. A record that cannot be decoded never stops the consumer: it goes to the
+dead-letter topic unchanged, with the reason in ``esper.dlq.*`` headers, and reading goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from streams.exceptions import DecodeError, EsperError
+from streams.publisher import LogRecord, Publisher
+from streams.serde import Decoded, Serde
+from streams.topics import TOPICS, TopicRegistry
+
+__all__ = ["ConsumedEvent", "DeadLetterSink", "EventConsumer", "DLQ_HEADERS"]
+
+DLQ_HEADERS = ("esper.dlq.reason", "esper.dlq.detail", "esper.dlq.source", "esper.dlq.consumer", "esper.dlq.at")
+
+
+@dataclass(frozen=True)
+class ConsumedEvent:
+    record: LogRecord
+    decoded: Decoded
+
+    @property
+    def name(self) -> str:
+        return self.decoded.name
+
+
+class DeadLetterSink:
+    """Writes a record that could not be decoded or applied to the dead-letter topic, raw, with the reason."""
+
+    def __init__(self, publisher: Publisher, consumer_name: str):
+        self.publisher = publisher
+        self.consumer_name = consumer_name
+        self.sent = 0
+
+    def send(self, record: LogRecord, reason: str, detail: str) -> None:
+        headers = list(record.headers) + [
+            ("esper.dlq.reason", reason.encode()),
+            ("esper.dlq.detail", detail.encode()[:4000]),
+            ("esper.dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            ("esper.dlq.consumer", self.consumer_name.encode()),
+            ("esper.dlq.at", str(int(time.time() * 1000)).encode()),
+        ]
+        self.publisher.publish_raw(self.publisher.registry.deadletter, record.value, record.key, headers)
+        self.sent += 1
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Iterable[str],
+        group_id: str,
+        serde: Serde,
+        deadletter: DeadLetterSink,
+        registry: TopicRegistry = TOPICS,
+        from_beginning: bool = True,
+        **overrides,
+    ):
+        from confluent_kafka import Consumer
+
+        self.topics = list(topics)
+        for t in self.topics:
+            registry.spec(t)
+        self.serde = serde
+        self.deadletter = deadletter
+        config = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": 1000,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "max.poll.interval.ms": 300000,
+        }
+        config.update(overrides)
+        self._consumer = Consumer(config)
+        self._consumer.subscribe(self.topics)
+        self._pending: list = []  # messages of the last batch, stored when the next batch is asked for
+        self.dead_lettered = 0
+
+    def poll(self, timeout: float = 1.0, max_records: int = 1000) -> list[ConsumedEvent]:
+        self._store_pending()
+        msgs = self._consumer.consume(num_messages=max_records, timeout=timeout)
+        out = []
+        dead = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise EsperError(f"consumer failed: {err.str()}")
+                continue  # transient (e.g. partition EOF); librdkafka retries by itself
+            ts_type, ts = msg.timestamp()
+            rec = LogRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), ts,
+                            list(msg.headers() or []))
+            self._pending.append(msg)
+            try:
+                out.append(ConsumedEvent(rec, self.serde.decode(rec.value, rec.topic)))
+            except DecodeError as exc:
+                self.deadletter.send(rec, exc.reason, exc.detail)
+                dead += 1
+        self.dead_lettered += dead
+        if dead:
+            self.deadletter.publisher.flush()
+        return out
+
+    def __iter__(self) -> Iterator[ConsumedEvent]:
+        while True:
+            yield from self.poll()
+
+    def _store_pending(self) -> None:
+        if self._pending:
+            for msg in self._pending:
+                self._consumer.store_offsets(msg)
+            self._pending = []
+
+    def commit(self) -> None:
+        self._store_pending()
+        try:
+            self._consumer.commit(asynchronous=False)
+        except Exception as exc:  # nothing to commit is reported as an error by librdkafka
+            if "NO_OFFSET" not in str(exc):
+                raise
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self._consumer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

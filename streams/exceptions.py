@@ -1,0 +1,55 @@
+"""Errors raised by Esper's Kafka plumbing. Every Esper error derives from :class:`EsperError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "EsperError",
+    "ConfigError",
+    "SchemaError",
+    "SchemaNotFound",
+    "EncodeError",
+    "DecodeError",
+    "TopicError",
+    "PublishError",
+]
+
+
+class EsperError(Exception):
+    """Root of every error Esper raises on purpose."""
+
+
+class ConfigError(EsperError):
+    """A setting is missing or invalid."""
+
+
+class SchemaError(EsperError):
+    """An ``.avsc`` file is invalid, or two files disagree."""
+
+
+class SchemaNotFound(SchemaError):
+    """No schema is known under the given name or fingerprint."""
+
+
+class EncodeError(EsperError):
+    """A record does not conform to its schema, or is too large to send."""
+
+
+class DecodeError(EsperError):
+    """Bytes read from a topic could not be turned back into a record.
+
+    ``reason`` is a short machine-readable code (it becomes the dead-letter header ``esper.dlq.reason``):
+    ``bad-magic``, ``truncated``, ``unknown-fingerprint``, ``schema-mismatch``, ``registry-error``.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.detail = message
+
+
+class TopicError(EsperError):
+    """A topic is unknown to the registry, or exists on the broker with the wrong shape."""
+
+
+class PublishError(EsperError):
+    """The broker did not accept a record."""

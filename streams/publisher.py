@@ -1,0 +1,210 @@
+"""The publisher interface the runtime writes events through, with two backends.
+
+``KafkaPublisher`` is an idempotent confluent-kafka producer (acks=all, batched, lz4). ``InMemoryPublisher`` writes
+the same bytes into an :class:`InMemoryLog` for unit tests. Both share everything above the wire (topic checks,
+encoding, keys) through :class:`Publisher`, and ``tests/contract/test_publisher_contract.py`` runs one test suite
+against both.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from streams.exceptions import PublishError, TopicError
+from streams.serde import Serde
+from streams.topics import TOPICS, TopicRegistry
+
+__all__ = ["LogRecord", "Publisher", "KafkaPublisher", "InMemoryLog", "InMemoryPublisher", "Headers"]
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One record as it sits in a partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: Headers = field(default_factory=list)
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode()
+
+
+class Publisher(ABC):
+    """Publishes Esper events. ``publish`` validates and encodes synchronously, so a bad record raises at once
+    and nothing of it is sent; delivery is asynchronous and ``flush`` reports any failure."""
+
+    def __init__(self, serde: Serde, registry: TopicRegistry = TOPICS):
+        self.serde = serde
+        self.registry = registry
+        self.published = 0
+
+    def publish(
+        self,
+        event: Any,
+        *,
+        topic: str | None = None,
+        key: str | bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Publish a generated contract event. Topic defaults to the event's home topic in the registry; key
+        defaults to the envelope's ``originator_id`` (so one originator's events stay in order)."""
+        name = getattr(event, "AVRO_NAME", None)
+        if name is None:
+            raise TopicError(f"cannot publish {type(event).__name__}: not a generated contract type")
+        topic = topic or self.registry.for_event(name)
+        self.registry.check(topic, name)
+        value = self.serde.encode(event, topic)
+        if key is None:
+            key = event.envelope.originator_id
+        self._send(topic, _key_bytes(key), value, headers or [])
+        self.published += 1
+
+    def publish_many(self, events: Iterable[Any], *, topic: str | None = None) -> int:
+        n = 0
+        for ev in events:
+            self.publish(ev, topic=topic)
+            n += 1
+        return n
+
+    def publish_raw(self, topic: str, value: bytes | None, key: str | bytes | None = None, headers: Headers | None = None) -> None:
+        """Send bytes as they are (dead letters, schema catalog). The topic must still be a registry topic."""
+        self.registry.spec(topic)
+        self._send(topic, _key_bytes(key), value, headers or [])
+        self.published += 1
+
+    @abstractmethod
+    def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None: ...
+
+    @abstractmethod
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything published so far is acknowledged; raise PublishError on any failure."""
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class KafkaPublisher(Publisher):
+    def __init__(self, bootstrap: str, serde: Serde, registry: TopicRegistry = TOPICS, **overrides: Any):
+        from confluent_kafka import Producer
+
+        super().__init__(serde, registry)
+        config = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,  # implies acks=all and in-order, exactly-once delivery per partition
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "message.max.bytes": 4_000_000,
+            "partitioner": "consistent_random",
+        }
+        config.update(overrides)
+        self._producer = Producer(config)
+        self._lock = threading.Lock()
+        self._failures: list[str] = []
+        self._failed = 0
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            with self._lock:
+                self._failed += 1
+                if len(self._failures) < 10:
+                    self._failures.append(f"{msg.topic()}: {err.str()}")
+
+    def _send(self, topic, key, value, headers) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # The local queue is full: let librdkafka drain it, then try again.
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout)
+        with self._lock:
+            failed, failures = self._failed, list(self._failures)
+            self._failed, self._failures = 0, []
+        if remaining:
+            raise PublishError(f"{remaining} records still undelivered after {timeout:.0f}s")
+        if failed:
+            raise PublishError(f"{failed} records were not delivered: {'; '.join(failures)}")
+
+
+class InMemoryLog:
+    """Partitions as lists, for unit tests: the twin of a Kafka cluster's topics."""
+
+    def __init__(self, registry: TopicRegistry = TOPICS):
+        self.registry = registry
+        self._parts: dict[str, list[list[LogRecord]]] = {}
+        self._lock = threading.Lock()
+        self._rr = 0
+
+    def _partitions(self, topic: str) -> list[list[LogRecord]]:
+        parts = self._parts.get(topic)
+        if parts is None:
+            parts = self._parts[topic] = [[] for _ in range(self.registry.spec(topic).partitions)]
+        return parts
+
+    def append(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> LogRecord:
+        with self._lock:
+            parts = self._partitions(topic)
+            if key is None:
+                self._rr += 1
+                p = self._rr % len(parts)
+            else:
+                p = zlib.crc32(key) % len(parts)  # librdkafka's "consistent" hashing
+            rec = LogRecord(topic, p, len(parts[p]), key, value, int(time.time() * 1000), list(headers))
+            parts[p].append(rec)
+            return rec
+
+    def partitions(self, topic: str) -> int:
+        return len(self._partitions(topic))
+
+    def read(self, topic: str, partition: int, start: int = 0, end: int | None = None) -> list[LogRecord]:
+        return self._partitions(topic)[partition][start:end]
+
+    def records(self, topic: str) -> list[LogRecord]:
+        return [r for part in self._partitions(topic) for r in part]
+
+
+class InMemoryPublisher(Publisher):
+    def __init__(self, serde: Serde, log: InMemoryLog | None = None, registry: TopicRegistry | None = None):
+        registry = registry or (log.registry if log else TOPICS)
+        super().__init__(serde, registry)
+        self.log = log or InMemoryLog(registry)
+
+    def _send(self, topic, key, value, headers) -> None:
+        self.log.append(topic, key, value, headers)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        return None

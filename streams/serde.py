@@ -1,0 +1,197 @@
+"""Avro serde for Esper events, in two framings.
+
+* Single-object encoding (the default): ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of the schema's
+  canonical form + the Avro body. Any reader resolves the fingerprint from ``schemas/`` or from the compacted
+  schema-catalog topic (``streams.catalog``).
+* Confluent wire format (``ESPER_SCHEMA_REGISTRY_URL`` set): ``00`` + 4-byte schema id + body, through
+  confluent-kafka's schema-registry serdes. Subjects are ``<topic>-<record full name>`` because one topic carries
+  several event types.
+
+Readers decode with their own version of a schema as the reader schema, so an old log is upcast to today's
+types (fields added since then take their defaults).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from streams.exceptions import DecodeError, EncodeError, SchemaNotFound
+from streams.schemas import NamedSchema, SchemaCatalog
+
+__all__ = ["Decoded", "Serde", "SingleObjectSerde", "ConfluentSerde", "MAGIC", "DEFAULT_MAX_MESSAGE_BYTES", "make_serde"]
+
+MAGIC = b"\xc3\x01"
+HEADER_LEN = 10
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000  # below the local broker's message.max.bytes and Kafka's default
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A record read back: its schema and its Avro data (plain dicts, enums as strings)."""
+
+    schema: NamedSchema
+    record: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+    def typed(self):
+        """The generated dataclass for this record (``streams.contracts``)."""
+        from streams.contracts import TYPES
+
+        cls = TYPES.get(self.schema.name)
+        if cls is None:
+            raise SchemaNotFound(f"no Python type for {self.schema.name} (schema only known from the log)")
+        return cls.from_avro(self.record)
+
+
+class Serde(Protocol):
+    framing: str
+    catalog: SchemaCatalog
+
+    def encode(self, event: Any, topic: str) -> bytes: ...
+
+    def decode(self, data: bytes, topic: str) -> Decoded: ...
+
+
+def _as_record(catalog: SchemaCatalog, event: Any, schema_name: str | None) -> tuple[NamedSchema, dict]:
+    if schema_name is not None:
+        return catalog.get(schema_name), event
+    name = getattr(event, "AVRO_NAME", None)
+    if name is None:
+        raise EncodeError(f"cannot encode {type(event).__name__}: pass a generated contract type or a schema name")
+    return catalog.get(name), event.to_avro()
+
+
+class SingleObjectSerde:
+    framing = "single-object"
+
+    def __init__(
+        self,
+        catalog: SchemaCatalog,
+        resolver: Callable[[bytes], NamedSchema | None] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.catalog = catalog
+        self.resolver = resolver
+        self.max_message_bytes = max_message_bytes
+
+    def encode(self, event: Any, topic: str = "", schema_name: str | None = None) -> bytes:
+        schema, record = _as_record(self.catalog, event, schema_name)
+        buf = io.BytesIO()
+        buf.write(MAGIC)
+        buf.write(schema.fingerprint)
+        try:
+            schemaless_writer(buf, schema.parsed, record, strict=True)
+        except Exception as exc:  # fastavro raises ValueError, TypeError, KeyError, AttributeError...
+            raise EncodeError(f"record does not conform to {schema.name}: {exc}") from exc
+        data = buf.getvalue()
+        if len(data) > self.max_message_bytes:
+            raise EncodeError(f"{schema.name} encodes to {len(data)} bytes, over the {self.max_message_bytes}-byte limit")
+        return data
+
+    def decode(self, data: bytes, topic: str = "") -> Decoded:
+        if data is None or len(data) < HEADER_LEN:
+            raise DecodeError("truncated", f"{0 if data is None else len(data)} bytes is shorter than the 10-byte header")
+        if data[:2] != MAGIC:
+            raise DecodeError("bad-magic", f"expected single-object marker c301, got {data[:2].hex()}")
+        fp = bytes(data[2:HEADER_LEN])
+        writer = self.catalog.by_fingerprint(fp)
+        if writer is None and self.resolver is not None:
+            writer = self.resolver(fp)
+        if writer is None:
+            raise DecodeError("unknown-fingerprint", f"no schema with fingerprint {fp.hex()} in schemas/ or the catalog")
+        reader = self._reader_for(writer)
+        return Decoded(reader or writer, _read_body(data, HEADER_LEN, writer, reader))
+
+    def _reader_for(self, writer: NamedSchema) -> NamedSchema | None:
+        local = self.catalog.find(writer.name)
+        return None if local is None or local.fingerprint == writer.fingerprint else local
+
+
+def _read_body(data: bytes, offset: int, writer: NamedSchema, reader: NamedSchema | None) -> dict:
+    buf = io.BytesIO(data)
+    buf.seek(offset)
+    try:
+        record = schemaless_reader(buf, writer.parsed, reader.parsed if reader else None)
+    except Exception as exc:
+        raise DecodeError("schema-mismatch", f"body does not decode as {writer.name}: {exc}") from exc
+    if buf.tell() != len(data):
+        raise DecodeError("schema-mismatch", f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record")
+    return record
+
+
+class ConfluentSerde:
+    """Confluent wire format through confluent-kafka's schema-registry client and Avro serializer."""
+
+    framing = "confluent"
+
+    def __init__(self, catalog: SchemaCatalog, registry_url: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self.catalog = catalog
+        self.client = SchemaRegistryClient({"url": registry_url})
+        self.max_message_bytes = max_message_bytes
+        self._serializers: dict[str, Any] = {}
+        self._writers: dict[int, NamedSchema] = {}
+
+    def _serializer(self, schema: NamedSchema):
+        ser = self._serializers.get(schema.name)
+        if ser is None:
+            from confluent_kafka.schema_registry import topic_record_subject_name_strategy
+            from confluent_kafka.schema_registry.avro import AvroSerializer
+
+            ser = AvroSerializer(
+                self.client,
+                schema.to_json(),
+                conf={"subject.name.strategy": topic_record_subject_name_strategy, "auto.register.schemas": True},
+            )
+            self._serializers[schema.name] = ser
+        return ser
+
+    def encode(self, event: Any, topic: str, schema_name: str | None = None) -> bytes:
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        schema, record = _as_record(self.catalog, event, schema_name)
+        try:
+            # Validate against our parsed schema first: the registry serializer's errors are less specific.
+            schemaless_writer(io.BytesIO(), schema.parsed, record, strict=True)
+            data = self._serializer(schema)(record, SerializationContext(topic, MessageField.VALUE))
+        except EncodeError:
+            raise
+        except Exception as exc:
+            raise EncodeError(f"record does not conform to {schema.name}: {exc}") from exc
+        if len(data) > self.max_message_bytes:
+            raise EncodeError(f"{schema.name} encodes to {len(data)} bytes, over the {self.max_message_bytes}-byte limit")
+        return data
+
+    def decode(self, data: bytes, topic: str = "") -> Decoded:
+        if data is None or len(data) < 5:
+            raise DecodeError("truncated", "shorter than the 5-byte Confluent header")
+        if data[0] != 0:
+            raise DecodeError("bad-magic", f"expected Confluent magic byte 00, got {data[:1].hex()}")
+        schema_id = int.from_bytes(data[1:5], "big")
+        writer = self._writers.get(schema_id)
+        if writer is None:
+            try:
+                registered = self.client.get_schema(schema_id)
+            except Exception as exc:
+                raise DecodeError("unknown-fingerprint", f"schema id {schema_id} not in the registry: {exc}") from exc
+            doc = json.loads(registered.schema_str)
+            writer = NamedSchema(doc["name"] if "." in doc["name"] else f"{doc.get('namespace')}.{doc['name']}", doc, None)
+            self._writers[schema_id] = writer
+        local = self.catalog.find(writer.name)
+        reader = None if local is None or local.fingerprint == writer.fingerprint else local
+        return Decoded(reader or writer, _read_body(data, 5, writer, reader))
+
+
+def make_serde(catalog: SchemaCatalog, registry_url: str | None = None, resolver=None) -> Serde:
+    if registry_url:
+        return ConfluentSerde(catalog, registry_url)
+    return SingleObjectSerde(catalog, resolver=resolver)
