@@ -18,10 +18,10 @@ __all__ = ["Backbone"]
 
 
 class Backbone:
-    def __init__(self, settings: StreamSettings | None = None, registry: TopicRegistry = TOPICS,
+    def __init__(self, settings: StreamSettings | None = None, registry: TopicRegistry | None = None,
                  catalog: SchemaCatalog | None = None):
         self.settings = settings or load_settings()
-        self.registry = registry
+        self.registry = registry or (TOPICS.with_prefix(self.settings.topic_prefix) if self.settings.topic_prefix else TOPICS)
         self.catalog = catalog or SchemaCatalog.load()
         self._sources: list[KafkaSource] = []
 
@@ -47,6 +47,12 @@ class Backbone:
             return ConfluentSerde(self.catalog, self.settings.schema_registry_url)
         resolver = CatalogResolver(self.source(), self.registry.schema_catalog)
         return SingleObjectSerde(self.catalog, resolver=resolver)
+
+    def resolve_topic(self, name: str) -> str:
+        """A registry topic by its full name or by its name without this backbone's prefix."""
+        if name not in self.registry and self.registry.prefix + name in self.registry:
+            return self.registry.prefix + name
+        return self.registry.spec(name).name
 
     def publisher(self, **overrides) -> KafkaPublisher:
         return KafkaPublisher(self.bootstrap, self.serde, self.registry, **overrides)

@@ -34,6 +34,7 @@ class StreamSettings(BaseSettings):
         default=None, description="Frame records in the Confluent wire format through this schema registry."
     )
     home: Path = Field(default_factory=lambda: project_root() / ".esper", description="Local state: broker data, logs.")
+    topic_prefix: str = Field(default="", description="Prefix for every topic name: isolates runs that share a cluster.")
     kafka_port: int = LOCAL_KAFKA_PORT
     kafka_controller_port: int = LOCAL_KAFKA_PORT + 1
 

@@ -140,6 +140,8 @@ class KafkaPublisher(Publisher):
                     self._failures.append(f"{msg.topic()}: {err.str()}")
 
     def _send(self, topic, key, value, headers) -> None:
+        from confluent_kafka import KafkaException
+
         while True:
             try:
                 self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
@@ -147,6 +149,8 @@ class KafkaPublisher(Publisher):
             except BufferError:
                 # The local queue is full: let librdkafka drain it, then try again.
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # e.g. MSG_SIZE_TOO_LARGE, refused before anything is sent
+                raise PublishError(f"{topic}: {exc.args[0].str()}") from exc
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:

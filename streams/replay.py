@@ -159,12 +159,14 @@ class KafkaSource:
     def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         from confluent_kafka import TopicPartition
 
-        return self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+        return _retrying(lambda: self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10,
+                                                                      cached=False))
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
         from confluent_kafka import TopicPartition
 
-        [tp] = self._consumer.offsets_for_times([TopicPartition(topic, partition, timestamp_ms)], timeout=10)
+        [tp] = _retrying(lambda: self._consumer.offsets_for_times([TopicPartition(topic, partition, timestamp_ms)],
+                                                                  timeout=10))
         return tp.offset if tp.offset >= 0 else self.watermarks(topic, partition)[1]
 
     def iter_partition(self, topic: str, partition: int, start: int, end: int) -> Iterator[LogRecord]:
@@ -227,3 +229,20 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _retrying(call, attempts: int = 20, delay: float = 0.1):
+    """Retry a metadata call while the error is retriable (a fresh topic's leader is still being elected)."""
+    import time
+
+    from confluent_kafka import KafkaException
+
+    for i in range(attempts):
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0]
+            if i == attempts - 1 or not (err.retriable() or err.name() in ("NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE",
+                                                                             "UNKNOWN_TOPIC_OR_PART")):
+                raise TopicError(f"Kafka metadata request failed: {err.str()}") from exc
+            time.sleep(delay)

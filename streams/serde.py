@@ -136,7 +136,8 @@ class ConfluentSerde:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.catalog = catalog
-        self.client = SchemaRegistryClient({"url": registry_url})
+        # new_client gives the in-process mock for mock:// URLs (tests) and a REST client otherwise.
+        self.client = SchemaRegistryClient.new_client({"url": registry_url})
         self.max_message_bytes = max_message_bytes
         self._serializers: dict[str, Any] = {}
         self._writers: dict[int, NamedSchema] = {}

@@ -72,9 +72,16 @@ class LocalKafka:
         return None  # the PID was reused by some other process: never touch it
 
     def reachable(self, timeout: float = 2.0) -> bool:
+        import logging
+
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 1000})
+        if self.settings.uses_local_broker and not _port_taken(self.settings.kafka_port):
+            return False  # nothing listens: skip the client (and its connection-refused log lines)
+        quiet = logging.getLogger("esper.infra.probe")
+        quiet.setLevel(logging.CRITICAL)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 1000,
+                             "logger": quiet})
         try:
             admin.list_topics(timeout=timeout)
             return True

@@ -1,0 +1,1 @@
+"""Benchmarks behind `esper bench NAME --json`."""

@@ -1,0 +1,43 @@
+"""``esper bench NAME --json``: measurements as ratios and rates taken in one run; the JSON object is the last line."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams import EsperError
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks. Each prints one JSON object as its last line with --json.")
+console = Console(stderr=True)
+
+
+def _report(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"esper bench {result.get('bench')}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    Console().print(table)
+
+
+@app.command()
+def events(
+    as_json: bool = typer.Option(False, "--json"),
+    n: int = typer.Option(300_000, "--events", help="Records to produce and consume."),
+) -> None:
+    """Avro encode rate, produce rate to the broker, consume+decode rate."""
+    from esper_runtime.bench import events as bench_events
+
+    try:
+        console.print(f"[dim]bench events: encoding, producing and consuming {n:,} records...[/dim]")
+        result = bench_events.run(events=n)
+    except EsperError as exc:
+        console.print(f"[red]error:[/red] {exc} (is the broker up? `esper infra up`)")
+        raise typer.Exit(1)
+    _report(result, as_json)

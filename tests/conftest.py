@@ -1,0 +1,53 @@
+"""Shared fixtures. Integration tests run against the real broker: the one ESPER_KAFKA_BOOTSTRAP names, or the
+local broker that ops/kafka runs (started here if it is not up, and stopped again at the end if we started it)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from streams import SchemaCatalog, load_settings
+from streams.topics import TOPICS, ensure_topics
+
+
+@pytest.fixture(scope="session")
+def catalog() -> SchemaCatalog:
+    return SchemaCatalog.load()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    from esper_runtime.infra import LocalKafka
+
+    settings = load_settings()
+    broker = LocalKafka(settings)
+    started = settings.uses_local_broker and broker.pid() is None
+    broker.up(timeout=120)
+    yield settings.bootstrap_servers
+    if started:
+        broker.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def topic_registry(kafka_admin):
+    """Every registry topic under a fresh ``t-<uuid>.`` prefix, created on the broker, deleted afterwards."""
+    made = []
+
+    def make():
+        registry = TOPICS.with_prefix(f"t-{uuid.uuid4().hex[:10]}.")
+        ensure_topics(kafka_admin, registry)
+        made.append(registry)
+        return registry
+
+    yield make
+    names = [n for r in made for n in r.names()]
+    if names:
+        kafka_admin.delete_topics(names, operation_timeout=30)
