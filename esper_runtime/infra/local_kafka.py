@@ -100,7 +100,7 @@ class LocalKafka:
     def up(self, timeout: float = 90.0, echo=lambda msg: None) -> BrokerStatus:
         """Start the broker if it is not running; return once it answers. Idempotent."""
         if not self.settings.uses_local_broker:
-            if not self.reachable(timeout=10):
+            if not self.reachable(timeout=min(timeout, 10.0)):
                 raise BrokerError(f"ESPER_KAFKA_BOOTSTRAP={self.bootstrap} does not answer")
             return self.status()
         if self.pid() is not None:

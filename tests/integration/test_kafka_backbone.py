@@ -189,3 +189,24 @@ def test_bench_events_prints_its_figures_as_json(kafka_bootstrap):
     result = json.loads(res.stdout.strip().splitlines()[-1])
     for name in ("encode_events_per_s", "produce_events_per_s", "consume_events_per_s"):
         assert result[name] > 0
+
+
+def test_confluent_wire_format_through_the_broker(topic_registry, kafka_bootstrap, catalog):
+    registry = topic_registry()
+    settings = load_settings(kafka_bootstrap=kafka_bootstrap, schema_registry_url=f"mock://{uuid.uuid4().hex}")
+    bb = Backbone(settings, registry=registry, catalog=catalog)
+    envs = EnvelopeFactory("run-cf", "test")
+    sent = [_report(envs, i) for i in range(5)]
+    with bb.publisher() as pub:
+        for ev in sent:
+            pub.publish(ev)
+    got = list(bb.replay_reader().events([registry.for_event("esper.innovation.FieldReport")]))
+    bb.close()
+    assert all(e.record.value[0] == 0 for e in got)  # Confluent framing on the wire
+    assert sorted((e.decoded.typed() for e in got), key=lambda e: e.seed_id) == sorted(sent, key=lambda e: e.seed_id)
+
+
+def test_infra_status_cli_reports_a_running_broker(kafka_bootstrap):
+    res = _cli(["infra", "status"], {"ESPER_KAFKA_BOOTSTRAP": kafka_bootstrap} if not load_settings().uses_local_broker else {})
+    assert res.returncode == 0, res.stderr
+    assert "up" in res.stderr

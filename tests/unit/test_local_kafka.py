@@ -1,0 +1,49 @@
+"""The local broker manager's refusals, which need no running broker."""
+
+import socket
+
+import pytest
+
+from esper_runtime.infra import BrokerError, LocalKafka
+from streams import load_settings
+
+
+def test_missing_java_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java, no mvn
+    broker = LocalKafka(load_settings(home=tmp_path, kafka_port=19692, kafka_controller_port=19693))
+    with pytest.raises(BrokerError, match="java is not installed"):
+        broker.up(timeout=5)
+
+
+def test_a_taken_port_is_named(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        broker = LocalKafka(load_settings(home=tmp_path, kafka_port=port, kafka_controller_port=port + 1))
+        with pytest.raises(BrokerError, match=f"127.0.0.1:{port} is already in use"):
+            broker.up(timeout=5)
+    assert not (tmp_path / "kafka" / "broker.pid").exists()
+
+
+def test_down_without_a_broker_stops_nothing(tmp_path):
+    broker = LocalKafka(load_settings(home=tmp_path, kafka_port=19694, kafka_controller_port=19695))
+    assert broker.down() is False
+    assert broker.status().running is False
+
+
+def test_a_stale_pid_file_never_targets_another_process(tmp_path):
+    import os
+
+    broker = LocalKafka(load_settings(home=tmp_path, kafka_port=19696, kafka_controller_port=19697))
+    broker.pid_file.parent.mkdir(parents=True)
+    broker.pid_file.write_text(str(os.getpid()))  # a live process that is not our broker
+    assert broker.pid() is None
+    assert broker.down() is False  # and this process is still alive to assert it
+
+
+def test_an_external_cluster_is_never_managed(tmp_path):
+    broker = LocalKafka(load_settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1"))
+    assert broker.down() is False
+    with pytest.raises(BrokerError, match="does not answer"):
+        broker.up(timeout=1)
