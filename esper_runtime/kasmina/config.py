@@ -1,0 +1,35 @@
+"""KasminaConfig: which layers get seeds, how big a chunk is, and the lifecycle's step counts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+
+__all__ = ["KasminaConfig"]
+
+
+class KasminaConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    target_types: list[str] = Field(default=["Linear", "Conv2d"], description="Module classes that get seeds.")
+    include: list[str] = Field(default=["*"], description="fnmatch patterns on module paths to wrap.")
+    exclude: list[str] = Field(default=[], description="fnmatch patterns on module paths to leave alone.")
+    chunk_size: int | None = Field(default=None, ge=1, description="Output features per seed.")
+    seeds_per_layer: int = Field(default=4, ge=1, description="Used when chunk_size is not set.")
+    stats_every: int = Field(default=8, ge=1, description="Dormant seeds sample activation statistics every N steps.")
+    correlation_samples: int = Field(default=64, ge=2, description="Rows used for the chunk correlation estimate.")
+    reconstruction_lr: float = Field(default=1e-3, gt=0)
+    reconstruction_steps: int = Field(default=50, ge=1, description="TRAINING steps before a seed may be ready.")
+    reconstruction_tolerance: float = Field(default=0.05, gt=0,
+                                            description="Relative MSE under which the reconstruction test passes.")
+    graft_steps: int = Field(default=100, ge=1, description="Length of the alpha ramp, in training steps.")
+    graft_ramp: str = Field(default="cosine", pattern="^(linear|cosine)$")
+    stabilize_steps: int = Field(default=50, ge=1)
+    evaluate_steps: int = Field(default=50, ge=1)
+    embargo_epochs: int = Field(default=3, ge=0, description="Epochs a culled slot refuses germination.")
+    cache_capacity: int = Field(default=32, ge=1, description="Kernels kept loaded (LRU).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.target_types:
+            raise ValueError("target_types is empty: no layer would get seeds")
+        return self

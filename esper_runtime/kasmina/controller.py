@@ -1,0 +1,277 @@
+"""Kasmina: the seeds of a wrapped model, the commands they take, and the events they emit.
+
+Commands (``KasminaControlCommand``) are queued by ``submit`` and applied only at the epoch boundary,
+``end_epoch``, in the order they came. There, in this order: the state checksum sealed at the previous boundary is
+verified (a mismatch raises :class:`StateChecksumError`, Tolaria's signal to roll back); one ``SeedTelemetry``
+batch per layer is published for the epoch that ended; the queued commands are applied, each transition published
+as a ``SeedLifecycleTransition``; the checksum is sealed again.
+
+A command appendix B does not allow is refused with an :class:`IllegalTransition` naming the seed, its state and
+the command; refusals are returned in the boundary's report and never stop the other commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from esper_runtime.kasmina.config import KasminaConfig
+from esper_runtime.kasmina.exceptions import IllegalTransition, KasminaError, KernelLoadError, StateChecksumError
+from esper_runtime.kasmina.kernels import ArtifactSource, KernelCache
+from esper_runtime.kasmina.layer import KasminaLayer
+from esper_runtime.kasmina.lifecycle import CHILD_STATES, NEEDS_READY, Code, Command, next_state
+from esper_runtime.kasmina.state import HEALTH, StateLayout, kernel_hash
+from streams.contracts import KasminaControlCommand, SeedHealth, SeedLifecycleTransition, SeedTelemetry
+from streams.envelope import EnvelopeFactory
+from streams.publisher import Publisher
+
+__all__ = ["Kasmina", "BoundaryReport", "seed_name"]
+
+log = logging.getLogger("esper.kasmina")
+PRODUCER = "kasmina/0.1.0"
+
+
+def seed_name(layer_id: int, seed_id: int) -> str:
+    return f"seed/{layer_id}/{seed_id}"
+
+
+@dataclass
+class BoundaryReport:
+    epoch: int
+    transitions: list[SeedLifecycleTransition] = field(default_factory=list)
+    refused: list[IllegalTransition] = field(default_factory=list)
+    params_changed: bool = False  # the optimizer must be rebuilt (an AdaptationSignal)
+
+
+@dataclass
+class _Seed:
+    kernel_artifact_id: str = ""
+    trainable: bool = False
+    embargo_until: int = -1
+
+
+class Kasmina:
+    def __init__(
+        self,
+        layers: list[KasminaLayer],
+        config: KasminaConfig,
+        artifacts: ArtifactSource | None = None,
+        publisher: Publisher | None = None,
+        run_id: str | None = None,
+    ):
+        self.layers = layers
+        self.config = config
+        self.cache = KernelCache(artifacts, config.cache_capacity) if artifacts is not None else None
+        self.publisher = publisher
+        self.run_id = run_id or uuid.uuid4().hex
+        self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
+        self.epoch = 0
+        self._queue: list[KasminaControlCommand] = []
+        self._seeds = {(l.layer_id, i): _Seed() for l in layers for i in range(l.num_seeds)}
+        self._pending_events: list[SeedLifecycleTransition] = []
+        self._params_changed = False
+        self.events_published = 0
+        for layer in layers:
+            layer.on_runtime_error = self._on_runtime_error
+        self._sealed = self._checksums()
+
+    # ------------------------------------------------------------------ queries
+    def layer(self, layer_id: int) -> KasminaLayer:
+        if not 0 <= layer_id < len(self.layers):
+            raise KasminaError(f"no layer {layer_id} (this model has {len(self.layers)} seed layers)")
+        return self.layers[layer_id]
+
+    def state(self, layer_id: int, seed_id: int) -> Code:
+        return self.layer(layer_id)._codes[seed_id]
+
+    def is_ready(self, layer_id: int, seed_id: int) -> bool:
+        return bool(self.layer(layer_id).ready[seed_id])
+
+    def kernel_of(self, layer_id: int, seed_id: int) -> str:
+        return self._seeds[(layer_id, seed_id)].kernel_artifact_id
+
+    def seeds(self):
+        for layer in self.layers:
+            for i in range(layer.num_seeds):
+                yield layer.layer_id, i, layer._codes[i]
+
+    def num_seeds(self) -> int:
+        return sum(l.num_seeds for l in self.layers)
+
+    # ------------------------------------------------------------------ commands
+    def command(self, layer_id: int, seed_id: int, command: str, kernel_artifact_id: str = "",
+                grafting_strategy: str = "cosine_ramp", tags: list[str] | None = None) -> KasminaControlCommand:
+        """Build and queue a command (what Tamiyo does); applied at the next ``end_epoch``."""
+        known = (layer_id, seed_id) in self._seeds
+        cmd = KasminaControlCommand(
+            envelope=EnvelopeFactory(self.run_id, "tamiyo").next(seed_name(layer_id, seed_id)),
+            target_layer_id=layer_id, target_seed_id=seed_id, command=command,
+            kernel_artifact_id=kernel_artifact_id or (self.kernel_of(layer_id, seed_id) if known else ""),
+            selected_for_tags=tags, grafting_strategy=grafting_strategy, command_id=uuid.uuid4().hex, epoch=self.epoch,
+        )
+        self.submit(cmd)
+        return cmd
+
+    def submit(self, command: KasminaControlCommand) -> None:
+        self._queue.append(command)
+
+    # ------------------------------------------------------------------ the epoch boundary
+    def end_epoch(self, epoch: int) -> BoundaryReport:
+        self.verify()
+        self.epoch = epoch
+        report = BoundaryReport(epoch)
+        self._publish_telemetry(epoch)
+        queue, self._queue = self._queue, []
+        for cmd in queue:
+            try:
+                self._apply(cmd, epoch)
+            except IllegalTransition as exc:
+                log.warning("%s", exc)
+                report.refused.append(exc)
+        for layer in self.layers:
+            layer.reset_health()
+        report.transitions = self._flush_events()
+        report.params_changed, self._params_changed = self._params_changed, False
+        self._sealed = self._checksums()
+        return report
+
+    def verify(self) -> None:
+        """Raise StateChecksumError if the control state changed since the last boundary sealed it."""
+        now = self._checksums()
+        for (layer, before), (_, after) in zip(self._sealed, now):
+            if before != after:
+                raise StateChecksumError(
+                    f"layer {layer} ({self.layers[layer].path}): seed state checksum {after:08x} != sealed {before:08x}"
+                )
+
+    def _checksums(self) -> list[tuple[int, int]]:
+        return [(l.layer_id, StateLayout.checksum(dict(l.named_buffers(recurse=False)))) for l in self.layers]
+
+    def _apply(self, cmd: KasminaControlCommand, epoch: int) -> None:
+        layer = self.layer(cmd.target_layer_id)
+        i = cmd.target_seed_id
+        name = seed_name(cmd.target_layer_id, i)
+        if not 0 <= i < layer.num_seeds:
+            raise IllegalTransition(name, "-", cmd.command, f"layer {layer.layer_id} has {layer.num_seeds} seeds")
+        seed = self._seeds[(layer.layer_id, i)]
+        state = layer._codes[i]
+        target = next_state(state, cmd.command, seed.trainable)
+        if target is None:
+            raise IllegalTransition(name, state.name, cmd.command, "not a transition of the lifecycle (appendix B)")
+        if (state, cmd.command) in NEEDS_READY and not bool(layer.ready[i]):
+            raise IllegalTransition(name, state.name, cmd.command, "the seed has not signalled is_ready_for_transition")
+        if cmd.command == Command.REQUEST_GERMINATION:
+            if not cmd.kernel_artifact_id:
+                raise IllegalTransition(name, state.name, cmd.command, "no kernel_artifact_id given")
+            if epoch < seed.embargo_until:
+                raise IllegalTransition(name, state.name, cmd.command,
+                                        f"slot under embargo until epoch {seed.embargo_until} after a cull")
+            seed.kernel_artifact_id = cmd.kernel_artifact_id
+        self._transition(layer, i, target, epoch, cmd.command_id, reason=cmd.command)
+        if target == Code.LOADING:
+            self._load(layer, i, epoch, cmd.command_id)
+
+    def _load(self, layer: KasminaLayer, i: int, epoch: int, command_id: str) -> None:
+        seed = self._seeds[(layer.layer_id, i)]
+        try:
+            if self.cache is None:
+                raise KernelLoadError("no artifact source configured (wrap(..., artifacts=...))")
+            kernel = self.cache.get(seed.kernel_artifact_id)
+            width = layer.bounds[i][1] - layer.bounds[i][0]
+            if kernel.features != width:
+                raise KernelLoadError(f"kernel {kernel.artifact_id} is built for {kernel.features} features, "
+                                      f"the seed's chunk has {width}")
+        except KernelLoadError as exc:
+            self._transition(layer, i, Code.CULLED, epoch, command_id, reason=f"load failed: {exc}")
+            return
+        seed.trainable = kernel.trainable
+        layer.attach(i, kernel.instantiate(), kernel_hash(kernel.artifact_id), kernel.trainable)
+        self._params_changed = True
+        self._transition(layer, i, Code.TRAINING if kernel.trainable else Code.GRAFTING, epoch, command_id,
+                         reason=f"loaded in {self.cache.last_load_ms:.1f} ms" if kernel.artifact_id else "loaded")
+
+    def _transition(self, layer: KasminaLayer, i: int, target: Code, epoch: int, command_id: str | None,
+                    reason: str = "") -> None:
+        seed = self._seeds[(layer.layer_id, i)]
+        before = layer._codes[i]
+        if target == Code.FOSSILIZED and not _finite(layer.seeds[str(i)]):
+            target, reason = Code.CULLED, "fossilization refused: non-finite parameters"
+        if target not in CHILD_STATES and str(i) in layer.seeds:
+            layer.detach_child(i)
+            self._params_changed = True
+        if target in (Code.STABILIZATION, Code.EVALUATING, Code.FOSSILIZED, Code.GRAFTING, Code.FINE_TUNING):
+            self._params_changed = True  # the set of parameters the host optimizer should train changed
+        if target == Code.CULLED:
+            seed.embargo_until = epoch + self.config.embargo_epochs
+        layer.set_state(i, target, epoch)
+        kernel = seed.kernel_artifact_id or None
+        if target == Code.DORMANT:
+            seed.kernel_artifact_id, seed.trainable = "", False
+        self._pending_events.append(SeedLifecycleTransition(
+            envelope=self.envelopes.next(seed_name(layer.layer_id, i)), layer_id=layer.layer_id, seed_id=i,
+            from_state=before.state, to_state=target.state, epoch=epoch, command_id=command_id,
+            kernel_artifact_id=kernel, reason=reason,
+        ))
+
+    def _on_runtime_error(self, layer: KasminaLayer, i: int, exc: BaseException) -> None:
+        """A kernel raised during a forward: identity path, ERROR_RECOVERY, evicted, reported. The step goes on."""
+        seed = self._seeds[(layer.layer_id, i)]
+        log.error("seed %s: kernel %s raised %r; identity path from now on", seed_name(layer.layer_id, i),
+                  seed.kernel_artifact_id, exc)
+        if self.cache is not None:
+            self.cache.evict(seed.kernel_artifact_id)
+        self._transition(layer, i, Code.ERROR_RECOVERY, self.epoch, None,
+                         reason=f"runtime error: {type(exc).__name__}: {exc}"[:500])
+        self._flush_events()
+        self._sealed = self._checksums()  # a legitimate transition, not corruption
+
+    # ------------------------------------------------------------------ events
+    def _flush_events(self) -> list[SeedLifecycleTransition]:
+        events, self._pending_events = self._pending_events, []
+        if self.publisher is not None:
+            for ev in events:
+                self.publisher.publish(ev)
+            self.events_published += len(events)
+        return events
+
+    def _publish_telemetry(self, epoch: int) -> None:
+        if self.publisher is None:
+            return
+        for layer in self.layers:
+            health = layer.health()
+            seeds = [
+                SeedHealth(
+                    seed_id=i, state=layer._codes[i].state, alpha=float(layer.alpha_blend[i]),
+                    chunk_variance=h["chunk_variance"], dead_node_ratio=h["dead_node_ratio"],
+                    avg_correlation=h["avg_correlation"], exec_latency_us=h["exec_latency_us"],
+                    is_ready_for_transition=bool(layer.ready[i]),
+                    kernel_artifact_id=self._seeds[(layer.layer_id, i)].kernel_artifact_id or None,
+                )
+                for i, h in enumerate(health)
+            ]
+            self.publisher.publish(SeedTelemetry(
+                envelope=self.envelopes.next(f"layer/{layer.layer_id}"), epoch=epoch, layer_id=layer.layer_id,
+                layer_name=layer.path, seeds=seeds,
+            ))
+            self.events_published += 1
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Child parameters the host optimizer should train now (GRAFTING and FINE_TUNING seeds)."""
+        out = []
+        for layer in self.layers:
+            for i in layer._active:
+                if layer._codes[i] in (Code.GRAFTING, Code.FINE_TUNING):
+                    out.extend(layer.seeds[str(i)].parameters())
+        return out
+
+    def recon_error(self, layer_id: int, seed_id: int) -> float:
+        return float(self.layer(layer_id).health_accumulator[seed_id, HEALTH["recon_error"]])
+
+
+def _finite(module: nn.Module) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())

@@ -1,0 +1,260 @@
+"""KasminaLayer: a Linear or Conv2d with seeds on chunks of its output features.
+
+The wrapped module stays inside as ``base_layer`` (peft-style). Each seed owns a contiguous chunk of output
+features (Linear: the last dimension; Conv2d: channels) and, once germinated, a child module that maps the chunk to
+a chunk of the same width. What a seed does to its chunk depends on its state:
+
+- DORMANT, GERMINATED, CULLED, CANCELLED, ROLLED_BACK, ERROR_RECOVERY: identity (no child on the path).
+- TRAINING: identity on the host path; the child learns to denoise the chunk from a detached copy, with its own
+  optimizer, so the host's output and gradients are untouched.
+- GRAFTING: ``chunk + alpha * (child(chunk) - chunk)`` with alpha ramping 0 -> 1; the child trains on the task loss.
+- STABILIZATION, EVALUATING: alpha = 1, child frozen. FINE_TUNING: alpha = 1, child trains on the task loss.
+- FOSSILIZED: alpha = 1, child frozen for good.
+
+Only training-mode forwards count as steps. With every seed inactive the forward is the base layer plus a step
+counter; activation statistics are sampled every ``stats_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esper_runtime.kasmina.config import KasminaConfig
+from esper_runtime.kasmina.lifecycle import CHILD_STATES, Code
+from esper_runtime.kasmina.state import HEALTH, StateLayout
+
+__all__ = ["KasminaLayer"]
+
+_NOISE = 0.1  # denoising strength of the TRAINING objective, relative to the chunk's std
+
+
+class KasminaLayer(nn.Module):
+    def __init__(self, base_layer: nn.Module, layer_id: int, path: str, config: KasminaConfig):
+        super().__init__()
+        if isinstance(base_layer, nn.Linear):
+            features, self.channel_dim = base_layer.out_features, -1
+        elif isinstance(base_layer, nn.Conv2d):
+            features, self.channel_dim = base_layer.out_channels, 1
+        else:
+            raise TypeError(f"{path}: seeds go into nn.Linear or nn.Conv2d, not {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.layer_id = layer_id
+        self.path = path
+        self.config = config
+        self.features = features
+        chunk = config.chunk_size or math.ceil(features / config.seeds_per_layer)
+        chunk = min(chunk, features)
+        self.bounds = [(s, min(s + chunk, features)) for s in range(0, features, chunk)]
+        self.num_seeds = len(self.bounds)
+        self.uniform_chunk = chunk if features % chunk == 0 else None
+        try:
+            device = next(base_layer.parameters()).device
+        except StopIteration:
+            device = None
+        for name, tensor in StateLayout.create(self.num_seeds, device).items():
+            self.register_buffer(name, tensor)
+        self.seeds = nn.ModuleDict()  # str(seed index) -> child module
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_from_buffers())
+        # Python mirrors of the hot state, so the forward never reads a tensor to decide what to do.
+        self._codes = [Code.DORMANT] * self.num_seeds
+        self._active: list[int] = []
+        self._phase_steps = [0] * self.num_seeds
+        self._optimizers: dict[int, torch.optim.Optimizer] = {}
+        self._step = 0
+        # Phases that last a fixed number of training steps before the seed signals it is ready.
+        self._fixed_phases = {Code.STABILIZATION: config.stabilize_steps, Code.EVALUATING: config.evaluate_steps,
+                              Code.FINE_TUNING: config.evaluate_steps}
+        self.on_runtime_error: Callable[[KasminaLayer, int, BaseException], None] | None = None
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.training:
+            self._step += 1
+            if self._step % self.config.stats_every == 0:
+                self._observe(y)
+        if not self._active:
+            return y
+        return self._forward_seeds(y)
+
+    def _chunk(self, y: torch.Tensor, i: int) -> torch.Tensor:
+        s, e = self.bounds[i]
+        return y[..., s:e] if self.channel_dim == -1 else y[:, s:e]
+
+    def _run_child(self, child: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
+        if self.channel_dim == -1:
+            return child(chunk)
+        # (B, c, H, W) -> (B, H, W, c): the child maps channel vectors pixel by pixel
+        return child(chunk.movedim(1, -1)).movedim(-1, 1)
+
+    def _forward_seeds(self, y: torch.Tensor) -> torch.Tensor:
+        out = None
+        training = self.training
+        for i in list(self._active):
+            code = self._codes[i]
+            chunk = self._chunk(y, i)
+            if code == Code.TRAINING:
+                if training and torch.is_grad_enabled():
+                    self._train_reconstruction(i, chunk)
+                continue  # the host path stays the identity
+            child = self.seeds[str(i)]
+            sample = training and self._step % self.config.stats_every == 0
+            try:
+                t0 = time.perf_counter() if sample else 0.0
+                child_out = self._run_child(child, chunk)
+                if sample:
+                    self.health_accumulator[i, HEALTH["latency_us"]] += (time.perf_counter() - t0) * 1e6
+                    self.health_accumulator[i, HEALTH["latency_samples"]] += 1
+            except Exception as exc:  # noqa: BLE001 - any kernel failure falls back to the identity path
+                if self.on_runtime_error is not None:
+                    self.on_runtime_error(self, i, exc)
+                continue
+            if training and code in self._fixed_phases:
+                self._phase_steps[i] += 1
+                if self._phase_steps[i] == self._fixed_phases[code]:
+                    self.ready[i] = True
+            alpha = self._alpha(i, training)
+            blended = child_out if alpha >= 1.0 else chunk + alpha * (child_out - chunk)
+            if out is None:
+                out = y.clone()
+            if self.channel_dim == -1:
+                out[..., self.bounds[i][0]:self.bounds[i][1]] = blended
+            else:
+                out[:, self.bounds[i][0]:self.bounds[i][1]] = blended
+        return y if out is None else out
+
+    def _alpha(self, i: int, training: bool) -> float:
+        code = self._codes[i]
+        if code != Code.GRAFTING:
+            return 1.0
+        if training:
+            self._phase_steps[i] += 1
+        progress = min(1.0, self._phase_steps[i] / self.config.graft_steps)
+        alpha = progress if self.config.graft_ramp == "linear" else 0.5 - 0.5 * math.cos(math.pi * progress)
+        self.alpha_blend[i] = alpha
+        if progress >= 1.0:
+            self.ready[i] = True
+        return alpha
+
+    def _train_reconstruction(self, i: int, chunk: torch.Tensor) -> None:
+        child = self.seeds[str(i)]
+        opt = self._optimizers[i]
+        target = chunk.detach()
+        with torch.enable_grad():
+            noisy = target + _NOISE * target.std() * torch.randn_like(target)
+            loss = F.mse_loss(self._run_child(child, noisy), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self._phase_steps[i] += 1
+        if self._phase_steps[i] >= self.config.reconstruction_steps:
+            with torch.no_grad():
+                err = F.mse_loss(self._run_child(child, target), target) / (target.var() + 1e-8)
+            self.health_accumulator[i, HEALTH["recon_error"]] = err
+            self.ready[i] = bool(torch.isfinite(err)) and float(err) <= self.config.reconstruction_tolerance
+
+    # ------------------------------------------------------------------ stats
+    @torch.no_grad()
+    def _observe(self, y: torch.Tensor) -> None:
+        rows = y.detach().movedim(self.channel_dim, -1).reshape(-1, self.features).float()
+        if rows.shape[0] < 2:
+            return
+        if self.uniform_chunk is not None:
+            stats = _chunk_stats(rows.view(rows.shape[0], self.num_seeds, self.uniform_chunk),
+                                 self.config.correlation_samples)
+        else:
+            stats = torch.stack([
+                _chunk_stats(rows[:, s:e].unsqueeze(1), self.config.correlation_samples)[0] for s, e in self.bounds
+            ])
+        acc = self.health_accumulator
+        acc[:, HEALTH["samples"]] += 1
+        acc[:, HEALTH["variance"]:HEALTH["correlation"] + 1] += stats
+
+    def health(self) -> list[dict]:
+        """Per-seed means over the samples since the last reset."""
+        acc = self.health_accumulator.detach().cpu()
+        out = []
+        for i in range(self.num_seeds):
+            n = max(float(acc[i, HEALTH["samples"]]), 1.0)
+            lat_n = float(acc[i, HEALTH["latency_samples"]])
+            out.append({
+                "chunk_variance": float(acc[i, HEALTH["variance"]]) / n,
+                "dead_node_ratio": float(acc[i, HEALTH["dead"]]) / n,
+                "avg_correlation": float(acc[i, HEALTH["correlation"]]) / n,
+                "exec_latency_us": float(acc[i, HEALTH["latency_us"]]) / lat_n if lat_n else 0.0,
+                "samples": int(acc[i, HEALTH["samples"]]),
+            })
+        return out
+
+    def reset_health(self) -> None:
+        recon = self.health_accumulator[:, HEALTH["recon_error"]].clone()
+        self.health_accumulator.zero_()
+        self.health_accumulator[:, HEALTH["recon_error"]] = recon
+
+    # ------------------------------------------------------------------ state changes (called by the controller)
+    def set_state(self, i: int, code: Code, epoch: int) -> None:
+        self._codes[i] = code
+        self.lifecycle_state[i] = int(code)
+        self.last_update_epoch[i] = epoch
+        self.ready[i] = False
+        self._phase_steps[i] = 0
+        child = self.seeds[str(i)] if str(i) in self.seeds else None
+        if code == Code.GRAFTING:
+            self.alpha_blend[i] = 0.0
+        elif code in CHILD_STATES:
+            self.alpha_blend[i] = 1.0
+        else:
+            self.alpha_blend[i] = 0.0
+        if child is not None:
+            trainable = code in (Code.GRAFTING, Code.FINE_TUNING)
+            for p in child.parameters():
+                p.requires_grad_(trainable or code == Code.TRAINING)
+        if code != Code.TRAINING:
+            self._optimizers.pop(i, None)
+        self._refresh_active()
+
+    def attach(self, i: int, child: nn.Module, kernel_id: int, trainable: bool) -> None:
+        ref = self.base_layer.weight
+        child = child.to(device=ref.device, dtype=ref.dtype)
+        self.seeds[str(i)] = child
+        self.active_kernel_id[i] = kernel_id
+        if trainable:
+            self._optimizers[i] = torch.optim.Adam(child.parameters(), lr=self.config.reconstruction_lr)
+
+    def detach_child(self, i: int) -> None:
+        if str(i) in self.seeds:
+            del self.seeds[str(i)]
+        self._optimizers.pop(i, None)
+        self.active_kernel_id[i] = 0
+
+    def _refresh_active(self) -> None:
+        self._active = [i for i, c in enumerate(self._codes) if c in CHILD_STATES]
+
+    def _sync_from_buffers(self) -> None:
+        self._codes = [Code(int(c)) for c in self.lifecycle_state.tolist()]
+        self._refresh_active()
+
+    def extra_repr(self) -> str:
+        return f"layer_id={self.layer_id}, path={self.path!r}, seeds={self.num_seeds}, chunk={self.bounds[0][1]}"
+
+
+def _chunk_stats(x: torch.Tensor, corr_rows: int) -> torch.Tensor:
+    """(rows, seeds, c) -> (seeds, 3): mean variance, dead-unit ratio, mean |correlation| between units."""
+    var = x.var(dim=0)  # (seeds, c)
+    dead = (x.amax(dim=0) <= 0).float().mean(dim=-1)  # a unit that never fires under a ReLU
+    sample = x[:corr_rows]
+    z = (sample - sample.mean(0)) / (sample.std(0) + 1e-6)
+    c = z.shape[-1]
+    if c > 1:
+        corr = torch.einsum("kni,knj->nij", z, z) / max(z.shape[0] - 1, 1)
+        off = corr.abs().sum(dim=(-1, -2)) - corr.diagonal(dim1=-2, dim2=-1).abs().sum(-1)
+        avg_corr = off / (c * (c - 1))
+    else:
+        avg_corr = torch.zeros(x.shape[1], device=x.device)
+    return torch.stack([var.mean(-1), dead, avg_corr], dim=-1)

@@ -1,0 +1,82 @@
+"""Content-addressed, immutable artifact files (``.esper/artifacts`` by default).
+
+``put`` writes the bytes under their SHA-256 (write to a temporary name, fsync, rename: a reader never sees a
+partial file) and records ``artifact_id -> (sha256, kind)``. ``get_artifact`` returns the bytes with the hash that
+was *declared* at ``put``; the reader (Kasmina's kernel cache) recomputes and compares before using anything, so a
+file corrupted on disk is caught where it matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.exceptions import EsperError
+
+__all__ = ["ArtifactNotFound", "ArtifactStore", "KernelArtifact"]
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class ArtifactNotFound(EsperError):
+    pass
+
+
+@dataclass(frozen=True)
+class KernelArtifact:
+    artifact_id: str
+    sha256: str  # as declared when stored
+    kind: str  # how to build a module from the bytes, e.g. esper.reference.v1
+    data: bytes
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _check_id(self, artifact_id: str) -> None:
+        if not _SAFE_ID.match(artifact_id):
+            raise ArtifactNotFound(f"invalid artifact id {artifact_id!r}")
+
+    def put(self, artifact_id: str, kind: str, data: bytes) -> str:
+        self._check_id(artifact_id)
+        digest = hashlib.sha256(data).hexdigest()
+        blob = self.root / "blobs" / digest[:2] / digest
+        if not blob.exists():
+            _atomic_write(blob, data)
+        entry = json.dumps({"artifact_id": artifact_id, "sha256": digest, "kind": kind}).encode()
+        index = self.root / "index" / f"{artifact_id}.json"
+        if index.exists():
+            if json.loads(index.read_bytes())["sha256"] != digest:
+                raise EsperError(f"artifact {artifact_id} already exists with other content: artifacts are immutable")
+            return digest
+        _atomic_write(index, entry)
+        return digest
+
+    def get_artifact(self, artifact_id: str) -> KernelArtifact:
+        self._check_id(artifact_id)
+        index = self.root / "index" / f"{artifact_id}.json"
+        try:
+            entry = json.loads(index.read_bytes())
+            data = (self.root / "blobs" / entry["sha256"][:2] / entry["sha256"]).read_bytes()
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"no artifact {artifact_id} in {self.root}") from None
+        return KernelArtifact(artifact_id, entry["sha256"], entry["kind"], data)
+
+    def blob_path(self, artifact_id: str) -> Path:
+        entry = json.loads((self.root / "index" / f"{artifact_id}.json").read_bytes())
+        return self.root / "blobs" / entry["sha256"][:2] / entry["sha256"]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
