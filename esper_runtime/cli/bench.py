@@ -41,3 +41,16 @@ def events(
         console.print(f"[red]error:[/red] {exc} (is the broker up? `esper infra up`)")
         raise typer.Exit(1)
     _report(result, as_json)
+
+
+@app.command("dormant-overhead")
+def dormant_overhead(
+    as_json: bool = typer.Option(False, "--json"),
+    rounds: int = typer.Option(15, help="Alternating rounds per model."),
+    steps: int = typer.Option(20, help="Training steps per round."),
+) -> None:
+    """Training-step time of a wrapped model with every seed DORMANT over the unwrapped model (MLP, small CNN)."""
+    from esper_runtime.bench import dormant
+
+    console.print("[dim]bench dormant-overhead: timing an MLP and a small CNN, wrapped and unwrapped...[/dim]")
+    _report(dormant.run(rounds=rounds, steps=steps), as_json)

@@ -1,0 +1,88 @@
+"""``esper bench dormant-overhead``: training-step time with every seed DORMANT over the unwrapped model.
+
+Both models train on the same batches in the same process; rounds alternate between them so drift in the
+machine's speed hits both alike, and the ratio is of the medians of the per-round mean step times.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from esper_runtime.kasmina import KasminaConfig, wrap
+
+
+def _mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    return model, torch.randn(128, 784), torch.randint(0, 10, (128,))
+
+
+def _cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+    return model, torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+
+
+def _step_fn(model: nn.Module, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def measure(make, rounds: int, steps: int, config: KasminaConfig) -> dict:
+    torch.manual_seed(0)
+    host, x, y = make()
+    base = host
+    wrapped = wrap(copy.deepcopy(host), config)
+    base.train()
+    wrapped.train()
+    fns = {"base": _step_fn(base, x, y), "wrapped": _step_fn(wrapped, x, y)}
+    for fn in fns.values():  # warm-up: allocator, kernels, optimizer state
+        for _ in range(5):
+            fn()
+    times: dict[str, list[float]] = {"base": [], "wrapped": []}
+    for r in range(rounds):
+        order = ("base", "wrapped") if r % 2 == 0 else ("wrapped", "base")
+        for name in order:
+            fn = fns[name]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[name].append((time.perf_counter() - t0) / steps)
+    base_s = statistics.median(times["base"])
+    wrapped_s = statistics.median(times["wrapped"])
+    return {
+        "ratio": round(wrapped_s / base_s, 4),
+        "base_step_ms": round(base_s * 1000, 3),
+        "wrapped_step_ms": round(wrapped_s * 1000, 3),
+        "seed_layers": len(wrapped.seed_layers()),
+        "seeds": wrapped.kasmina.num_seeds(),
+    }
+
+
+def run(rounds: int = 15, steps: int = 20) -> dict:
+    config = KasminaConfig()
+    results = {"mlp": measure(_mlp, rounds, steps, config), "cnn": measure(_cnn, rounds, steps, config)}
+    return {
+        "bench": "dormant-overhead",
+        "ratio": max(r["ratio"] for r in results.values()),
+        **results,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "stats_every": config.stats_every,
+        "rounds": rounds,
+        "steps_per_round": steps,
+    }

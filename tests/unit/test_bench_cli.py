@@ -1,0 +1,14 @@
+import json
+import subprocess
+import sys
+
+
+def test_dormant_overhead_bench_prints_ratios_per_model():
+    res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "bench", "dormant-overhead", "--json",
+                          "--rounds", "2", "--steps", "2"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "dormant-overhead"
+    for model in ("mlp", "cnn"):
+        assert result[model]["ratio"] > 0 and result[model]["seeds"] > 0
+    assert result["ratio"] == max(result["mlp"]["ratio"], result["cnn"]["ratio"])
