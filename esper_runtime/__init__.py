@@ -1,1 +1,23 @@
-"""Esper runtime: the ML side (Kasmina, Tamiyo, Tolaria, ...) and the user-facing CLI."""
+"""Esper runtime: the ML side (Kasmina today; Tamiyo, Tolaria and the rest as they land) and the ``esper`` CLI.
+
+The SDK names are imported lazily, so ``import esper_runtime`` (and every CLI command that does not train) does not
+pay for importing torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["wrap", "KasminaConfig", "MorphableModel"]
+
+_LAZY = {
+    "wrap": "esper_runtime.kasmina",
+    "KasminaConfig": "esper_runtime.kasmina",
+    "MorphableModel": "esper_runtime.kasmina",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'esper_runtime' has no attribute {name!r}")
