@@ -46,8 +46,8 @@ def events(
 @app.command("dormant-overhead")
 def dormant_overhead(
     as_json: bool = typer.Option(False, "--json"),
-    rounds: int = typer.Option(25, help="Alternating rounds per model."),
-    steps: int = typer.Option(16, help="Training steps per round (a multiple of stats_every keeps rounds alike)."),
+    rounds: int = typer.Option(30, help="Alternating rounds per model."),
+    steps: int = typer.Option(32, help="Training steps per round (rounds alike: see stats_every)."),
 ) -> None:
     """Training-step time of a wrapped model with every seed DORMANT over the unwrapped model (MLP, small CNN)."""
     from esper_runtime.bench import dormant

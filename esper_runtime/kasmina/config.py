@@ -15,7 +15,7 @@ class KasminaConfig(BaseModel):
     exclude: list[str] = Field(default=[], description="fnmatch patterns on module paths to leave alone.")
     chunk_size: int | None = Field(default=None, ge=1, description="Output features per seed.")
     seeds_per_layer: int = Field(default=4, ge=1, description="Used when chunk_size is not set.")
-    stats_every: int = Field(default=16, ge=1, description="Seeds sample activation statistics every N training steps.")
+    stats_every: int = Field(default=32, ge=1, description="Seeds sample activation statistics every N training steps.")
     stats_rows: int = Field(default=256, ge=2, description="Rows (samples, or pixels of conv maps) per statistics sample.")
     correlation_every: int = Field(default=4, ge=1, description="Correlation is estimated on every Nth statistics sample.")
     correlation_samples: int = Field(default=64, ge=2, description="Rows used for the chunk correlation estimate.")

@@ -68,6 +68,7 @@ class Kasmina:
         self.publisher = publisher
         self.run_id = run_id or uuid.uuid4().hex
         self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
+        self._command_envelopes = EnvelopeFactory(self.run_id, "tamiyo/direct")
         self.epoch = 0
         self._queue: list[KasminaControlCommand] = []
         self._seeds = {(l.layer_id, i): _Seed() for l in layers for i in range(l.num_seeds)}
@@ -104,14 +105,18 @@ class Kasmina:
     # ------------------------------------------------------------------ commands
     def command(self, layer_id: int, seed_id: int, command: str, kernel_artifact_id: str = "",
                 grafting_strategy: str = "cosine_ramp", tags: list[str] | None = None) -> KasminaControlCommand:
-        """Build and queue a command (what Tamiyo does); applied at the next ``end_epoch``."""
+        """Build, publish and queue a command, as a controller does; applied at the next ``end_epoch``.
+        (``submit`` queues a command that was published elsewhere.)"""
         known = (layer_id, seed_id) in self._seeds
         cmd = KasminaControlCommand(
-            envelope=EnvelopeFactory(self.run_id, "tamiyo").next(seed_name(layer_id, seed_id)),
+            envelope=self._command_envelopes.next(seed_name(layer_id, seed_id)),
             target_layer_id=layer_id, target_seed_id=seed_id, command=command,
             kernel_artifact_id=kernel_artifact_id or (self.kernel_of(layer_id, seed_id) if known else ""),
             selected_for_tags=tags, grafting_strategy=grafting_strategy, command_id=uuid.uuid4().hex, epoch=self.epoch,
         )
+        if self.publisher is not None:
+            self.publisher.publish(cmd)
+            self.events_published += 1
         self.submit(cmd)
         return cmd
 
@@ -132,6 +137,7 @@ class Kasmina:
                 log.warning("%s", exc)
                 report.refused.append(exc)
         for layer in self.layers:
+            layer.end_epoch_latency()
             layer.reset_health()
         report.transitions = self._flush_events()
         report.params_changed, self._params_changed = self._params_changed, False

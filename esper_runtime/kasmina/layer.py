@@ -207,6 +207,13 @@ class KasminaLayer(nn.Module):
             })
         return out
 
+    def end_epoch_latency(self) -> None:
+        """Move the epoch's mean child latency into the per-seed ``exec_latency_us`` state."""
+        acc = self.health_accumulator
+        n = acc[:, HEALTH["latency_samples"]]
+        mean = torch.where(n > 0, acc[:, HEALTH["latency_us"]] / n.clamp_min(1), torch.zeros_like(n))
+        self.exec_latency_us.copy_(mean.round().to(self.exec_latency_us.dtype))
+
     def reset_health(self) -> None:
         recon = self.health_accumulator[:, HEALTH["recon_error"]].clone()
         self.health_accumulator.zero_()

@@ -161,11 +161,18 @@ def test_transitions_and_telemetry_are_events_once_per_epoch(make_model, kernels
     assert [tr.to_state.value for tr in transitions] == ["GERMINATED", "LOADING", "TRAINING", "GRAFTING"]
     assert [tr.envelope.originator_version for tr in transitions] == [1, 2, 3, 4]
     assert {tr.envelope.originator_id for tr in transitions} == {f"seed/{L}/{S}"}
+    commands = [e.decoded.typed() for e in reader.events(["control.kasmina.commands"])]
+    assert [c.command for c in commands] == ["request_germination", "promote", "advance"]
+    assert [c.envelope.originator_version for c in commands] == [1, 2, 3]
+    assert [tr.command_id for tr in transitions] == [commands[0].command_id, commands[1].command_id,
+                                                     commands[1].command_id, commands[2].command_id]
     telemetry = [e.decoded.typed() for e in reader.events(["kasmina.telemetry.seeds"])]
     assert len(telemetry) == 3 * len(model.seed_layers())  # one batch per layer per epoch, not per step
     last = [b for b in telemetry if b.layer_id == L][-1]
     assert [h.state.value for h in last.seeds][S] == "TRAINING"
     assert all(h.chunk_variance > 0 for h in last.seeds)
+    t.boundary()  # the epoch in which the child was grafted ends: its latency lands in the state tensor
+    assert int(model.seed_layers()[L].exec_latency_us[S]) > 0
 
 
 def test_health_statistics_see_dead_units(store, publisher):
