@@ -1,0 +1,160 @@
+"""BlueprintIR: a declarative, versioned description of a seed's child module.
+
+A blueprint is a small graph of typed ops over one input, ``x``: the seed's chunk, shape ``(batch, F)``. Sizes in
+ops may be integers or relative to ``F`` (``{"F": 0.25}`` means ``max(1, round(F * 0.25))``), so one blueprint fits
+every chunk width; ``instantiate(F)`` resolves them. The IR is data only: it is interpreted through a fixed table
+of ops (``ops.py``) and never executes code of its own.
+
+Canonical form: JSON with sorted keys and no whitespace, of the normalized document. Its SHA-256 (hex) is the
+blueprint id; the instantiated IR's SHA-256 is the ``ir-hash`` in kernel artifact ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from esper_runtime.blueprints.exceptions import BlueprintInvalid
+
+__all__ = ["IR_VERSION", "Blueprint", "ConcreteIR", "canonical_json", "resolve_dim"]
+
+IR_VERSION = 1
+MAX_DOCUMENT_BYTES = 64_000
+
+
+def canonical_json(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def resolve_dim(spec: Any, features: int, where: str) -> int:
+    """An op size: an int, "F", or {"F": ratio}."""
+    if isinstance(spec, bool):
+        raise BlueprintInvalid("shapes", f"{where}: size must be an int, 'F' or {{'F': ratio}}, not {spec!r}")
+    if isinstance(spec, int):
+        return spec
+    if spec == "F":
+        return features
+    if isinstance(spec, dict) and set(spec) == {"F"} and isinstance(spec["F"], (int, float)) and not isinstance(
+            spec["F"], bool):
+        ratio = float(spec["F"])
+        if not 0 < ratio <= 64:
+            raise BlueprintInvalid("size", f"{where}: ratio {ratio} outside (0, 64]")
+        return max(1, round(features * ratio))
+    raise BlueprintInvalid("shapes", f"{where}: size must be an int, 'F' or {{'F': ratio}}, not {spec!r}")
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """A blueprint template (sizes may depend on F). Build one with ``Blueprint.parse``."""
+
+    doc: dict[str, Any]
+
+    @classmethod
+    def parse(cls, source: str | bytes | dict) -> "Blueprint":
+        """Parse and normalize (not validate: see ``validate``). Malformed input raises BlueprintInvalid."""
+        if isinstance(source, (str, bytes)):
+            if len(source) > MAX_DOCUMENT_BYTES:
+                raise BlueprintInvalid("parse", f"document of {len(source)} bytes exceeds {MAX_DOCUMENT_BYTES}")
+            try:
+                source = json.loads(source)
+            except (ValueError, RecursionError) as exc:
+                raise BlueprintInvalid("parse", f"not JSON: {exc}") from None
+        if not isinstance(source, dict):
+            raise BlueprintInvalid("parse", "a blueprint is a JSON object")
+        doc = {
+            "ir_version": source.get("ir_version", IR_VERSION),
+            "name": source.get("name"),
+            "description": source.get("description", ""),
+            "trainable": source.get("trainable"),
+            "nodes": source.get("nodes"),
+            "output": source.get("output"),
+            "tags": sorted(source.get("tags", [])) if isinstance(source.get("tags", []), list) else source.get("tags"),
+        }
+        unknown = set(source) - set(doc)
+        if unknown:
+            raise BlueprintInvalid("parse", f"unknown top-level keys {sorted(unknown)}")
+        try:
+            doc = json.loads(canonical_json(doc))  # a deep, normalized copy: later edits to the source cannot leak in
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise BlueprintInvalid("parse", f"not representable as canonical JSON: {exc}") from None
+        return cls(doc)
+
+    @property
+    def name(self) -> str:
+        return self.doc["name"]
+
+    @property
+    def canonical(self) -> str:
+        return canonical_json(self.doc)
+
+    @property
+    def blueprint_id(self) -> str:
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
+
+    @property
+    def trainable(self) -> bool:
+        return bool(self.doc["trainable"])
+
+    def instantiate(self, features: int) -> "ConcreteIR":
+        """Resolve every size for chunk width ``features``. Validate first (``validate(blueprint)``)."""
+        from esper_runtime.blueprints.validate import validate_concrete
+
+        if isinstance(features, bool) or not isinstance(features, int) or not 1 <= features <= 65536:
+            raise BlueprintInvalid("size", f"chunk width {features!r} outside 1..65536")
+        nodes = []
+        for node in self.doc["nodes"]:
+            attrs = dict(node.get("attrs", {}))
+            for key in ("out", "hidden"):
+                if key in attrs:
+                    attrs[key] = resolve_dim(attrs[key], features, f"node {node.get('id')!r}.{key}")
+            nodes.append({**node, "attrs": attrs})
+        concrete = ConcreteIR({**self.doc, "features": features, "nodes": nodes, "blueprint_id": self.blueprint_id})
+        validate_concrete(concrete)
+        return concrete
+
+
+@dataclass(frozen=True)
+class ConcreteIR:
+    """A blueprint with every size resolved for one chunk width."""
+
+    doc: dict[str, Any]
+
+    @property
+    def features(self) -> int:
+        return self.doc["features"]
+
+    @property
+    def name(self) -> str:
+        return self.doc["name"]
+
+    @property
+    def blueprint_id(self) -> str:
+        return self.doc["blueprint_id"]
+
+    @property
+    def trainable(self) -> bool:
+        return bool(self.doc["trainable"])
+
+    @property
+    def canonical(self) -> str:
+        return canonical_json(self.doc)
+
+    @property
+    def ir_hash(self) -> str:
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str) -> "ConcreteIR":
+        from esper_runtime.blueprints.validate import validate_concrete
+
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise BlueprintInvalid("parse", f"not JSON: {exc}") from None
+        if not isinstance(doc, dict) or "features" not in doc:
+            raise BlueprintInvalid("parse", "not an instantiated blueprint")
+        ir = cls(doc)
+        validate_concrete(ir)
+        return ir
