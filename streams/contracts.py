@@ -863,6 +863,8 @@ class BlueprintSubmitted:
     submitted_by: str
     tags: list[str] = field(default_factory=list)
     parent_ids: list[str] = field(default_factory=list)
+    chunk_widths: list[int] = field(default_factory=list)
+    pipelines: list[str] = field(default_factory=list)
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -874,6 +876,8 @@ class BlueprintSubmitted:
             "submitted_by": self.submitted_by,
             "tags": self.tags,
             "parent_ids": self.parent_ids,
+            "chunk_widths": self.chunk_widths,
+            "pipelines": self.pipelines,
         }
 
     @classmethod
@@ -887,6 +891,8 @@ class BlueprintSubmitted:
             submitted_by=d["submitted_by"],
             tags=list(d.get("tags", [])),
             parent_ids=list(d.get("parent_ids", [])),
+            chunk_widths=list(d.get("chunk_widths", [])),
+            pipelines=list(d.get("pipelines", [])),
         )
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from esper_runtime.cli import bench, infra, tail
+from esper_runtime.cli import bench, infra, library, tail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Esper: neural networks that grow while they train.")
 app.add_typer(infra.app, name="infra")
 app.add_typer(bench.app, name="bench")
 app.command("tail")(tail.tail)
+app.add_typer(library.blueprints_app, name="blueprints")
+app.add_typer(library.kernels_app, name="kernels")
+app.command("tezzeret")(library.tezzeret)
 
 
 @app.command()

@@ -50,6 +50,8 @@ class LoadedKernel:
 
 Builder = Callable[[KernelArtifact], LoadedKernel]
 _BUILDERS: dict[str, Builder] = {}
+# Kinds whose builder lives in a module imported on first use (keeps torch-free paths light).
+_LAZY_KINDS = {"esper.kernel.v1": "esper_runtime.tezzeret.bundle"}
 
 
 def register_kernel_kind(kind: str, builder: Builder) -> None:
@@ -96,6 +98,10 @@ class KernelCache:
         if actual != artifact.sha256:
             raise KernelLoadError(f"kernel {artifact_id}: hash mismatch (declared {artifact.sha256[:12]}…, "
                                   f"content {actual[:12]}…): corrupt or tampered artifact refused")
+        if artifact.kind not in _BUILDERS and artifact.kind in _LAZY_KINDS:
+            import importlib
+
+            importlib.import_module(_LAZY_KINDS[artifact.kind])
         builder = _BUILDERS.get(artifact.kind)
         if builder is None:
             raise KernelLoadError(f"kernel {artifact_id}: unknown kind {artifact.kind!r}")

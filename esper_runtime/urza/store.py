@@ -42,13 +42,13 @@ class ArtifactStore:
         if not _SAFE_ID.match(artifact_id):
             raise ArtifactNotFound(f"invalid artifact id {artifact_id!r}")
 
-    def put(self, artifact_id: str, kind: str, data: bytes) -> str:
+    def put(self, artifact_id: str, kind: str, data: bytes, meta: dict | None = None) -> str:
         self._check_id(artifact_id)
         digest = hashlib.sha256(data).hexdigest()
         blob = self.root / "blobs" / digest[:2] / digest
         if not blob.exists():
             _atomic_write(blob, data)
-        entry = json.dumps({"artifact_id": artifact_id, "sha256": digest, "kind": kind}).encode()
+        entry = json.dumps({"artifact_id": artifact_id, "sha256": digest, "kind": kind, "meta": meta or {}}).encode()
         index = self.root / "index" / f"{artifact_id}.json"
         if index.exists():
             if json.loads(index.read_bytes())["sha256"] != digest:
@@ -66,6 +66,14 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactNotFound(f"no artifact {artifact_id} in {self.root}") from None
         return KernelArtifact(artifact_id, entry["sha256"], entry["kind"], data)
+
+    def exists(self, artifact_id: str) -> bool:
+        self._check_id(artifact_id)
+        return (self.root / "index" / f"{artifact_id}.json").exists()
+
+    def meta(self, artifact_id: str) -> dict:
+        self._check_id(artifact_id)
+        return json.loads((self.root / "index" / f"{artifact_id}.json").read_bytes()).get("meta", {})
 
     def blob_path(self, artifact_id: str) -> Path:
         entry = json.loads((self.root / "index" / f"{artifact_id}.json").read_bytes())

@@ -1,0 +1,1 @@
+"""Tezzeret: the background compiler that turns blueprints into kernel artifacts."""

@@ -1,0 +1,124 @@
+"""Reading kernel bundles (``esper.kernel.v1``) back: the Kasmina kernel kind for Tezzeret's artifacts.
+
+Nothing in a bundle is trusted before the cache has checked its SHA-256: the manifest's IR is validated again, the
+weights load with ``weights_only=True`` and must match the IR's parameters exactly, and the compiled package is
+written to a content-addressed file before AOTInductor loads it. The compiled program runs only on inputs that
+match its signature (2-D float32 on CPU with the chunk's width and a batch in range); anything else, and every
+forward that needs gradients, runs the eager module built from the IR, so the host's gradients keep flowing
+through a frozen child while it trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from esper_runtime.blueprints import BlueprintInvalid, ConcreteIR, build_module
+from esper_runtime.kasmina.exceptions import KernelLoadError
+from esper_runtime.kasmina.kernels import LoadedKernel, register_kernel_kind
+from esper_runtime.tezzeret.compiler import BUNDLE_KIND
+from esper_runtime.urza.store import KernelArtifact
+
+__all__ = ["CompiledChild", "load_bundle", "read_manifest", "register"]
+
+MAX_MEMBER_BYTES = 256 << 20
+
+
+def read_manifest(data: bytes) -> dict:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return json.loads(zf.read("manifest.json"))
+
+
+class CompiledChild(nn.Module):
+    """The eager module (which owns the weights) plus the compiled program that runs them without autograd."""
+
+    def __init__(self, module: nn.Module, package_path: Path | None, features: int, batch_range: tuple[int, int]):
+        super().__init__()
+        self.module = module
+        self.features = features
+        self.batch_range = batch_range
+        self._package_path = package_path
+        self._runner = None
+        self.compiled_calls = 0
+
+    def _compiled(self):
+        if self._runner is None and self._package_path is not None:
+            self._runner = torch._inductor.aoti_load_package(str(self._package_path))
+        return self._runner
+
+    def _fits(self, x: torch.Tensor) -> bool:
+        lo, hi = self.batch_range
+        return (x.dim() == 2 and x.shape[1] == self.features and lo <= x.shape[0] <= hi
+                and x.dtype == torch.float32 and x.device.type == "cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if needs_grad or not self._fits(x) or self._package_path is None:
+            return self.module(x)
+        runner = self._compiled()
+        self.compiled_calls += 1
+        return runner(x.contiguous(), *[p.detach() for p in self.module.parameters()])
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        clone = CompiledChild(copy.deepcopy(self.module, memo), self._package_path, self.features, self.batch_range)
+        return clone
+
+
+def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> LoadedKernel:
+    try:
+        with zipfile.ZipFile(io.BytesIO(artifact.data)) as zf:
+            members = {i.filename: i for i in zf.infolist()}
+            for name in ("manifest.json", "weights.pt", "kernel.pt2"):
+                if name not in members:
+                    raise KernelLoadError(f"kernel {artifact.artifact_id}: bundle lacks {name}")
+                if members[name].file_size > MAX_MEMBER_BYTES:
+                    raise KernelLoadError(f"kernel {artifact.artifact_id}: {name} is implausibly large")
+            manifest = json.loads(zf.read("manifest.json"))
+            weights = zf.read("weights.pt")
+            pt2 = zf.read("kernel.pt2")
+    except zipfile.BadZipFile as exc:
+        raise KernelLoadError(f"kernel {artifact.artifact_id}: not a kernel bundle: {exc}") from None
+    if manifest.get("format") != BUNDLE_KIND or manifest.get("artifact_id") != artifact.artifact_id:
+        raise KernelLoadError(f"kernel {artifact.artifact_id}: manifest names {manifest.get('artifact_id')!r}, "
+                              f"format {manifest.get('format')!r}")
+    try:
+        ir = ConcreteIR.from_json(json.dumps(manifest["ir"]))
+    except BlueprintInvalid as exc:
+        raise KernelLoadError(f"kernel {artifact.artifact_id}: its IR is invalid: {exc}") from None
+    module = build_module(ir)
+    state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state.items()} != expected:
+        raise KernelLoadError(f"kernel {artifact.artifact_id}: weights do not match the IR's parameters")
+    module.load_state_dict(state)
+    if cache_dir is None:
+        from streams.config import load_settings
+
+        cache_dir = load_settings().home / "kernel-cache"
+    digest = hashlib.sha256(pt2).hexdigest()
+    package = cache_dir / f"{digest}.pt2"
+    if not package.exists():
+        package.parent.mkdir(parents=True, exist_ok=True)
+        tmp = package.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pt2)
+        os.replace(tmp, package)
+    dyn = manifest["signature"]["inputs"][0]["dynamic"]["0"]
+    child = CompiledChild(module, package, ir.features, (int(dyn[0]), int(dyn[1])))
+    return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, ir.trainable, child,
+                        {"blueprint_id": ir.blueprint_id, "name": ir.name, "pipeline": manifest.get("pipeline")})
+
+
+def register() -> None:
+    register_kernel_kind(BUNDLE_KIND, load_bundle)
+
+
+register()

@@ -1,0 +1,146 @@
+"""Tezzeret's pipelines: an instantiated BlueprintIR -> a real compiled artifact (a kernel bundle).
+
+The compiled program takes the weights as *inputs* (``forward(x, *params)``, exported with ``torch.export`` and
+packaged by AOTInductor), so one artifact runs any trained weights of its design: a seed's child keeps learning
+eagerly and the artifact runs its current weights. (Packaging the weights as swappable constants instead was
+tried: AOTInductor folded a bias into a kernel, and ``load_constants`` then silently left it stale.)
+
+A bundle is a zip holding ``manifest.json`` (ids, IR, signature, pipeline, toolchain), ``weights.pt`` (initial
+weights, a plain state dict read back with ``weights_only=True``) and ``kernel.pt2`` (the AOTInductor package).
+Artifact ids follow appendix J.3: ``[ir-hash:12]-[hardware]-[pipeline]-[toolchain-hash:6]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from esper_runtime.blueprints import ConcreteIR, build_module
+
+__all__ = ["PIPELINES", "BUNDLE_KIND", "CompiledBundle", "CompilationError", "compile_ir", "hardware_target",
+           "toolchain_hash", "artifact_id", "BATCH_MIN", "BATCH_MAX"]
+
+BUNDLE_KIND = "esper.kernel.v1"
+BATCH_MIN, BATCH_MAX = 2, 1 << 22
+
+# Inductor settings per pipeline (appendix J.2): fast = fewest passes, aggressive = autotuning.
+PIPELINES: dict[str, dict] = {
+    "fast": {"epilogue_fusion": False, "pattern_matcher": False},
+    "standard": {},
+    "aggressive": {"max_autotune": True, "coordinate_descent_tuning": True},
+}
+
+
+class CompilationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CompiledBundle:
+    artifact_id: str
+    data: bytes
+    sha256: str
+    signature: dict
+    compile_ms: float
+    hardware: str
+    pipeline: str
+    toolchain: str
+
+
+def hardware_target() -> str:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0).lower()
+        for short in ("h200", "h100", "a100", "l40", "a10", "t4", "v100"):
+            if short in name:
+                return short
+        return "cuda"
+    return f"cpu_{platform.machine().lower()}"
+
+
+def toolchain_hash(pipeline: str) -> str:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # pragma: no cover - triton ships with torch on Linux
+        triton_version = "none"
+    facts = {"torch": torch.__version__, "triton": triton_version, "python": sys.version.split()[0],
+             "cuda": torch.version.cuda, "configs": PIPELINES[pipeline], "bundle": BUNDLE_KIND}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def artifact_id(ir: ConcreteIR, hardware: str, pipeline: str) -> str:
+    return f"{ir.ir_hash[:12]}-{hardware}-{pipeline}-{toolchain_hash(pipeline)}"
+
+
+class _Functional(nn.Module):
+    """forward(x, *params): the blueprint's module with its weights passed in."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+
+    def forward(self, x, *params):
+        return torch.func.functional_call(self.module, dict(zip(self.names, params)), (x,))
+
+
+def signature_of(ir: ConcreteIR, module: nn.Module) -> dict:
+    return {
+        "inputs": [{"name": "x", "shape": [None, ir.features], "dtype": "float32",
+                    "dynamic": {"0": [BATCH_MIN, BATCH_MAX]}}],
+        "params": [{"name": n, "shape": list(p.shape), "dtype": "float32"} for n, p in module.named_parameters()],
+        "outputs": [{"shape": [None, ir.features], "dtype": "float32"}],
+    }
+
+
+def compile_ir(ir: ConcreteIR, pipeline: str = "fast", seed: int = 0) -> CompiledBundle:
+    if pipeline not in PIPELINES:
+        raise CompilationError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
+    hardware = hardware_target()
+    aid = artifact_id(ir, hardware, pipeline)
+    module = build_module(ir, seed=seed).eval()
+    params = [p.detach() for p in module.parameters()]
+    t0 = time.perf_counter()
+    try:
+        batch = torch.export.Dim("batch", min=BATCH_MIN, max=BATCH_MAX)
+        example = torch.randn(8, ir.features)
+        dynamic = ({0: batch}, tuple(None for _ in params)) if params else ({0: batch},)
+        program = torch.export.export(_Functional(module), (example, *params), dynamic_shapes=dynamic)
+        with tempfile.TemporaryDirectory(prefix="tezzeret-") as tmp:
+            package = Path(tmp) / "kernel.pt2"
+            torch._inductor.aoti_compile_and_package(program, package_path=str(package),
+                                                     inductor_configs=dict(PIPELINES[pipeline]))
+            pt2 = package.read_bytes()
+    except Exception as exc:  # export and inductor raise many types; each is a failed compilation
+        raise CompilationError(f"{type(exc).__name__}: {exc}"[:2000]) from exc
+    compile_ms = (time.perf_counter() - t0) * 1000
+    weights = io.BytesIO()
+    torch.save(module.state_dict(), weights)
+    signature = signature_of(ir, module)
+    manifest = {
+        "format": BUNDLE_KIND, "artifact_id": aid, "blueprint_id": ir.blueprint_id, "ir": ir.doc,
+        "ir_hash": ir.ir_hash, "pipeline": pipeline, "hardware": hardware, "toolchain": toolchain_hash(pipeline),
+        "torch": torch.__version__, "signature": signature, "trainable": ir.trainable,
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        # fixed timestamps: the same inputs give the same bytes, hence the same hash
+        for name, payload in (("manifest.json", json.dumps(manifest, sort_keys=True).encode()),
+                              ("weights.pt", weights.getvalue()), ("kernel.pt2", pt2)):
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            zf.writestr(info, payload)
+    data = buf.getvalue()
+    return CompiledBundle(aid, data, hashlib.sha256(data).hexdigest(), signature, compile_ms, hardware, pipeline,
+                          manifest["toolchain"])
