@@ -26,14 +26,9 @@ from esper_runtime.kasmina.kernels import LoadedKernel, register_kernel_kind
 from esper_runtime.tezzeret.compiler import BUNDLE_KIND
 from esper_runtime.urza.store import KernelArtifact
 
-__all__ = ["CompiledChild", "load_bundle", "read_manifest", "register"]
+__all__ = ["CompiledChild", "load_bundle", "register"]
 
 MAX_MEMBER_BYTES = 256 << 20
-
-
-def read_manifest(data: bytes) -> dict:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return json.loads(zf.read("manifest.json"))
 
 
 class CompiledChild(nn.Module):

@@ -29,7 +29,7 @@ from torch import nn
 from esper_runtime.blueprints import ConcreteIR, build_module
 
 __all__ = ["PIPELINES", "BUNDLE_KIND", "CompiledBundle", "CompilationError", "compile_ir", "hardware_target",
-           "toolchain_hash", "artifact_id", "BATCH_MIN", "BATCH_MAX"]
+           "toolchain_hash", "artifact_id", "BATCH_MIN", "BATCH_MAX", "read_manifest_bytes"]
 
 BUNDLE_KIND = "esper.kernel.v1"
 BATCH_MIN, BATCH_MAX = 2, 1 << 22
@@ -56,6 +56,11 @@ class CompiledBundle:
     hardware: str
     pipeline: str
     toolchain: str
+
+
+def read_manifest_bytes(data: bytes) -> dict:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return json.loads(zf.read("manifest.json"))
 
 
 def hardware_target() -> str:
