@@ -151,3 +151,27 @@ def tezzeret(
         bb.close()
     console.print(f"tezzeret: compiled {stats.compiled}, cached {stats.cached}, failed {stats.failed}, "
                   f"rejected {stats.rejected}")
+
+
+def urabrask(
+    idle_timeout: float = typer.Option(0.0, help="Stop after this many idle seconds (0: run until Ctrl-C)."),
+    group: str = typer.Option("urabrask", help="Consumer group: more workers with the same group share the work."),
+) -> None:
+    """Run an Urabrask worker: measure each compiled kernel in a sandbox process, tag it, validate or reject it."""
+    from esper_runtime.urabrask.tagging import distributions_from_view
+    from esper_runtime.urabrask.worker import UrabraskWorker
+    from esper_runtime.urza.store import ArtifactStore
+
+    bb = Backbone()
+    dist, known = distributions_from_view(_view(bb))
+    consumer = bb.consumer([bb.resolve_topic("tezzeret.kernels.events")], group_id=group, name="urabrask")
+    worker = UrabraskWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), dist, known)
+    console.print(f"urabrask: {len(known)} kernels already measured; consuming as group {group!r}")
+    try:
+        stats = worker.run(consumer, idle_timeout=idle_timeout or None)
+    except KeyboardInterrupt:
+        stats = worker.stats
+    finally:
+        consumer.close()
+        bb.close()
+    console.print(f"urabrask: validated {stats.validated}, rejected {stats.rejected}, skipped {stats.skipped}")

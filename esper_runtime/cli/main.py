@@ -13,6 +13,7 @@ app.command("tail")(tail.tail)
 app.add_typer(library.blueprints_app, name="blueprints")
 app.add_typer(library.kernels_app, name="kernels")
 app.command("tezzeret")(library.tezzeret)
+app.command("urabrask")(library.urabrask)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Urabrask: the characterization engine that measures and tags kernel artifacts."""

@@ -1,0 +1,115 @@
+"""Urabrask's sandbox: load one kernel artifact in this (separate) process, run it, measure it, print JSON.
+
+    python -m esper_runtime.urabrask.sandbox ARTIFACT_FILE ARTIFACT_ID SHA256 [--runs 3] [--batch 256] [--iters 200]
+
+The parent (the Urabrask worker) gives the artifact's bytes as a file and the hash Urza declared for them; a crash,
+a hang (the parent's timeout) or a wrong result here rejects the kernel without touching the worker. The last line
+of stdout is one JSON object: ``{"passed": bool, "failure": str, ...metrics}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+
+
+def _working_set_mb(module, x) -> float:
+    """Parameters plus the peak of tensor allocations during one forward of the design, from torch.profiler's
+    memory events. (The compiled program allocates inside its own runtime, where the profiler cannot see; its
+    fused kernels need at most what the eager design does.)"""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        module(x)
+    current = peak = 0
+    for event in sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start):
+        current += event.cpu_memory_usage
+        peak = max(peak, current)
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    return (params + peak) / 2**20
+
+
+def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, iters: int) -> dict:
+    import torch
+
+    from esper_runtime.tezzeret.bundle import load_bundle
+    from esper_runtime.urza.store import KernelArtifact
+
+    data = open(path, "rb").read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return {"passed": False, "failure": "hash mismatch: the artifact is not what Urza recorded"}
+    torch.set_num_threads(1)  # comparable across kernels, and fair to the training process beside us
+    kernel = load_bundle(KernelArtifact(artifact_id, sha256, "esper.kernel.v1", data), cache_dir=None)
+    child = kernel.prototype
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, kernel.features, generator=gen)
+    with torch.no_grad():
+        for p in child.parameters():  # weights the artifact has never seen, as after training
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        out = child(x)
+        if child._package_path is not None and child.compiled_calls != 1:
+            return {"passed": False, "failure": "the compiled program did not run"}
+        if tuple(out.shape) != (batch, kernel.features):
+            return {"passed": False, "failure": f"output shape {tuple(out.shape)} != {(batch, kernel.features)}"}
+        if not torch.isfinite(out).all():
+            return {"passed": False, "failure": "non-finite output"}
+        reference = child.module.double()(x.double())
+        child.module.float()
+        drift = float((out.double() - reference).abs().max() / (reference.abs().max() + 1e-12))
+        memory_mb = _working_set_mb(child.module, x)
+        per_run = []
+        for _ in range(runs):
+            samples = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                child(x)
+                samples.append((time.perf_counter() - t0) * 1000)
+            samples.sort()
+            per_run.append({"mean": statistics.fmean(samples), "p99": samples[int(0.99 * (len(samples) - 1))]})
+    means = [r["mean"] for r in per_run]
+    p99s = [r["p99"] for r in per_run]
+    latency = statistics.median(means)
+
+    def spread(values):
+        mid = statistics.median(values)
+        return (max(values) - min(values)) / mid if mid else 0.0
+
+    return {
+        "passed": drift < 1e-3,
+        "failure": "" if drift < 1e-3 else f"drift {drift:.2e} against the fp64 reference",
+        "latency_ms_mean": latency,
+        "latency_ms_p99": statistics.median(p99s),
+        "throughput_ops_per_sec": batch * 1000.0 / latency,
+        "memory_mb_peak": memory_mb,
+        "precision_drift_vs_fp32": drift,
+        "runs": runs,
+        "spread": {"latency_ms_mean": spread(means), "latency_ms_p99": spread(p99s)},
+        "params": sum(p.numel() for p in child.parameters()),
+        "features": kernel.features,
+        "batch": batch,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifact")
+    ap.add_argument("artifact_id")
+    ap.add_argument("sha256")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=200)
+    args = ap.parse_args(argv)
+    try:
+        result = measure(args.artifact, args.artifact_id, args.sha256, args.runs, args.batch, args.iters)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or run is a verdict, reported as such
+        result = {"passed": False, "failure": f"{type(exc).__name__}: {exc}"[:2000]}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The Urabrask worker: consumes KernelCompiled, measures each artifact in a sandbox process, tags it, reports.
+
+For each new artifact: ``KernelValidationReport`` (the measurements, or the failure), then either
+``KernelTagsAssigned`` + ``KernelStatusChanged`` -> VALIDATED, or ``KernelStatusChanged`` -> REJECTED. These
+continue the artifact's own event sequence (``kernel/<artifact-id>``) after Tezzeret's ``KernelCompiled``.
+An artifact already reported (seen in ``known``, folded from the log at start) is not measured again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from esper_runtime.urabrask.tagging import Distributions, assign_tags
+from esper_runtime.urza.store import ArtifactNotFound, ArtifactStore
+from streams.contracts import KernelCompiled, KernelStatusChanged, KernelTagsAssigned, KernelValidationReport
+from streams.envelope import EnvelopeFactory
+from streams.publisher import Publisher
+
+__all__ = ["UrabraskWorker", "run_sandbox"]
+
+log = logging.getLogger("esper.urabrask")
+PRODUCER = "urabrask/0.1.0"
+
+
+def run_sandbox(data: bytes, artifact_id: str, sha256: str, timeout: float = 120.0, runs: int = 3,
+                iters: int = 200) -> dict:
+    """Measure an artifact in a child process. A crash, a hang or garbage output is a failed verdict."""
+    with tempfile.NamedTemporaryFile(suffix=".kernel") as fh:
+        fh.write(data)
+        fh.flush()
+        cmd = [sys.executable, "-m", "esper_runtime.urabrask.sandbox", fh.name, artifact_id, sha256, "--runs", str(runs),
+               "--iters", str(iters)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"passed": False, "failure": f"hang: no verdict within {timeout:.0f}s"}
+    if proc.returncode != 0:
+        return {"passed": False, "failure": f"sandbox exited with status {proc.returncode}: {proc.stderr[-500:]}"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"passed": False, "failure": f"sandbox printed no verdict: {proc.stdout[-300:]}"}
+
+
+@dataclass
+class UrabraskStats:
+    validated: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    reports: list[dict] = field(default_factory=list)
+
+
+class UrabraskWorker:
+    def __init__(self, publisher: Publisher, store: ArtifactStore, distributions: Distributions | None = None,
+                 known: set[str] | None = None, run_id: str = "urabrask", sandbox=run_sandbox):
+        self.publisher = publisher
+        self.store = store
+        self.dist = distributions or Distributions()
+        self.known = set(known or ())
+        self.run_id = run_id
+        self.sandbox = sandbox
+        self.stats = UrabraskStats()
+
+    def handle(self, event: KernelCompiled) -> None:
+        aid = event.artifact_id
+        if aid in self.known:
+            self.stats.skipped += 1
+            return
+        self.known.add(aid)
+        envs = EnvelopeFactory(self.run_id, PRODUCER, start={f"kernel/{aid}": event.envelope.originator_version})
+        origin = f"kernel/{aid}"
+        try:
+            artifact = self.store.get_artifact(aid)
+            result = self.sandbox(artifact.data, aid, event.sha256)  # the hash Tezzeret announced, not the store's
+        except ArtifactNotFound as exc:
+            result = {"passed": False, "failure": f"artifact missing from the store: {exc}"}
+        passed = bool(result.get("passed"))
+        report = KernelValidationReport(
+            envelope=envs.next(origin), artifact_id=aid, hardware=event.hardware, passed=passed,
+            latency_ms_mean=float(result.get("latency_ms_mean", 0.0)),
+            latency_ms_p99=float(result.get("latency_ms_p99", 0.0)),
+            throughput_ops_per_sec=float(result.get("throughput_ops_per_sec", 0.0)),
+            memory_mb_peak=float(result.get("memory_mb_peak", 0.0)), power_watts_avg=None,
+            precision_drift_vs_fp32=float(result.get("precision_drift_vs_fp32", 0.0)),
+            runs=int(result.get("runs", 0)), spread={k: float(v) for k, v in result.get("spread", {}).items()},
+            failure=str(result.get("failure", ""))[:4000],
+        )
+        key = f"kernel/{aid}"
+        self.publisher.publish(report, key=key)
+        self.stats.reports.append(result)
+        if not passed:
+            log.warning("kernel %s rejected: %s", aid, report.failure)
+            self.publisher.publish(KernelStatusChanged(
+                envelope=envs.next(origin), artifact_id=aid, blueprint_id=event.blueprint_id, from_status="COMPILED",
+                to_status="REJECTED", reason=report.failure[:1000]), key=key)
+            self.stats.rejected += 1
+            self.publisher.flush()
+            return
+        tags = assign_tags(self.dist, event.hardware, result)
+        self.dist.add(event.hardware, aid, {"latency_ms_mean": report.latency_ms_mean,
+                                            "memory_mb_peak": report.memory_mb_peak})
+        self.publisher.publish(KernelTagsAssigned(
+            envelope=envs.next(origin), artifact_id=aid, hardware=event.hardware, tags=tags.tags,
+            risk_score=tags.risk_score, conf_level=tags.conf_level, method=tags.method,
+            population=tags.population), key=key)
+        self.publisher.publish(KernelStatusChanged(
+            envelope=envs.next(origin), artifact_id=aid, blueprint_id=event.blueprint_id, from_status="COMPILED",
+            to_status="VALIDATED", reason=f"{tags.method}: {', '.join(tags.tags)}"), key=key)
+        self.publisher.flush()
+        self.stats.validated += 1
+
+    def run(self, consumer, idle_timeout: float | None = None) -> UrabraskStats:
+        last = time.monotonic()
+        while True:
+            batch = consumer.poll(timeout=0.5, max_records=1)
+            for item in batch:
+                last = time.monotonic()
+                if item.name == KernelCompiled.AVRO_NAME:
+                    self.handle(item.decoded.typed())
+            if idle_timeout is not None and not batch and time.monotonic() - last > idle_timeout:
+                break
+        consumer.commit()
+        return self.stats
