@@ -54,3 +54,13 @@ def dormant_overhead(
 
     console.print("[dim]bench dormant-overhead: timing an MLP and a small CNN, wrapped and unwrapped...[/dim]")
     _report(dormant.run(rounds=rounds, steps=steps), as_json)
+
+
+@app.command("kernel-load")
+def kernel_load(as_json: bool = typer.Option(False, "--json"),
+                width: int = typer.Option(16, help="Chunk width of the artifacts.")) -> None:
+    """Cold load of a compiled kernel artifact (store to first compiled call) and an LRU cache hit."""
+    from esper_runtime.bench import kernel_load as bench_kernel_load
+
+    console.print("[dim]bench kernel-load: compiling any missing artifacts first (seconds each), then timing...[/dim]")
+    _report(bench_kernel_load.run(width=width), as_json)

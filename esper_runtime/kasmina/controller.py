@@ -65,6 +65,8 @@ class Kasmina:
         self.layers = layers
         self.config = config
         self.cache = KernelCache(artifacts, config.cache_capacity) if artifacts is not None else None
+        if self.cache is not None:
+            self.cache.warm_up()  # pay the one-off import cost of compiled kernels now, not at a germination
         self.publisher = publisher
         self.run_id = run_id or uuid.uuid4().hex
         self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)

@@ -68,6 +68,19 @@ class KernelCache:
         self.hits = self.misses = 0
         self.last_load_ms = 0.0
 
+    def warm_up(self) -> float:
+        """Import what loading a compiled kernel needs (about a second, once per process), so the first germination
+        during training does not pay for it. Returns the seconds spent."""
+        import importlib
+
+        t0 = time.perf_counter()
+        for module in _LAZY_KINDS.values():
+            importlib.import_module(module)
+        for module in ("torch._inductor.package", "torch.export.pt2_archive._package", "torch._inductor.codecache",
+                       "torch._inductor.cpp_builder", "torch.utils.cpp_extension"):
+            importlib.import_module(module)
+        return time.perf_counter() - t0
+
     def __contains__(self, artifact_id: str) -> bool:
         return artifact_id in self._entries
 
