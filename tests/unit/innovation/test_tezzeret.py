@@ -98,3 +98,41 @@ def test_worker_rejects_hostile_blueprints_and_compiles_good_ones(tmp_path, cata
     # a second submission reuses the stored artifact instead of compiling again
     worker.handle(submit_blueprint(pub, envs, good, "test"))
     assert (worker.stats.compiled, worker.stats.cached) == (1, 1)
+
+
+def test_a_seed_grows_with_a_compiled_artifact_and_runs_it_when_frozen(tmp_path, compiled, catalog):
+    from torch import nn
+
+    from esper_runtime.kasmina import KasminaConfig, wrap
+
+    store = ArtifactStore(tmp_path)
+    store.put(compiled.artifact_id, BUNDLE_KIND, compiled.data)
+    torch.manual_seed(0)
+    host = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2))
+    cfg = KasminaConfig(seeds_per_layer=4, reconstruction_steps=3, graft_steps=3, stabilize_steps=2,
+                        evaluate_steps=2, stats_every=1)
+    model = wrap(host, cfg, artifacts=store, publisher=InMemoryPublisher(SingleObjectSerde(catalog)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 4), torch.randn(64, 2)
+    for epoch, cmd in enumerate(["request_germination", "promote", "advance", "advance", "advance", "advance",
+                                 "fossilize"], start=1):
+        model.kasmina.command(0, 1, cmd, compiled.artifact_id)
+        report = model.kasmina.end_epoch(epoch)
+        assert not report.refused, report.refused
+        if report.params_changed:
+            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+        model.train()
+        for _ in range(4):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    assert model.kasmina.state(0, 1).name == "FOSSILIZED"
+    child = model.seed_layers()[0].seeds["1"]
+    before = child.compiled_calls
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        chunk = model.seed_layers()[0].base_layer(x)[:, 8:16]
+        torch.testing.assert_close(child(chunk), child.module(chunk), rtol=1e-5, atol=1e-6)
+    assert child.compiled_calls > before  # inference ran the compiled program with the learned weights
+    assert out.shape == (64, 2)
