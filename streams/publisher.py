@@ -131,8 +131,21 @@ class KafkaPublisher(Publisher):
         self._lock = threading.Lock()
         self._failures: list[str] = []
         self._failed = 0
+        self._positions: dict[tuple[str, int], int] = {}
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The last offset delivered to each (topic, partition) by this publisher."""
+        with self._lock:
+            return dict(self._positions)
 
     def _on_delivery(self, err, msg) -> None:
+        if err is None:
+            key = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            with self._lock:
+                if offset > self._positions.get(key, -1):
+                    self._positions[key] = offset
+            return
         if err is not None:
             with self._lock:
                 self._failed += 1

@@ -17,14 +17,41 @@ app.command("urabrask")(library.urabrask)
 
 
 @app.command()
-def demo(out: str = typer.Option("out/demo", help="Where summary.json and the report go.")) -> None:
-    """The morphogenetic training run (issue #5): not built yet."""
-    typer.echo(
-        "esper demo: the morphogenetic training run is not built yet (it is issue #5).\n"
-        "What runs today: `esper infra up`, `esper tail TOPIC`, `esper bench events --json`.",
-        err=True,
-    )
-    raise typer.Exit(2)
+def demo(
+    out: str = typer.Option("out/demo", help="Where summary.json, report.md, lineage.json and the model go."),
+    epochs: int = typer.Option(150, help="Training epochs for every model."),
+    seeds: int = typer.Option(3, help="Random seeds (each trains the grown host and both baselines)."),
+) -> None:
+    """The main job: grow an under-capacity host on two spirals and compare it with the baselines."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from esper_runtime.demo.run import DemoOptions, run_demo
+    from streams import EsperError
+
+    console = Console(stderr=True)
+
+    def progress():
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+
+    try:
+        summary = run_demo(DemoOptions(out=Path(out), epochs=epochs, seeds=seeds),
+                           echo=lambda m: console.print(f"[dim]{m}[/dim]"), progress=progress)
+    except EsperError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+    o = summary["over_seeds"]
+    console.print(f"grown host {o['final_accuracy']['mean']:.3f} ± {o['final_accuracy']['std']:.3f} "
+                  f"({summary['host_params']} -> {summary['final_params']} params) | frozen host "
+                  f"{o['baseline_accuracy']['mean']:.3f} ± {o['baseline_accuracy']['std']:.3f} | large "
+                  f"{o['large_baseline_accuracy']['mean']:.3f} ({summary['large_baseline_params']} params)")
+    console.print(f"fossilized {summary['seeds_fossilized']}, culled {summary['seeds_culled']}, "
+                  f"replay matches: {summary['replay_matches']}; wrote {out}/summary.json, report.md, lineage")
+    if not summary["replay_matches"]:
+        raise typer.Exit(3)
 
 
 if __name__ == "__main__":

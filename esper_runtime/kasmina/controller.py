@@ -266,6 +266,40 @@ class Kasmina:
             ))
             self.events_published += 1
 
+    # ------------------------------------------------------------------ checkpoint support
+    def structure(self) -> list[dict]:
+        """What a checkpoint needs besides the state_dict to rebuild the seeds: which hold which kernel."""
+        out = []
+        for layer in self.layers:
+            for i in range(layer.num_seeds):
+                seed = self._seeds[(layer.layer_id, i)]
+                out.append({"layer": layer.layer_id, "seed": i, "code": int(layer._codes[i]),
+                            "kernel": seed.kernel_artifact_id, "trainable": seed.trainable,
+                            "embargo_until": seed.embargo_until, "phase_steps": layer._phase_steps[i]})
+        return out
+
+    def restore(self, structure: list[dict]) -> None:
+        """Rebuild the seeds' children as ``structure`` says (then load the checkpoint's state_dict)."""
+        for entry in structure:
+            layer, i = self.layer(entry["layer"]), entry["seed"]
+            seed = self._seeds[(layer.layer_id, i)]
+            code = Code(entry["code"])
+            layer.detach_child(i)
+            seed.kernel_artifact_id, seed.trainable = entry["kernel"], entry["trainable"]
+            seed.embargo_until = entry["embargo_until"]
+            if code in CHILD_STATES:
+                kernel = self.cache.get(entry["kernel"])
+                layer.attach(i, kernel.instantiate(), kernel_hash(kernel.artifact_id), kernel.trainable)
+            layer.set_state(i, code, int(layer.last_update_epoch[i]))
+            layer._phase_steps[i] = entry["phase_steps"]
+        self._queue.clear()
+        self._pending_events.clear()
+        self._params_changed = True
+
+    def reseal(self) -> None:
+        """Seal the checksum over the current state (after a restore)."""
+        self._sealed = self._checksums()
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Child parameters the host optimizer should train now (GRAFTING and FINE_TUNING seeds)."""
         out = []

@@ -1,0 +1,89 @@
+"""EsperConfig: one YAML file for a whole run (appendix F.2), validated by pydantic with clear errors.
+
+    kasmina: {...}   # KasminaConfig: which layers get seeds, chunk size, lifecycle step counts
+    tamiyo:  {...}   # TamiyoConfig: when and where to grow, which kernels to ask for
+    tolaria: {...}   # TolariaConfig: epochs, optimizer, schedule, checkpoints, rollback triggers
+
+Environment overrides: ``ESPER_<SECTION>__<FIELD>`` (e.g. ``ESPER_TOLARIA__EPOCHS=20``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from esper_runtime.kasmina.config import KasminaConfig
+from streams.exceptions import ConfigError
+
+__all__ = ["EsperConfig", "TamiyoConfig", "TolariaConfig", "load_config"]
+
+
+class TamiyoConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    policy: str = Field(default="heuristic-v1", pattern="^heuristic-v1$")
+    warmup_epochs: int = Field(default=5, ge=0, description="No germination before this epoch.")
+    patience: int = Field(default=3, ge=1, description="Epochs without val-loss improvement that count as a plateau.")
+    min_delta: float = Field(default=1e-3, ge=0, description="Relative val-loss improvement that resets patience.")
+    max_active_seeds: int = Field(default=1, ge=1, description="Adaptations in flight at once.")
+    max_germinations: int = Field(default=8, ge=0, description="Germinations in the whole run.")
+    preferred_tags: list[str] = Field(default=["numerically_stable"], description="Tags every candidate must have.")
+    fine_tune_epochs: int = Field(default=3, ge=1)
+    accept_tolerance: float = Field(default=0.01, ge=0,
+                                    description="EVALUATING passes if val accuracy is at most this below the pre-graft.")
+    min_improvement: float = Field(default=0.0, description="FINE_TUNING fossilizes if val accuracy gained this much.")
+    embargo_epochs: int = Field(default=3, ge=0)
+
+
+class TolariaConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: str = Field(default="cosine", pattern="^(cosine|constant)$")
+    checkpoint_every: int = Field(default=1, ge=1)
+    loss_spike_factor: float = Field(default=5.0, gt=1, description="Roll back when an epoch's train loss exceeds "
+                                                                      "this multiple of the recent median.")
+    max_rollbacks: int = Field(default=3, ge=0, description="Give up the run after this many rollbacks.")
+    seed: int = 0
+
+
+class EsperConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    kasmina: KasminaConfig = Field(default_factory=KasminaConfig)
+    tamiyo: TamiyoConfig = Field(default_factory=TamiyoConfig)
+    tolaria: TolariaConfig = Field(default_factory=TolariaConfig)
+
+
+def _env_overrides(doc: dict) -> dict:
+    for key, value in os.environ.items():
+        if not key.startswith("ESPER_") or "__" not in key:
+            continue
+        section, _, field = key[len("ESPER_"):].lower().partition("__")
+        if section in ("kasmina", "tamiyo", "tolaria") and field:
+            doc.setdefault(section, {})[field] = yaml.safe_load(value)
+    return doc
+
+
+def load_config(path: str | Path | None = None) -> EsperConfig:
+    """Read a YAML run configuration (or the defaults when ``path`` is None); raise ConfigError naming every
+    invalid field."""
+    doc: dict = {}
+    if path is not None:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of kasmina / tamiyo / tolaria")
+    try:
+        return EsperConfig.model_validate(_env_overrides(doc))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path or 'configuration'}: {problems}") from None

@@ -1,0 +1,267 @@
+"""Tamiyo, heuristic policy v1: when the validation loss plateaus, grow the most wasteful chunk with a kernel from
+Urza, and walk each adaptation through its lifecycle to FOSSILIZED or CULLED.
+
+At each epoch boundary ``step(state)`` (before Kasmina applies commands):
+
+1. Adaptations in flight advance when their seed is ready. EVALUATING passes if validation accuracy is at most
+   ``accept_tolerance`` below the accuracy when the seed germinated; FINE_TUNING fossilizes after
+   ``fine_tune_epochs`` if accuracy gained at least ``min_improvement``; otherwise the seed is culled. A seed that
+   errored is culled. Every end (fossilized, culled, rolled back) is a ``FieldReport`` with the C.4.1 reward.
+2. If the validation loss has not improved by ``min_delta`` for ``patience`` epochs (after ``warmup_epochs``), a
+   new adaptation starts: the dormant, non-embargoed seed whose chunk wastes the most capacity (dead units and
+   correlated units) gets the best kernel Urza offers for its width (VALIDATED, carrying ``preferred_tags``,
+   lowest risk; designs already culled on that slot are avoided).
+
+Each epoch's choice — including "wait" — is a ``TamiyoDecision`` event: what was seen, the candidates and their
+scores, and what was chosen: the experience a learned policy trains on.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+
+from esper_runtime.config import TamiyoConfig
+from esper_runtime.kasmina import Code, MorphableModel
+from processors.urza_view import UrzaView
+from streams.contracts import DecisionCandidate, FieldReport, TamiyoDecision
+from streams.envelope import EnvelopeFactory
+from streams.publisher import Publisher
+
+__all__ = ["TamiyoController", "EpochState", "compute_reward"]
+
+PRODUCER = "tamiyo/heuristic-v1"
+
+
+@dataclass(frozen=True)
+class EpochState:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+
+
+@dataclass
+class _Adaptation:
+    layer: int
+    seed: int
+    kernel: str
+    blueprint_id: str
+    germinated_epoch: int
+    pre_metric: float
+    params_before: int
+    fine_tune_since: int | None = None
+
+
+def compute_reward(outcome: str, pre: float, post: float, report: dict | None) -> float:
+    """Appendix C.4.1: local health change minus measured latency, the outcome's global reward, a memory cost."""
+    report = report or {}
+    r_local = 0.1 * (post - pre) * 100 - 0.05 * float(report.get("latency_ms_mean", 0.0))
+    r_global = {"FOSSILIZED": 1.0, "CULLED": -0.5, "ROLLED_BACK": -1.0, "CANCELLED": -0.1}.get(outcome, 0.0)
+    r_efficiency = -0.01 * float(report.get("memory_mb_peak", 0.0))
+    return r_local + r_global + r_efficiency
+
+
+class TamiyoController:
+    def __init__(self, model: MorphableModel, config: TamiyoConfig, urza: UrzaView,
+                 publisher: Publisher | None = None, run_id: str | None = None):
+        self.model = model
+        self.kasmina = model.kasmina
+        self.config = config
+        self.urza = urza
+        self.publisher = publisher
+        self.run_id = run_id or self.kasmina.run_id
+        self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
+        self.best_val_loss = float("inf")
+        self.since_improvement = 0
+        self.germinations = 0
+        self.in_flight: dict[tuple[int, int], _Adaptation] = {}
+        self.culled_designs: dict[tuple[int, int], set[str]] = {}
+        self.reset_at: dict[tuple[int, int], int] = {}
+        self.field_reports: list[FieldReport] = []
+        self.decisions: list[TamiyoDecision] = []
+        self.lineage: list[dict] = []
+
+    # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
+    def state_dict(self) -> dict:
+        return copy.deepcopy({k: getattr(self, k) for k in ("best_val_loss", "since_improvement", "germinations",
+                                                             "in_flight", "culled_designs", "reset_at")})
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in copy.deepcopy(state).items():
+            setattr(self, key, value)
+
+    # ------------------------------------------------------------------ the epoch boundary
+    def step(self, state: EpochState) -> list[str]:
+        """Decide at the boundary after ``state.epoch``; returns the commands issued (applied by Kasmina next)."""
+        issued = []
+        improved = state.val_loss < self.best_val_loss * (1 - self.config.min_delta)
+        if improved:
+            self.best_val_loss = state.val_loss
+            self.since_improvement = 0
+        else:
+            self.since_improvement += 1
+        for key, epoch in list(self.reset_at.items()):
+            if state.epoch >= epoch and self.kasmina.state(*key) == Code.CULLED:
+                issued.append(self._command(key, "reset", "", state, reason="embargo over"))
+                del self.reset_at[key]
+        for key, ad in list(self.in_flight.items()):
+            cmd = self._advance(key, ad, state)
+            if cmd:
+                issued.append(cmd)
+        if self._wants_growth(state):
+            cmd = self._germinate(state)
+            if cmd:
+                issued.append(cmd)
+        if not issued:
+            self._decide(state, "wait", None, None, [], reason=self._wait_reason(state))
+        return issued
+
+    def _wait_reason(self, state: EpochState) -> str:
+        if state.epoch < self.config.warmup_epochs:
+            return "warm-up"
+        if self.since_improvement < self.config.patience:
+            return f"improving ({self.since_improvement} epochs since the best val loss)"
+        if len(self.in_flight) >= self.config.max_active_seeds:
+            return "an adaptation is in flight"
+        return "no candidate"
+
+    def _wants_growth(self, state: EpochState) -> bool:
+        return (state.epoch >= self.config.warmup_epochs and self.since_improvement >= self.config.patience
+                and len(self.in_flight) < self.config.max_active_seeds
+                and self.germinations < self.config.max_germinations)
+
+    def _advance(self, key, ad: _Adaptation, state: EpochState) -> str | None:
+        code = self.kasmina.state(*key)
+        ready = self.kasmina.is_ready(*key)
+        if code == Code.GERMINATED:
+            return self._command(key, "promote", ad.kernel, state, reason="load the kernel")
+        if code in (Code.TRAINING, Code.GRAFTING, Code.STABILIZATION) and ready:
+            return self._command(key, "advance", ad.kernel, state, reason=f"{code.name} complete")
+        if code == Code.EVALUATING and ready:
+            if state.val_accuracy >= ad.pre_metric - self.config.accept_tolerance:
+                return self._command(key, "advance", ad.kernel, state,
+                                     reason=f"val acc {state.val_accuracy:.4f} vs {ad.pre_metric:.4f} before")
+            return self._command(key, "cull", ad.kernel, state,
+                                 reason=f"val acc fell to {state.val_accuracy:.4f} from {ad.pre_metric:.4f}")
+        if code == Code.FINE_TUNING:
+            ad.fine_tune_since = ad.fine_tune_since if ad.fine_tune_since is not None else state.epoch
+            if state.epoch - ad.fine_tune_since >= self.config.fine_tune_epochs:
+                if state.val_accuracy >= ad.pre_metric + self.config.min_improvement:
+                    return self._command(key, "fossilize", ad.kernel, state,
+                                         reason=f"val acc {state.val_accuracy:.4f} >= {ad.pre_metric:.4f} before")
+                return self._command(key, "cull", ad.kernel, state, reason="no improvement after fine-tuning")
+        if code == Code.ERROR_RECOVERY:
+            return self._command(key, "cull", ad.kernel, state, reason="kernel failed at run time")
+        if code in (Code.FOSSILIZED, Code.CULLED, Code.ROLLED_BACK, Code.CANCELLED):
+            self.finish(key, ad, code.name, state)
+        return None
+
+    def observe_transitions(self, transitions, state: EpochState) -> None:
+        """After Kasmina applied the commands: close adaptations that just ended (fossilized, culled on load...)."""
+        for tr in transitions:
+            key = (tr.layer_id, tr.seed_id)
+            ad = self.in_flight.get(key)
+            if ad is not None and tr.to_state.value in ("FOSSILIZED", "CULLED", "ROLLED_BACK", "CANCELLED"):
+                self.finish(key, ad, tr.to_state.value, state, reason=tr.reason)
+
+    def finish(self, key, ad: _Adaptation, outcome: str, state: EpochState, reason: str = "") -> None:
+        self.in_flight.pop(key, None)
+        kernel = self.urza.kernels.get(ad.kernel)
+        report = kernel.report if kernel else None
+        reward = compute_reward(outcome, ad.pre_metric, state.val_accuracy, report)
+        params_now = sum(p.numel() for p in self.model.parameters())
+        fr = FieldReport(
+            envelope=self.envelopes.next(f"blueprint/{ad.blueprint_id}/field/{self.run_id}"),
+            blueprint_id=ad.blueprint_id, seed_id=f"{key[0]}/{key[1]}", pre_metric=ad.pre_metric,
+            post_metric=state.val_accuracy, outcome=outcome,
+            eval_metrics={"val_loss": state.val_loss, "val_accuracy": state.val_accuracy,
+                          "epochs": float(state.epoch - ad.germinated_epoch),
+                          "params_added": float(params_now - ad.params_before)},
+            kernel_artifact_id=ad.kernel, reward=reward,
+        )
+        self.field_reports.append(fr)
+        if self.publisher is not None:
+            self.publisher.publish(fr)
+        if outcome == "CULLED":
+            self.culled_designs.setdefault(key, set()).add(ad.blueprint_id)
+            self.reset_at[key] = state.epoch + self.config.embargo_epochs
+        self.lineage.append({
+            "layer": self.kasmina.layer(key[0]).path, "layer_id": key[0], "seed": key[1],
+            "blueprint_id": ad.blueprint_id, "blueprint": self._blueprint_name(ad.blueprint_id),
+            "kernel_artifact_id": ad.kernel, "germinated_epoch": ad.germinated_epoch, "ended_epoch": state.epoch,
+            "outcome": outcome, "pre_val_accuracy": ad.pre_metric, "post_val_accuracy": state.val_accuracy,
+            "reward": reward, "why": reason or "",
+        })
+
+    def _blueprint_name(self, blueprint_id: str) -> str:
+        bp = self.urza.blueprints.get(blueprint_id)
+        return bp.name if bp else blueprint_id[:12]
+
+    # ------------------------------------------------------------------ germination
+    def _locations(self, epoch: int) -> list[tuple[float, int, int, int]]:
+        out = []
+        for layer in self.kasmina.layers:
+            health = layer.health()
+            for i, h in enumerate(health):
+                key = (layer.layer_id, i)
+                if layer._codes[i] != Code.DORMANT or key in self.reset_at or h["samples"] == 0:
+                    continue
+                score = 0.5 * h["dead_node_ratio"] + 0.5 * h["avg_correlation"]
+                width = layer.bounds[i][1] - layer.bounds[i][0]
+                out.append((score, layer.layer_id, i, width))
+        out.sort(key=lambda t: (-t[0], t[1], t[2]))
+        return out
+
+    def _kernels_for(self, key, width: int) -> list[tuple[float, object]]:
+        tried = self.culled_designs.get(key, set())
+        scored = []
+        for k in self.urza.query(self.config.preferred_tags, features=width):
+            score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
+                + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0)
+            scored.append((score, k))
+        scored.sort(key=lambda t: (-t[0], t[1].artifact_id))
+        return scored
+
+    def _germinate(self, state: EpochState) -> str | None:
+        locations = self._locations(state.epoch)
+        for score, layer_id, seed, width in locations:
+            kernels = self._kernels_for((layer_id, seed), width)
+            if not kernels:
+                continue
+            best_score, best = kernels[0]
+            candidates = [DecisionCandidate(layer_id=l, seed_id=s, score=sc) for sc, l, s, _ in locations[:5]] + [
+                DecisionCandidate(layer_id=layer_id, seed_id=seed, score=ks, kernel_artifact_id=k.artifact_id)
+                for ks, k in kernels[:5]]
+            key = (layer_id, seed)
+            self.in_flight[key] = _Adaptation(layer_id, seed, best.artifact_id, best.blueprint_id, state.epoch,
+                                              state.val_accuracy, sum(p.numel() for p in self.model.parameters()))
+            self.germinations += 1
+            self.since_improvement = 0
+            return self._command(key, "request_germination", best.artifact_id, state,
+                                 reason=f"plateau; chunk waste {score:.3f}; {self._blueprint_name(best.blueprint_id)}",
+                                 candidates=candidates, tags=self.config.preferred_tags)
+        return None
+
+    # ------------------------------------------------------------------ commands and decisions
+    def _command(self, key, command: str, kernel: str, state: EpochState, reason: str,
+                 candidates=None, tags=None) -> str:
+        self.kasmina.command(key[0], key[1], command, kernel, tags=tags)
+        self._decide(state, command, key, kernel or None, candidates or [], reason=reason)
+        return f"{command} seed/{key[0]}/{key[1]}"
+
+    def _decide(self, state: EpochState, action: str, key, kernel, candidates, reason: str) -> None:
+        decision = TamiyoDecision(
+            envelope=self.envelopes.next(f"run/{self.run_id}/tamiyo"), epoch=state.epoch,
+            decision_id=uuid.uuid4().hex, policy=PRODUCER.split("/")[1], action=action,
+            target_layer_id=key[0] if key else None, target_seed_id=key[1] if key else None,
+            chosen_kernel_artifact_id=kernel, query_tags=list(self.config.preferred_tags), candidates=candidates,
+            state_features={"val_loss": state.val_loss, "val_accuracy": state.val_accuracy,
+                            "train_loss": state.train_loss, "since_improvement": float(self.since_improvement),
+                            "in_flight": float(len(self.in_flight))},
+            reason=reason,
+        )
+        self.decisions.append(decision)
+        if self.publisher is not None:
+            self.publisher.publish(decision, key=f"run/{self.run_id}")

@@ -1,0 +1,299 @@
+"""Tolaria: the training loop and heartbeat of a morphogenetic run.
+
+Each epoch: train (Adam, cosine schedule), validate, publish ``EpochCompleted`` and a ``SystemStatePacket``; then
+the boundary — Tamiyo decides, Kasmina applies the commands, and if seeds added or froze parameters the optimizer
+is rebuilt (keeping the state of parameters it already had) and an ``AdaptationSignal`` says so.
+
+Checkpoints hold the host and seeds (``state_dict``), Kasmina's structure, Tamiyo's state and the log offsets they
+correspond to, together. A NaN loss, a loss spike (``loss_spike_factor`` × the recent median) or a seed-state
+checksum failure restores the last checkpoint of all three in lockstep; the seeds that were adapting are then
+locked (ROLLED_BACK) and reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import math
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from esper_runtime.config import TolariaConfig
+from esper_runtime.kasmina import Code, MorphableModel, StateChecksumError
+from esper_runtime.kasmina.lifecycle import CHILD_STATES
+from esper_runtime.tamiyo.heuristic import EpochState, TamiyoController
+from streams.contracts import (
+    AdaptationSignal,
+    CheckpointSaved,
+    EpochCompleted,
+    RollbackPerformed,
+    RunCompleted,
+    RunStarted,
+    SystemStatePacket,
+    TopicOffset,
+)
+from streams.envelope import EnvelopeFactory
+from streams.publisher import Publisher
+
+__all__ = ["TolariaTrainer", "History", "Checkpoint"]
+
+PRODUCER = "tolaria/0.1.0"
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    rollbacks: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    epoch: int
+    model_state: dict
+    structure: list[dict]
+    tamiyo_state: dict
+    optimizer_state: dict | None
+    offsets: list[tuple[str, int, int]]
+    checkpoint_id: str
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class TolariaTrainer:
+    def __init__(self, model: MorphableModel, controller: TamiyoController | None, config: TolariaConfig,
+                 train_data: tuple[torch.Tensor, torch.Tensor], val_data: tuple[torch.Tensor, torch.Tensor],
+                 publisher: Publisher | None = None, run_id: str | None = None, task: str = "",
+                 loss_fn: nn.Module | None = None, checkpoint_dir: Path | None = None, on_epoch=None):
+        self.model = model
+        self.kasmina = getattr(model, "kasmina", None)  # None: a plain model (a baseline) with no seeds
+        self.controller = controller
+        self.config = config
+        self.train_x, self.train_y = train_data
+        self.val_x, self.val_y = val_data
+        self.publisher = publisher
+        self.run_id = run_id or (self.kasmina.run_id if self.kasmina is not None else uuid.uuid4().hex)
+        self.task = task
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
+        self.checkpoint_dir = checkpoint_dir
+        self.on_epoch = on_epoch
+        self.history = History()
+        self.global_step = 0
+        self._gen = torch.Generator().manual_seed(config.seed)
+        self._born: dict[torch.nn.Parameter, int] = {}
+        self.optimizer = self._new_optimizer()
+        self._last_good: Checkpoint | None = None
+        self._recent_losses: list[float] = []
+
+    # ------------------------------------------------------------------ optimizer
+    def _lr(self, epoch: int, born: int = 1) -> float:
+        """Cosine decay from a parameter's first epoch to the last: the host's parameters (born at epoch 1) follow
+        the usual schedule; a seed's child, born mid-run, gets a schedule of its own over the epochs it has left."""
+        if self.config.schedule == "constant":
+            return self.config.lr
+        span = self.config.epochs - born + 1
+        return 0.5 * self.config.lr * (1 + math.cos(math.pi * (epoch - born) / span))
+
+    def _new_optimizer(self, old: torch.optim.Optimizer | None = None, epoch: int = 1) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups: dict[int, list] = {}
+        for p in params:
+            groups.setdefault(self._born.setdefault(p, epoch), []).append(p)
+        opt = torch.optim.Adam([{"params": ps, "born": b, "lr": self._lr(epoch, b)} for b, ps in sorted(groups.items())],
+                               lr=self.config.lr, weight_decay=self.config.weight_decay)
+        if old is not None:  # keep Adam's moments for parameters that survive the rebuild
+            for p in params:
+                if p in old.state:
+                    opt.state[p] = old.state[p]
+        return opt
+
+    # ------------------------------------------------------------------ events
+    def _publish(self, event) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(event)
+
+    def _env(self):
+        return self.envelopes.next(f"run/{self.run_id}")
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> tuple[MorphableModel, History]:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self._publish(RunStarted(envelope=self._env(), task=self.task, config_json="{}",
+                                 host_params=count_params(self.model), epochs_planned=cfg.epochs))
+        self._checkpoint(0)
+        epoch = 1
+        status = "completed"
+        while epoch <= cfg.epochs:
+            t0 = time.perf_counter()
+            lr = self._lr(epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr(epoch, group["born"])
+            train_loss = self._train_epoch()
+            val_loss, val_acc = self.evaluate()
+            trigger = self._trouble(train_loss)
+            if trigger is None:
+                state = EpochState(epoch, train_loss, val_loss, val_acc)
+                self._publish(EpochCompleted(envelope=self._env(), epoch=epoch, train_loss=train_loss,
+                                             val_loss=val_loss, val_accuracy=val_acc, params=count_params(self.model),
+                                             learning_rate=lr, duration_ms=(time.perf_counter() - t0) * 1000))
+                self._publish(SystemStatePacket(
+                    envelope=self._env(), epoch=epoch, global_step=self.global_step, train_loss=train_loss,
+                    val_loss=val_loss, val_accuracy=val_acc,
+                    active_seeds=sum(1 for _, _, c in self.kasmina.seeds() if c in CHILD_STATES) if self.kasmina else 0,
+                    total_seeds=self.kasmina.num_seeds() if self.kasmina else 0, hardware_context={"device": "cpu"}))
+                try:
+                    trigger = self._boundary(state)
+                except StateChecksumError as exc:
+                    trigger = f"checksum_mismatch: {exc}"
+            if trigger is not None:
+                if len(self.history.rollbacks) >= cfg.max_rollbacks:
+                    status = f"aborted after {len(self.history.rollbacks)} rollbacks; last: {trigger}"
+                    break
+                epoch = self._rollback(epoch, trigger)
+                continue
+            self.history.epochs.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                        "val_accuracy": val_acc, "params": count_params(self.model), "lr": lr})
+            if self.on_epoch is not None:
+                self.on_epoch(self.history.epochs[-1])
+            if epoch % cfg.checkpoint_every == 0:
+                self._checkpoint(epoch)
+            epoch += 1
+        final = self.history.epochs[-1] if self.history.epochs else {"val_accuracy": 0.0, "epoch": 0}
+        self._publish(RunCompleted(envelope=self._env(), epochs=int(final["epoch"]),
+                                   final_accuracy=float(final["val_accuracy"]), final_params=count_params(self.model),
+                                   status="completed" if status == "completed" else "aborted",
+                                   detail="" if status == "completed" else status))
+        if self.publisher is not None:
+            self.publisher.flush()
+        return self.model, self.history
+
+    def _train_epoch(self) -> float:
+        self.model.train()
+        n = self.train_x.shape[0]
+        order = torch.randperm(n, generator=self._gen)
+        total, count = 0.0, 0
+        for start in range(0, n, self.config.batch_size):
+            idx = order[start:start + self.config.batch_size]
+            loss = self.loss_fn(self.model(self.train_x[idx]), self.train_y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+            self.global_step += 1
+        return total / count
+
+    @torch.no_grad()
+    def evaluate(self, x=None, y=None) -> tuple[float, float]:
+        x = self.val_x if x is None else x
+        y = self.val_y if y is None else y
+        self.model.eval()
+        logits = self.model(x)
+        return self.loss_fn(logits, y).item(), (logits.argmax(-1) == y).float().mean().item()
+
+    def _trouble(self, train_loss: float) -> str | None:
+        if not math.isfinite(train_loss):
+            return "nan"
+        recent = self._recent_losses[-5:]
+        if len(recent) >= 3 and train_loss > self.config.loss_spike_factor * statistics.median(recent):
+            return f"loss_spike: {train_loss:.4f} > {self.config.loss_spike_factor} x median {statistics.median(recent):.4f}"
+        self._recent_losses.append(train_loss)
+        return None
+
+    def _boundary(self, state: EpochState) -> str | None:
+        kasmina = self.kasmina
+        if kasmina is None:
+            return None
+        if self.controller is not None:
+            self.controller.step(state)
+        report = kasmina.end_epoch(state.epoch)
+        if self.controller is not None:
+            self.controller.observe_transitions(report.transitions, state)
+        if report.params_changed:
+            self.optimizer = self._new_optimizer(self.optimizer, epoch=state.epoch + 1)
+        self._publish(AdaptationSignal(envelope=self._env(), epoch=state.epoch,
+                                       optimizer_rebuild_required=report.params_changed,
+                                       emergency_rollback_required=False,
+                                       reason="; ".join(f"{t.to_state.value} seed/{t.layer_id}/{t.seed_id}"
+                                                        for t in report.transitions)))
+        return None
+
+    # ------------------------------------------------------------------ checkpoints and rollback
+    def _offsets(self) -> list[tuple[str, int, int]]:
+        positions = getattr(self.publisher, "positions", None)
+        if positions is None:
+            return []
+        self.publisher.flush()
+        return sorted((t, p, o + 1) for (t, p), o in positions().items())
+
+    def _checkpoint(self, epoch: int) -> None:
+        kasmina = self.kasmina
+        ckpt = Checkpoint(
+            epoch=epoch,
+            model_state={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            structure=kasmina.structure() if kasmina is not None else [],
+            tamiyo_state=self.controller.state_dict() if self.controller is not None else {},
+            optimizer_state=None,
+            offsets=self._offsets(),
+            checkpoint_id=f"{self.run_id}-e{epoch}-{uuid.uuid4().hex[:6]}",
+        )
+        self._last_good = ckpt
+        path, digest = "", ""
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            torch.save({"epoch": epoch, "model": ckpt.model_state, "structure": ckpt.structure}, buf)
+            data = buf.getvalue()
+            digest = hashlib.sha256(data).hexdigest()
+            target = self.checkpoint_dir / "last.pt"
+            target.write_bytes(data)
+            path = str(target)
+        self._publish(CheckpointSaved(envelope=self._env(), epoch=epoch, checkpoint_id=ckpt.checkpoint_id, path=path,
+                                      sha256=digest, offsets=[TopicOffset(topic=t, partition=p, offset=o)
+                                                              for t, p, o in ckpt.offsets]))
+
+    def _rollback(self, epoch: int, trigger: str) -> int:
+        ckpt = self._last_good
+        kasmina = self.kasmina
+        if kasmina is None:
+            adapting = []
+        elif self.controller is not None:
+            adapting = sorted(self.controller.in_flight)
+        else:
+            adapting = [(l, s) for l, s, c in kasmina.seeds() if c in CHILD_STATES and c != Code.FOSSILIZED]
+        if kasmina is not None:
+            kasmina.restore(ckpt.structure)
+        self.model.load_state_dict(ckpt.model_state)
+        if kasmina is not None:
+            kasmina.reseal()
+        if self.controller is not None:
+            self.controller.load_state_dict(ckpt.tamiyo_state)
+            for key in adapting:
+                ad = self.controller.in_flight.get(key)
+                if ad is not None:  # reported at the accuracy it had before: the adaptation's gain is void
+                    self.controller.finish(key, ad, "ROLLED_BACK", EpochState(epoch, 0.0, 0.0, ad.pre_metric),
+                                           reason=trigger)
+        for key in adapting:
+            kasmina.command(key[0], key[1], "rollback")
+        if kasmina is not None:
+            kasmina.end_epoch(ckpt.epoch)
+        self.optimizer = self._new_optimizer(epoch=ckpt.epoch + 1)
+        self._recent_losses.clear()
+        kind = trigger.split(":")[0]
+        self.history.rollbacks.append({"from_epoch": epoch, "to_epoch": ckpt.epoch, "trigger": trigger,
+                                       "locked": [f"seed/{l}/{s}" for l, s in adapting]})
+        self._publish(RollbackPerformed(envelope=self._env(), from_epoch=epoch, to_epoch=ckpt.epoch,
+                                        checkpoint_id=ckpt.checkpoint_id, trigger=kind, reason=trigger[:1000]))
+        # The epochs after the checkpoint are replayed from it; they are not in the history twice.
+        self.history.epochs = [e for e in self.history.epochs if e["epoch"] <= ckpt.epoch]
+        return ckpt.epoch + 1
