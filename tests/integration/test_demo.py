@@ -1,0 +1,36 @@
+"""``esper demo`` on a fresh home (empty Urza: it compiles the library first), against the real broker."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CONTRACT = ["run_id", "task", "epochs", "host_params", "final_params", "baseline_accuracy", "large_baseline_accuracy",
+            "large_baseline_params", "final_accuracy", "seeds_germinated", "seeds_fossilized", "seeds_culled",
+            "events_published", "replay_matches"]
+
+
+def test_demo_end_to_end(kafka_bootstrap, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap, ESPER_HOME=str(tmp_path / "home"),
+               ESPER_TOPIC_PREFIX=f"demo-{uuid.uuid4().hex[:8]}.")
+    res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "demo", "--out", str(out), "--epochs", "80",
+                          "--seeds", "1"], capture_output=True, text=True, env=env, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in CONTRACT:
+        assert key in summary, key
+    assert summary["replay_matches"] is True and summary["replay_differences"] == []
+    assert summary["seeds_germinated"] >= 1 and summary["seeds_fossilized"] >= 1
+    assert summary["final_params"] > summary["host_params"]
+    assert summary["large_baseline_params"] > summary["host_params"]
+    assert summary["events_published"] > 80
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert any(a["outcome"] == "FOSSILIZED" for a in lineage["adaptations"])
+    for name in ("report.md", "accuracy.png", "parameters.png", "model/model.pt", "model/structure.json"):
+        assert (out / name).exists(), name
