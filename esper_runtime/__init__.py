@@ -1,17 +1,21 @@
 """Esper runtime: the ML side (Kasmina today; Tamiyo, Tolaria and the rest as they land) and the ``esper`` CLI.
 
-The SDK names are imported lazily, so ``import esper_runtime`` (and every CLI command that does not train) does not
+The SDK names (appendix F.2) are imported lazily, so ``import esper_runtime`` (and every CLI command that does not train) does not
 pay for importing torch.
 """
 
 from __future__ import annotations
 
-__all__ = ["wrap", "KasminaConfig", "MorphableModel"]
+__all__ = ["wrap", "KasminaConfig", "MorphableModel", "load_config", "TamiyoController", "TolariaTrainer", "save_model"]
 
 _LAZY = {
     "wrap": "esper_runtime.kasmina",
     "KasminaConfig": "esper_runtime.kasmina",
     "MorphableModel": "esper_runtime.kasmina",
+    "load_config": "esper_runtime.config",
+    "TamiyoController": "esper_runtime.tamiyo",
+    "TolariaTrainer": "esper_runtime.tolaria",
+    "save_model": "esper_runtime.sdk",
 }
 
 
