@@ -204,7 +204,7 @@ class LocalKafka:
         cluster_id = _kafka_uuid()
         res = subprocess.run(
             [java, "-cp", f"{self.libs_dir}/*", f"-Dlog4j2.configurationFile={self.ops_dir / 'log4j2.properties'}",
-             f"-Desper.kafka.logdir={self.log_dir}", STORAGE_TOOL, "format", "-t", cluster_id,
+             f"-Desper.kafka.logdir={self.log_dir}", STORAGE_TOOL, "format", f"--cluster-id={cluster_id}",
              "-c", str(self.config_file), "--ignore-formatted"],
             capture_output=True,
             text=True,
@@ -274,7 +274,11 @@ def _java_major(version_text: str) -> int | None:
 
 
 def _kafka_uuid() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid prints)."""
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid prints).
+    Like Kafka's own generator, never one that starts with '-': the format tool would read it as an option."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text

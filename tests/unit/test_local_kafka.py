@@ -47,3 +47,10 @@ def test_an_external_cluster_is_never_managed(tmp_path):
     assert broker.down() is False
     with pytest.raises(BrokerError, match="does not answer"):
         broker.up(timeout=1)
+
+
+def test_cluster_ids_never_look_like_options():
+    from esper_runtime.infra.local_kafka import _kafka_uuid
+
+    ids = [_kafka_uuid() for _ in range(2000)]  # about 1 in 64 random ids would start with '-'
+    assert not any(i.startswith("-") for i in ids) and all(len(i) == 22 for i in ids)
