@@ -175,3 +175,25 @@ def urabrask(
         consumer.close()
         bb.close()
     console.print(f"urabrask: validated {stats.validated}, rejected {stats.rejected}, skipped {stats.skipped}")
+
+
+def karn(
+    idle_timeout: float = typer.Option(0.0, help="Stop after this many idle seconds (0: run until Ctrl-C)."),
+    dataset: Path = typer.Option(None, help="JSONL file (default: $ESPER_HOME/karn/field_reports.jsonl)."),
+    group: str = typer.Option("karn"),
+) -> None:
+    """Run Karn's listener: log every FieldReport on innovation.field_reports to a dataset."""
+    from esper_runtime.karn import KarnListener
+
+    bb = Backbone()
+    target = dataset or bb.settings.home / "karn" / "field_reports.jsonl"
+    consumer = bb.consumer([bb.resolve_topic("innovation.field_reports")], group_id=group, name="karn")
+    listener = KarnListener(target)
+    try:
+        n = listener.run(consumer, idle_timeout=idle_timeout or None)
+    except KeyboardInterrupt:
+        n = listener.logged
+    finally:
+        consumer.close()
+        bb.close()
+    console.print(f"karn: logged {n} field reports to {target}")

@@ -14,6 +14,7 @@ app.add_typer(library.blueprints_app, name="blueprints")
 app.add_typer(library.kernels_app, name="kernels")
 app.command("tezzeret")(library.tezzeret)
 app.command("urabrask")(library.urabrask)
+app.command("karn")(library.karn)
 
 
 @app.command()

@@ -107,11 +107,11 @@ def ensure_library(bb: Backbone, width: int, echo, progress) -> None:
                     w.kill()
 
 
-def _baseline(model: nn.Module, cfg: EsperConfig, data, bb: Backbone, task: str, publisher) -> tuple[float, int, list]:
-    trainer = TolariaTrainer(model, None, cfg.tolaria, data[0], data[1], publisher=publisher, task=task,
-                             run_id=f"{task}-{uuid.uuid4().hex[:8]}")
+def _baseline(model: nn.Module, cfg: EsperConfig, data, bb: Backbone, task: str, publisher):
+    run_id = f"{task}-{uuid.uuid4().hex[:8]}"
+    trainer = TolariaTrainer(model, None, cfg.tolaria, data[0], data[1], publisher=publisher, task=task, run_id=run_id)
     _, hist = trainer.train()
-    return hist.epochs[-1]["val_accuracy"], _params(model), [e["val_accuracy"] for e in hist.epochs]
+    return hist.epochs[-1]["val_accuracy"], _params(model), [e["val_accuracy"] for e in hist.epochs], run_id
 
 
 def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
@@ -143,18 +143,25 @@ def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
         t0 = time.perf_counter()
         model, history = trainer.train()
         grown_s = time.perf_counter() - t0
-        frozen_acc, frozen_params, frozen_curve = _baseline(mlp(opts.host_width, seed), cfg, data, bb,
-                                                            "two_spirals-baseline-frozen", publisher)
-        large_acc, large_params, large_curve = _baseline(mlp(opts.large_width, seed), cfg, data, bb,
-                                                         "two_spirals-baseline-large", publisher)
+        frozen_acc, frozen_params, frozen_curve, frozen_run = _baseline(mlp(opts.host_width, seed), cfg, data, bb,
+                                                                        "two_spirals-baseline-frozen", publisher)
+        large_acc, large_params, large_curve, large_run = _baseline(mlp(opts.large_width, seed), cfg, data, bb,
+                                                                    "two_spirals-baseline-large", publisher)
         runs.append({"seed": seed, "run_id": run_id, "model": model, "tamiyo": tamiyo, "history": history,
                      "host_params": host_params, "final_params": _params(model),
                      "final_accuracy": history.epochs[-1]["val_accuracy"], "frozen_accuracy": frozen_acc,
                      "frozen_curve": frozen_curve, "large_accuracy": large_acc, "large_params": large_params,
-                     "large_curve": large_curve, "seconds": grown_s})
+                     "large_curve": large_curve, "seconds": grown_s, "frozen_run": frozen_run,
+                     "large_run": large_run})
         echo(f"seed {seed}: grown {runs[-1]['final_accuracy']:.3f} ({runs[-1]['final_params']} params) | "
              f"frozen host {frozen_acc:.3f} ({frozen_params}) | large {large_acc:.3f} ({large_params})")
     publisher.flush()
+    from esper_runtime.karn import KarnListener
+
+    karn = KarnListener(bb.settings.home / "karn" / "field_reports.jsonl")
+    consumer = bb.consumer([bb.resolve_topic("innovation.field_reports")], group_id="karn", name="karn")
+    karn.run(consumer, idle_timeout=2)
+    consumer.close()
     primary = runs[0]
     fold = fold_run(bb, primary["run_id"])
     live = {f"seed/{l}/{s}": c.name for l, s, c in primary["model"].kasmina.seeds()}
@@ -194,6 +201,8 @@ def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
         "over_seeds": {"final_accuracy": stats("final_accuracy"), "baseline_accuracy": stats("frozen_accuracy"),
                        "large_baseline_accuracy": stats("large_accuracy"), "final_params": stats("final_params")},
         "run_ids": [r["run_id"] for r in runs],
+        "baseline_run_ids": {"frozen": [r["frozen_run"] for r in runs], "large": [r["large_run"] for r in runs]},
+        "karn_logged_field_reports": karn.logged,
     }
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2))
     save_model(primary["model"], opts.out / "model", lineage=primary["tamiyo"].lineage,

@@ -18,9 +18,9 @@ scores, and what was chosen: the experience a learned policy trains on.
 
 from __future__ import annotations
 
-import copy
+import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 from esper_runtime.config import TamiyoConfig
 from esper_runtime.kasmina import Code, MorphableModel
@@ -85,12 +85,25 @@ class TamiyoController:
 
     # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
     def state_dict(self) -> dict:
-        return copy.deepcopy({k: getattr(self, k) for k in ("best_val_loss", "since_improvement", "germinations",
-                                                             "in_flight", "culled_designs", "reset_at")})
+        """Plain JSON-able state (checkpoints store it as JSON: nothing to unpickle)."""
+        seed = lambda key: f"{key[0]}/{key[1]}"  # noqa: E731
+        return {
+            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "since_improvement": self.since_improvement,
+            "germinations": self.germinations,
+            "in_flight": {seed(k): asdict(v) for k, v in self.in_flight.items()},
+            "culled_designs": {seed(k): sorted(v) for k, v in self.culled_designs.items()},
+            "reset_at": {seed(k): v for k, v in self.reset_at.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in copy.deepcopy(state).items():
-            setattr(self, key, value)
+        key = lambda text: tuple(int(x) for x in text.split("/"))  # noqa: E731
+        self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else float("inf")
+        self.since_improvement = state["since_improvement"]
+        self.germinations = state["germinations"]
+        self.in_flight = {key(k): _Adaptation(**v) for k, v in state["in_flight"].items()}
+        self.culled_designs = {key(k): set(v) for k, v in state["culled_designs"].items()}
+        self.reset_at = {key(k): v for k, v in state["reset_at"].items()}
 
     # ------------------------------------------------------------------ the epoch boundary
     def step(self, state: EpochState) -> list[str]:

@@ -12,9 +12,9 @@ locked (ROLLED_BACK) and reported.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
+import json
 import math
 import statistics
 import time
@@ -250,13 +250,18 @@ class TolariaTrainer:
         self._last_good = ckpt
         path, digest = "", ""
         if self.checkpoint_dir is not None:
+            # Tensors in a weights-only loadable file; everything else beside it as JSON (nothing to unpickle).
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
-            torch.save({"epoch": epoch, "model": ckpt.model_state, "structure": ckpt.structure}, buf)
+            torch.save(ckpt.model_state, buf)
             data = buf.getvalue()
             digest = hashlib.sha256(data).hexdigest()
             target = self.checkpoint_dir / "last.pt"
             target.write_bytes(data)
+            (self.checkpoint_dir / "last.json").write_text(json.dumps({
+                "checkpoint_id": ckpt.checkpoint_id, "epoch": epoch, "run_id": self.run_id, "model_sha256": digest,
+                "kasmina": ckpt.structure, "tamiyo": ckpt.tamiyo_state,
+                "offsets": [{"topic": t, "partition": p, "offset": o} for t, p, o in ckpt.offsets]}, indent=1))
             path = str(target)
         self._publish(CheckpointSaved(envelope=self._env(), epoch=epoch, checkpoint_id=ckpt.checkpoint_id, path=path,
                                       sha256=digest, offsets=[TopicOffset(topic=t, partition=p, offset=o)

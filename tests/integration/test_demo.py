@@ -32,5 +32,7 @@ def test_demo_end_to_end(kafka_bootstrap, tmp_path):
     assert summary["events_published"] > 80
     lineage = json.loads((out / "lineage.json").read_text())
     assert any(a["outcome"] == "FOSSILIZED" for a in lineage["adaptations"])
+    assert summary["karn_logged_field_reports"] >= len(lineage["adaptations"])
+    assert (tmp_path / "home" / "karn" / "field_reports.jsonl").exists()
     for name in ("report.md", "accuracy.png", "parameters.png", "model/model.pt", "model/structure.json"):
         assert (out / name).exists(), name

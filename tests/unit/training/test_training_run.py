@@ -144,3 +144,37 @@ def test_config_from_yaml_with_clear_errors(tmp_path, monkeypatch):
         load_config(bad)
     message = str(info.value)
     assert "tolaria.epochs" in message and "tolaria.learning_rate" in message and "tamiyo.policy" in message
+
+
+def test_checkpoints_are_safe_to_load_and_carry_all_three_states(library, publisher, tmp_path):
+    import json
+
+    store, view = library
+    config = EsperConfig.model_validate(CFG)
+    config.tolaria.epochs = 6
+    model = wrap(host(), config.kasmina, artifacts=store, publisher=publisher, run_id="run-c")
+    tamiyo = TamiyoController(model, config.tamiyo, view, publisher)
+    TolariaTrainer(model, tamiyo, config.tolaria, *spirals_small(), publisher=publisher,
+                   checkpoint_dir=tmp_path / "ckpt").train()
+    meta = json.loads((tmp_path / "ckpt" / "last.json").read_text())
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)  # tensors only: no pickle needed
+    assert meta["epoch"] == 6 and set(meta) >= {"kasmina", "tamiyo", "offsets", "model_sha256"}
+    assert state.keys() == model.state_dict().keys()
+    restored = TamiyoController(model, config.tamiyo, view)
+    restored.load_state_dict(meta["tamiyo"])
+    assert restored.state_dict() == tamiyo.state_dict()
+
+
+def test_karn_logs_every_field_report(library, publisher, tmp_path):
+    import json
+
+    from esper_runtime.karn import KarnListener
+
+    model, tamiyo, trainer = _run(library, publisher)
+    trainer.train()
+    karn = KarnListener(tmp_path / "karn.jsonl")
+    for report in _events(publisher, "innovation.field_reports"):
+        karn.log(report)
+    rows = [json.loads(line) for line in (tmp_path / "karn.jsonl").read_text().splitlines()]
+    assert len(rows) == len(tamiyo.field_reports) > 0
+    assert rows[0]["outcome"] == tamiyo.field_reports[0].outcome and rows[0]["reward"] is not None
