@@ -64,3 +64,14 @@ def kernel_load(as_json: bool = typer.Option(False, "--json"),
 
     console.print("[dim]bench kernel-load: compiling any missing artifacts first (seconds each), then timing...[/dim]")
     _report(bench_kernel_load.run(width=width), as_json)
+
+
+@app.command()
+def disruption(as_json: bool = typer.Option(False, "--json"),
+               nice: int = typer.Option(10, help="Niceness of the background compiler process.")) -> None:
+    """Training-step max/median and p99/median while three blueprints compile in the background, against
+    compiling them with torch.compile inside the loop."""
+    from esper_runtime.bench import disruption as bench_disruption
+
+    console.print("[dim]bench disruption: training while Tezzeret compiles three blueprints (tens of seconds)...[/dim]")
+    _report(bench_disruption.run(nice=nice), as_json)
