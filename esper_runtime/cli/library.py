@@ -128,8 +128,13 @@ def tezzeret(
     widths: str = typer.Option("8,16,32", help="Default chunk widths."),
     pipelines: str = typer.Option("fast", help="Default pipelines."),
     group: str = typer.Option("tezzeret", help="Consumer group: run more workers with the same group to scale."),
+    nice: int = typer.Option(10, help="Lower this worker's CPU priority so training on the same machine comes first."),
 ) -> None:
     """Run a Tezzeret worker: compile submitted blueprints into kernel artifacts (outside any training process)."""
+    import os
+
+    if nice:
+        os.nice(nice)
     from esper_runtime.tezzeret.worker import TezzeretWorker
     from esper_runtime.urza.store import ArtifactStore
 

@@ -64,8 +64,15 @@ def compute_reward(outcome: str, pre: float, post: float, report: dict | None) -
 
 
 class TamiyoController:
-    def __init__(self, model: MorphableModel, config: TamiyoConfig, urza: UrzaView,
+    def __init__(self, model: MorphableModel, config: TamiyoConfig, urza: UrzaView | None = None,
                  publisher: Publisher | None = None, run_id: str | None = None):
+        if urza is None:  # the SDK journey: fold the library from the configured log
+            from esper_runtime.urza.library import load_view
+            from streams.backbone import Backbone
+
+            backbone = Backbone()
+            urza = load_view(backbone)
+            backbone.close()
         self.model = model
         self.kasmina = model.kasmina
         self.config = config
@@ -82,6 +89,7 @@ class TamiyoController:
         self.field_reports: list[FieldReport] = []
         self.decisions: list[TamiyoDecision] = []
         self.lineage: list[dict] = []
+        self.emergency: str | None = None  # set when Tolaria must roll back (read and cleared by Tolaria)
 
     # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
     def state_dict(self) -> dict:
@@ -109,6 +117,12 @@ class TamiyoController:
     def step(self, state: EpochState) -> list[str]:
         """Decide at the boundary after ``state.epoch``; returns the commands issued (applied by Kasmina next)."""
         issued = []
+        if self.in_flight and math.isfinite(self.best_val_loss) and (
+                not math.isfinite(state.val_loss) or state.val_loss > self.config.emergency_factor * self.best_val_loss):
+            # An adaptation in flight and the validation loss blew up: ask Tolaria to roll everything back.
+            self.emergency = f"val loss {state.val_loss:.4f} > {self.config.emergency_factor} x best {self.best_val_loss:.4f}"
+            self._decide(state, "emergency_rollback", None, None, [], reason=self.emergency)
+            return issued
         improved = state.val_loss < self.best_val_loss * (1 - self.config.min_delta)
         if improved:
             self.best_val_loss = state.val_loss

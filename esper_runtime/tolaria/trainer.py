@@ -216,6 +216,12 @@ class TolariaTrainer:
             return None
         if self.controller is not None:
             self.controller.step(state)
+            if self.controller.emergency:
+                reason, self.controller.emergency = self.controller.emergency, None
+                self._publish(AdaptationSignal(envelope=self._env(), epoch=state.epoch,
+                                               optimizer_rebuild_required=False, emergency_rollback_required=True,
+                                               reason=reason))
+                return f"emergency_signal: {reason}"
         report = kasmina.end_epoch(state.epoch)
         if self.controller is not None:
             self.controller.observe_transitions(report.transitions, state)

@@ -178,3 +178,23 @@ def test_karn_logs_every_field_report(library, publisher, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "karn.jsonl").read_text().splitlines()]
     assert len(rows) == len(tamiyo.field_reports) > 0
     assert rows[0]["outcome"] == tamiyo.field_reports[0].outcome and rows[0]["reward"] is not None
+
+
+def test_tamiyo_asks_for_an_emergency_rollback_when_the_loss_blows_up(library, publisher):
+    model, tamiyo, trainer = _run(library, publisher, epochs=10)
+    original = trainer.evaluate
+    state = {"done": False}
+
+    def evaluate(x=None, y=None):
+        loss, acc = original(x, y)
+        if tamiyo.in_flight and not state["done"] and x is None:
+            state["done"] = True
+            return loss * 100, acc  # what a harmful graft looks like from the validation set
+        return loss, acc
+
+    trainer.evaluate = evaluate
+    model, history = trainer.train()
+    assert history.rollbacks and history.rollbacks[0]["trigger"].startswith("emergency_signal")
+    signals = [e for e in _events(publisher, "tamiyo.adaptation.signals") if e.emergency_rollback_required]
+    assert len(signals) == 1
+    assert any(d.action == "emergency_rollback" for d in _events(publisher, "tamiyo.decisions"))
