@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from esper_runtime.cli import bench, infra, library, tail
+from esper_runtime.cli import bench, infra, library, replay, tail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Esper: neural networks that grow while they train.")
 app.add_typer(infra.app, name="infra")
@@ -15,6 +15,7 @@ app.add_typer(library.kernels_app, name="kernels")
 app.command("tezzeret")(library.tezzeret)
 app.command("urabrask")(library.urabrask)
 app.command("karn")(library.karn)
+app.command("replay")(replay.replay)
 
 
 @app.command()

@@ -163,7 +163,7 @@ def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
     karn.run(consumer, idle_timeout=2)
     consumer.close()
     primary = runs[0]
-    fold = fold_run(bb, primary["run_id"])
+    fold, _ = fold_run(bb, primary["run_id"])
     live = {f"seed/{l}/{s}": c.name for l, s, c in primary["model"].kasmina.seeds()}
     diffs = [f"{k}: log {fold.seeds.get(k, 'DORMANT')} != live {v}" for k, v in live.items()
              if fold.seeds.get(k, "DORMANT") != v]

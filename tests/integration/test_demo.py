@@ -36,3 +36,12 @@ def test_demo_end_to_end(kafka_bootstrap, tmp_path):
     assert (tmp_path / "home" / "karn" / "field_reports.jsonl").exists()
     for name in ("report.md", "accuracy.png", "parameters.png", "model/model.pt", "model/structure.json"):
         assert (out / name).exists(), name
+
+    res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "replay", "--run", summary["run_id"],
+                          "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    replayed = json.loads(res.stdout.strip().splitlines()[-1])
+    state = replayed["state"]
+    assert state["final_accuracy"] == summary["final_accuracy"] and state["final_params"] == summary["final_params"]
+    assert state["seeds_germinated"] == summary["seeds_germinated"] and state["gaps"] == []
+    assert any(line["kind"] == "decision" and "request_germination" in line["text"] for line in replayed["story"])

@@ -1,0 +1,58 @@
+"""``esper replay --run RUN_ID``: rebuild a run from the log and tell its story."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import typer
+from rich.console import Console
+
+from streams import Backbone, EsperError
+
+console = Console(stderr=True)
+
+
+def replay(
+    run: str = typer.Option(..., "--run", help="The run id (see summary.json, or `esper tail tolaria.run.events`)."),
+    until_offset: int = typer.Option(None, help="Fold only records below this offset in every partition."),
+    until_time: str = typer.Option(None, help="Fold only records up to this time (ISO 8601, e.g. 2026-11-26T01:00:00Z)."),
+    as_json: bool = typer.Option(False, "--json", help="The folded state and the story as one JSON object."),
+) -> None:
+    """Fold the run's events from offset 0: every seed's state, epochs, outcomes, and who germinated what, when,
+    why, with which kernel, and how it ended."""
+    from esper_runtime.demo.replay_check import fold_run
+
+    bounds = {}
+    if until_offset is not None:
+        bounds["until_offset"] = until_offset
+    if until_time is not None:
+        try:
+            bounds["until_time_ms"] = int(datetime.fromisoformat(until_time.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            raise typer.BadParameter(f"not an ISO 8601 time: {until_time!r}") from None
+    bb = Backbone()
+    try:
+        view, undecodable = fold_run(bb, run, **bounds)
+    except EsperError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+    finally:
+        bb.close()
+    if view.events == 0:
+        console.print(f"[red]error:[/red] no events of run {run!r} on the log")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps({"state": view.summary(), "undecodable_records": undecodable, "story": view.story}))
+    else:
+        out = Console()
+        for line in view.story:
+            out.print(f"[dim]{line['at'][11:19]}[/dim] {line['text']}")
+        s = view.summary()
+        out.print(f"\n{s['events']} events: {s['seeds_germinated']} germinated, {s['seeds_fossilized']} fossilized, "
+                  f"{s['seeds_culled']} culled; final val acc {s['final_accuracy']}, {s['final_params']} parameters")
+        if undecodable:
+            out.print(f"[yellow]{undecodable} records on these topics could not be decoded (see esper.deadletter)[/yellow]")
+    if view.gaps:
+        console.print(f"[red]gaps in the log:[/red] {'; '.join(view.gaps)}")
+        raise typer.Exit(2)

@@ -1,0 +1,115 @@
+"""A run folded from its events: every seed's state, the epochs, decisions, field reports, rollbacks, and the story.
+
+A pure fold, like ``urza_view``: the demo's replay check, ``esper replay`` and (later) the stream processors feed it
+the same events and get the same state. Seed transitions apply in each seed's ``originator_version`` order:
+duplicates are skipped and counted, a version that skips ahead is a gap, reported and not applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunView"]
+
+
+@dataclass
+class RunView:
+    run_id: str
+    seeds: dict[str, str] = field(default_factory=dict)  # seed/L/S -> current state
+    seed_kernels: dict[str, str | None] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    gaps: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    epochs: dict[int, dict] = field(default_factory=dict)
+    story: list[dict] = field(default_factory=list)
+    germinated: int = 0
+    fossilized: int = 0
+    culled: int = 0
+    field_reports: int = 0
+    events: int = 0
+    task: str | None = None
+    host_params: int | None = None
+    final_accuracy: float | None = None
+    final_params: int | None = None
+    status: str | None = None
+
+    def apply(self, ev: Any, position: str = "") -> None:
+        env = ev.envelope
+        if env.run_id != self.run_id:
+            return
+        if env.event_id in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add(env.event_id)
+        self.events += 1
+        handler = getattr(self, f"_on_{type(ev).__name__}", None)
+        if handler is not None:
+            handler(ev, position)
+
+    def _tell(self, ev, position: str, kind: str, text: str, **extra) -> None:
+        self.story.append({"at": ev.envelope.occurred_at.isoformat(), "position": position, "kind": kind,
+                           "text": text, **extra})
+
+    def _on_SeedLifecycleTransition(self, ev, position) -> None:
+        origin = ev.envelope.originator_id
+        expected = self.versions.get(origin, 0) + 1
+        if ev.envelope.originator_version < expected:
+            self.duplicates += 1
+            return
+        if ev.envelope.originator_version > expected:
+            self.gaps.append(f"{origin}: version {ev.envelope.originator_version} arrived, expected {expected}")
+            return
+        self.versions[origin] = ev.envelope.originator_version
+        to = ev.to_state.value
+        self.seeds[origin] = to
+        self.seed_kernels[origin] = ev.kernel_artifact_id
+        self.germinated += to == "GERMINATED"
+        self.fossilized += to == "FOSSILIZED"
+        self.culled += to == "CULLED"
+        if to in ("GERMINATED", "FOSSILIZED", "CULLED", "ROLLED_BACK", "ERROR_RECOVERY", "CANCELLED") or \
+                ev.reason.startswith("load failed"):
+            self._tell(ev, position, "lifecycle", f"epoch {ev.epoch}: {origin} {ev.from_state.value} -> {to}"
+                       + (f" ({ev.reason})" if ev.reason and ev.reason not in ("advance", "fossilize") else ""),
+                       seed=origin, state=to, kernel=ev.kernel_artifact_id)
+
+    def _on_TamiyoDecision(self, ev, position) -> None:
+        if ev.action in ("request_germination", "emergency_rollback"):
+            target = f"seed/{ev.target_layer_id}/{ev.target_seed_id}" if ev.target_layer_id is not None else "the run"
+            self._tell(ev, position, "decision", f"epoch {ev.epoch}: Tamiyo chose {ev.action} for {target}: "
+                       f"{ev.reason}", kernel=ev.chosen_kernel_artifact_id,
+                       candidates=len(ev.candidates))
+
+    def _on_FieldReport(self, ev, position) -> None:
+        self.field_reports += 1
+        self._tell(ev, position, "outcome", f"seed {ev.seed_id}: {ev.outcome}, val acc {ev.pre_metric:.4f} -> "
+                   f"{ev.post_metric:.4f}, reward {ev.reward if ev.reward is not None else float('nan'):.2f}",
+                   blueprint=ev.blueprint_id, kernel=ev.kernel_artifact_id)
+
+    def _on_RunStarted(self, ev, position) -> None:
+        self.task, self.host_params = ev.task, ev.host_params
+        self._tell(ev, position, "run", f"run started: {ev.task}, {ev.host_params} parameters, "
+                   f"{ev.epochs_planned} epochs planned")
+
+    def _on_EpochCompleted(self, ev, position) -> None:
+        self.epochs[ev.epoch] = {"val_accuracy": ev.val_accuracy, "val_loss": ev.val_loss, "params": ev.params,
+                                 "train_loss": ev.train_loss}
+
+    def _on_RollbackPerformed(self, ev, position) -> None:
+        for epoch in [e for e in self.epochs if e > ev.to_epoch]:
+            del self.epochs[epoch]  # trained again from the checkpoint
+        self._tell(ev, position, "rollback", f"epoch {ev.from_epoch}: rolled back to epoch {ev.to_epoch} "
+                   f"({ev.trigger}: {ev.reason})")
+
+    def _on_RunCompleted(self, ev, position) -> None:
+        self.final_accuracy, self.final_params, self.status = ev.final_accuracy, ev.final_params, ev.status
+        self._tell(ev, position, "run", f"run {ev.status} after {ev.epochs} epochs: val acc {ev.final_accuracy:.4f}, "
+                   f"{ev.final_params} parameters")
+
+    def summary(self) -> dict:
+        return {"run_id": self.run_id, "task": self.task, "host_params": self.host_params,
+                "final_params": self.final_params, "final_accuracy": self.final_accuracy, "status": self.status,
+                "epochs": len(self.epochs), "events": self.events, "seeds_germinated": self.germinated,
+                "seeds_fossilized": self.fossilized, "seeds_culled": self.culled, "field_reports": self.field_reports,
+                "seeds": dict(sorted(self.seeds.items())), "gaps": self.gaps, "duplicates": self.duplicates}
