@@ -112,6 +112,24 @@ class EventConsumer:
             self.deadletter.publisher.flush()
         return out
 
+    def run(self, handler, idle_timeout: float | None = None, max_events: int | None = None,
+            batch: int = 1) -> int:
+        """Call ``handler(event)`` for each event until ``idle_timeout`` seconds pass with none (None: forever) or
+        ``max_events`` were handled; commit and return the count. What a worker's main loop is."""
+        handled = 0
+        last = time.monotonic()
+        while max_events is None or handled < max_events:
+            events = self.poll(timeout=0.5, max_records=batch)
+            for event in events:
+                handler(event)
+                handled += 1
+            if events:
+                last = time.monotonic()
+            elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                break
+        self.commit()
+        return handled
+
     def __iter__(self) -> Iterator[ConsumedEvent]:
         while True:
             yield from self.poll()

@@ -24,24 +24,16 @@ import sys
 import time
 
 import torch
-from torch import nn
 
 DESIGNS = ("residual_mlp", "swiglu", "norm_mlp")
 
 
 def _training():
+    from esper_runtime.bench.dormant import _mlp, _step_fn
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-
-    return step
+    model, x, y = _mlp()
+    return _step_fn(model, x, y)
 
 
 def _timed(step, n: int | None = None, until=None) -> list[float]:

@@ -123,6 +123,24 @@ def query(
     Console().print(table)
 
 
+def _serve(bb: Backbone, topic: str, group: str, name: str, work) -> None:
+    """Run ``work(consumer)`` as a consumer-group worker on ``topic`` until it returns or Ctrl-C; always close."""
+    try:
+        consumer = bb.consumer([bb.resolve_topic(topic)], group_id=group, name=name)
+    except EsperError as exc:
+        bb.close()
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+    console.print(f"{name}: consuming {bb.resolve_topic(topic)} as group {group!r}")
+    try:
+        work(consumer)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+        bb.close()
+
+
 def tezzeret(
     idle_timeout: float = typer.Option(0.0, help="Stop after this many idle seconds (0: run until Ctrl-C)."),
     widths: str = typer.Option("8,16,32", help="Default chunk widths."),
@@ -133,27 +151,17 @@ def tezzeret(
     """Run a Tezzeret worker: compile submitted blueprints into kernel artifacts (outside any training process)."""
     import os
 
-    if nice:
-        os.nice(nice)
     from esper_runtime.tezzeret.worker import TezzeretWorker
     from esper_runtime.urza.store import ArtifactStore
 
+    if nice:
+        os.nice(nice)
     bb = Backbone()
-    try:
-        consumer = bb.consumer([bb.resolve_topic("urza.blueprints.events")], group_id=group, name="tezzeret")
-    except EsperError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
     worker = TezzeretWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), widths=_ints(widths),
                             pipelines=tuple(p for p in pipelines.split(",") if p))
-    console.print(f"tezzeret: consuming {bb.resolve_topic('urza.blueprints.events')} as group {group!r}")
-    try:
-        stats = worker.run(consumer, idle_timeout=idle_timeout or None)
-    except KeyboardInterrupt:
-        stats = worker.stats
-    finally:
-        consumer.close()
-        bb.close()
+    _serve(bb, "urza.blueprints.events", group, "tezzeret",
+           lambda consumer: worker.run(consumer, idle_timeout=idle_timeout or None))
+    stats = worker.stats
     console.print(f"tezzeret: compiled {stats.compiled}, cached {stats.cached}, failed {stats.failed}, "
                   f"rejected {stats.rejected}")
 
@@ -169,16 +177,11 @@ def urabrask(
 
     bb = Backbone()
     dist, known = distributions_from_view(_view(bb))
-    consumer = bb.consumer([bb.resolve_topic("tezzeret.kernels.events")], group_id=group, name="urabrask")
     worker = UrabraskWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), dist, known)
-    console.print(f"urabrask: {len(known)} kernels already measured; consuming as group {group!r}")
-    try:
-        stats = worker.run(consumer, idle_timeout=idle_timeout or None)
-    except KeyboardInterrupt:
-        stats = worker.stats
-    finally:
-        consumer.close()
-        bb.close()
+    console.print(f"urabrask: {len(known)} kernels already measured")
+    _serve(bb, "tezzeret.kernels.events", group, "urabrask",
+           lambda consumer: worker.run(consumer, idle_timeout=idle_timeout or None))
+    stats = worker.stats
     console.print(f"urabrask: validated {stats.validated}, rejected {stats.rejected}, skipped {stats.skipped}")
 
 
@@ -191,14 +194,7 @@ def karn(
     from esper_runtime.karn import KarnListener
 
     bb = Backbone()
-    target = dataset or bb.settings.home / "karn" / "field_reports.jsonl"
-    consumer = bb.consumer([bb.resolve_topic("innovation.field_reports")], group_id=group, name="karn")
-    listener = KarnListener(target)
-    try:
-        n = listener.run(consumer, idle_timeout=idle_timeout or None)
-    except KeyboardInterrupt:
-        n = listener.logged
-    finally:
-        consumer.close()
-        bb.close()
-    console.print(f"karn: logged {n} field reports to {target}")
+    listener = KarnListener(dataset or bb.settings.home / "karn" / "field_reports.jsonl")
+    _serve(bb, "innovation.field_reports", group, "karn",
+           lambda consumer: listener.run(consumer, idle_timeout=idle_timeout or None))
+    console.print(f"karn: logged {listener.logged} field reports to {listener.dataset}")

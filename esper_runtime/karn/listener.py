@@ -4,7 +4,6 @@ generator and reward model it will train later; it designs nothing yet."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from streams.contracts import FieldReport
@@ -27,15 +26,10 @@ class KarnListener:
         self.logged += 1
 
     def run(self, consumer, idle_timeout: float | None = None) -> int:
-        last = time.monotonic()
-        while True:
-            batch = consumer.poll(timeout=0.5)
-            for item in batch:
-                last = time.monotonic()
-                if item.name == FieldReport.AVRO_NAME:
-                    r = item.record
-                    self.log(item.decoded.typed(), f"{r.topic}/{r.partition}/{r.offset}")
-            if idle_timeout is not None and not batch and time.monotonic() - last > idle_timeout:
-                break
-        consumer.commit()
+        def handle(item):
+            if item.name == FieldReport.AVRO_NAME:
+                r = item.record
+                self.log(item.decoded.typed(), f"{r.topic}/{r.partition}/{r.offset}")
+
+        consumer.run(handle, idle_timeout=idle_timeout, batch=500)
         return self.logged

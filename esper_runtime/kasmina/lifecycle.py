@@ -36,7 +36,8 @@ class Code(IntEnum):
         return SeedState(self.name)
 
 
-assert [c.name for c in Code] == [s.value for s in SeedState], "Code must follow the SeedState Avro enum"
+if [c.name for c in Code] != [s.value for s in SeedState]:
+    raise RuntimeError("kasmina Code must list the SeedState Avro enum's symbols in order")
 
 
 class Command:

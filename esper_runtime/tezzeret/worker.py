@@ -10,7 +10,6 @@ learns it without waiting. Compilation happens here, in this process, never in a
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -133,19 +132,9 @@ class TezzeretWorker:
 
     def run(self, consumer, idle_timeout: float | None = None, max_events: int | None = None) -> WorkerStats:
         """Consume until ``idle_timeout`` seconds pass without a blueprint (None: forever) or ``max_events``."""
-        seen = 0
-        last = time.monotonic()
-        while True:
-            batch = consumer.poll(timeout=0.5, max_records=1)
-            for item in batch:
-                last = time.monotonic()
-                if item.name != BlueprintSubmitted.AVRO_NAME:
-                    continue
+        def handle(item):
+            if item.name == BlueprintSubmitted.AVRO_NAME:
                 self.handle(item.decoded.typed())
-                seen += 1
-            if max_events is not None and seen >= max_events:
-                break
-            if idle_timeout is not None and not batch and time.monotonic() - last > idle_timeout:
-                break
-        consumer.commit()
+
+        consumer.run(handle, idle_timeout=idle_timeout, max_events=max_events)
         return self.stats

@@ -13,7 +13,6 @@ import logging
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 from esper_runtime.urabrask.tagging import Distributions, assign_tags
@@ -116,14 +115,9 @@ class UrabraskWorker:
         self.stats.validated += 1
 
     def run(self, consumer, idle_timeout: float | None = None) -> UrabraskStats:
-        last = time.monotonic()
-        while True:
-            batch = consumer.poll(timeout=0.5, max_records=1)
-            for item in batch:
-                last = time.monotonic()
-                if item.name == KernelCompiled.AVRO_NAME:
-                    self.handle(item.decoded.typed())
-            if idle_timeout is not None and not batch and time.monotonic() - last > idle_timeout:
-                break
-        consumer.commit()
+        def handle(item):
+            if item.name == KernelCompiled.AVRO_NAME:
+                self.handle(item.decoded.typed())
+
+        consumer.run(handle, idle_timeout=idle_timeout)
         return self.stats
