@@ -1,0 +1,41 @@
+-- Esper's analytics tables: one row per event, the same DDL on chdb (embedded) and a ClickHouse server.
+-- ReplacingMergeTree keyed by event_id (last in ORDER BY): a record delivered twice is stored once after merges,
+-- and `FINAL` in a query deduplicates immediately. Timestamps are the events' occurred_at, in UTC.
+
+CREATE DATABASE IF NOT EXISTS esper;
+
+CREATE TABLE IF NOT EXISTS esper.epochs (
+    run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'),
+    train_loss Float64, val_loss Float64, val_accuracy Float64, params UInt64, learning_rate Float64,
+    duration_ms Float64, event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
+
+CREATE TABLE IF NOT EXISTS esper.seed_telemetry (
+    run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), layer_id UInt32, layer_name String,
+    seed_id UInt32, state LowCardinality(String), alpha Float32, chunk_variance Float32, dead_node_ratio Float32,
+    avg_correlation Float32, exec_latency_us Float32, is_ready UInt8, kernel_artifact_id String, event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, layer_id, seed_id, epoch, event_id);
+
+CREATE TABLE IF NOT EXISTS esper.lifecycle_transitions (
+    run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), layer_id UInt32, seed_id UInt32,
+    from_state LowCardinality(String), to_state LowCardinality(String), kernel_artifact_id String, reason String,
+    originator_version UInt64, event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, layer_id, seed_id, originator_version, event_id);
+
+CREATE TABLE IF NOT EXISTS esper.decisions (
+    run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), policy LowCardinality(String),
+    action LowCardinality(String), target_layer_id Int32, target_seed_id Int32, kernel_artifact_id String,
+    candidates UInt32, reason String, event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
+
+CREATE TABLE IF NOT EXISTS esper.kernel_measurements (
+    artifact_id String, hardware LowCardinality(String), occurred_at DateTime64(3, 'UTC'), passed UInt8,
+    latency_ms_mean Float64, latency_ms_p99 Float64, throughput_ops_per_sec Float64, memory_mb_peak Float64,
+    precision_drift_vs_fp32 Float64, runs UInt32, failure String, event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (hardware, artifact_id, event_id);
+
+CREATE TABLE IF NOT EXISTS esper.field_reports (
+    run_id String, occurred_at DateTime64(3, 'UTC'), blueprint_id String, seed_id String,
+    outcome LowCardinality(String), pre_metric Float64, post_metric Float64, reward Float64,
+    kernel_artifact_id String, event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, blueprint_id, event_id);
