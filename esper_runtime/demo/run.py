@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from esper_runtime.config import EsperConfig
-from esper_runtime.kasmina import Code, KasminaConfig, wrap
+from esper_runtime.kasmina import Code, wrap
 from esper_runtime.tamiyo import TamiyoController
 from esper_runtime.tolaria import TolariaTrainer
+from esper_runtime.tolaria.trainer import count_params
 from esper_runtime.urza.library import load_view, submit_blueprint
 from esper_runtime.urza.store import ArtifactStore
 from streams import Backbone
@@ -62,18 +63,14 @@ def mlp(width: int, seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(2, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 2))
 
 
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def ensure_library(bb: Backbone, width: int, echo, progress) -> None:
+    from esper_runtime.blueprints import starter_blueprints
+
     view = load_view(bb)
-    expected = len(__import__("esper_runtime.blueprints", fromlist=["x"]).starter_blueprints())
+    expected = len(starter_blueprints())
     if len(view.query([], features=width)) >= expected:
         echo(f"Urza has {len(view.query([], features=width))} validated kernels for width {width}")
         return
-    from esper_runtime.blueprints import starter_blueprints
-
     echo(f"pre-loading the starter library: {expected} blueprints for chunk width {width}")
     envs = EnvelopeFactory(f"demo-library-{uuid.uuid4().hex[:6]}", "esper-demo")
     with bb.publisher() as pub:
@@ -107,11 +104,11 @@ def ensure_library(bb: Backbone, width: int, echo, progress) -> None:
                     w.kill()
 
 
-def _baseline(model: nn.Module, cfg: EsperConfig, data, bb: Backbone, task: str, publisher):
+def _baseline(model: nn.Module, cfg: EsperConfig, data, task: str, publisher):
     run_id = f"{task}-{uuid.uuid4().hex[:8]}"
     trainer = TolariaTrainer(model, None, cfg.tolaria, data[0], data[1], publisher=publisher, task=task, run_id=run_id)
     _, hist = trainer.train()
-    return hist.epochs[-1]["val_accuracy"], _params(model), [e["val_accuracy"] for e in hist.epochs], run_id
+    return hist.epochs[-1]["val_accuracy"], count_params(model), [e["val_accuracy"] for e in hist.epochs], run_id
 
 
 def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
@@ -136,19 +133,19 @@ def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
         cfg.tolaria.seed = seed
         run_id = f"demo-{uuid.uuid4().hex[:8]}-s{seed}"
         model = wrap(mlp(opts.host_width, seed), cfg.kasmina, artifacts=store, publisher=publisher, run_id=run_id)
-        host_params = _params(model)
+        host_params = count_params(model)
         tamiyo = TamiyoController(model, cfg.tamiyo, view, publisher, run_id=run_id)
         trainer = TolariaTrainer(model, tamiyo, cfg.tolaria, data[0], data[1], publisher=publisher, run_id=run_id,
                                  task="two_spirals", checkpoint_dir=opts.out / "checkpoints" if seed == 0 else None)
         t0 = time.perf_counter()
         model, history = trainer.train()
         grown_s = time.perf_counter() - t0
-        frozen_acc, frozen_params, frozen_curve, frozen_run = _baseline(mlp(opts.host_width, seed), cfg, data, bb,
+        frozen_acc, frozen_params, frozen_curve, frozen_run = _baseline(mlp(opts.host_width, seed), cfg, data,
                                                                         "two_spirals-baseline-frozen", publisher)
-        large_acc, large_params, large_curve, large_run = _baseline(mlp(opts.large_width, seed), cfg, data, bb,
+        large_acc, large_params, large_curve, large_run = _baseline(mlp(opts.large_width, seed), cfg, data,
                                                                     "two_spirals-baseline-large", publisher)
         runs.append({"seed": seed, "run_id": run_id, "model": model, "tamiyo": tamiyo, "history": history,
-                     "host_params": host_params, "final_params": _params(model),
+                     "host_params": host_params, "final_params": count_params(model),
                      "final_accuracy": history.epochs[-1]["val_accuracy"], "frozen_accuracy": frozen_acc,
                      "frozen_curve": frozen_curve, "large_accuracy": large_acc, "large_params": large_params,
                      "large_curve": large_curve, "seconds": grown_s, "frozen_run": frozen_run,

@@ -300,15 +300,6 @@ class Kasmina:
         """Seal the checksum over the current state (after a restore)."""
         self._sealed = self._checksums()
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Child parameters the host optimizer should train now (GRAFTING and FINE_TUNING seeds)."""
-        out = []
-        for layer in self.layers:
-            for i in layer._active:
-                if layer._codes[i] in (Code.GRAFTING, Code.FINE_TUNING):
-                    out.extend(layer.seeds[str(i)].parameters())
-        return out
-
     def recon_error(self, layer_id: int, seed_id: int) -> float:
         return float(self.layer(layer_id).health_accumulator[seed_id, HEALTH["recon_error"]])
 

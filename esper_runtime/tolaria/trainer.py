@@ -59,7 +59,6 @@ class Checkpoint:
     model_state: dict
     structure: list[dict]
     tamiyo_state: dict
-    optimizer_state: dict | None
     offsets: list[tuple[str, int, int]]
     checkpoint_id: str
 
@@ -249,7 +248,6 @@ class TolariaTrainer:
             model_state={k: v.detach().clone() for k, v in self.model.state_dict().items()},
             structure=kasmina.structure() if kasmina is not None else [],
             tamiyo_state=self.controller.state_dict() if self.controller is not None else {},
-            optimizer_state=None,
             offsets=self._offsets(),
             checkpoint_id=f"{self.run_id}-e{epoch}-{uuid.uuid4().hex[:6]}",
         )
