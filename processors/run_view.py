@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.seed_state import DUPLICATE, GAP, fold_seed
+
 __all__ = ["RunView"]
 
 
@@ -18,7 +20,7 @@ class RunView:
     run_id: str
     seeds: dict[str, str] = field(default_factory=dict)  # seed/L/S -> current state
     seed_kernels: dict[str, str | None] = field(default_factory=dict)
-    versions: dict[str, int] = field(default_factory=dict)
+    seed_states: dict[str, dict] = field(default_factory=dict)  # seed/L/S -> fold_seed's state
     seen: set[str] = field(default_factory=set)
     gaps: list[str] = field(default_factory=list)
     duplicates: int = 0
@@ -54,14 +56,15 @@ class RunView:
 
     def _on_SeedLifecycleTransition(self, ev, position) -> None:
         origin = ev.envelope.originator_id
-        expected = self.versions.get(origin, 0) + 1
-        if ev.envelope.originator_version < expected:
+        outcome, state = fold_seed(self.seed_states.get(origin), ev)
+        if outcome == DUPLICATE:
             self.duplicates += 1
             return
-        if ev.envelope.originator_version > expected:
+        if outcome == GAP:
+            expected = self.seed_states[origin]["version"] + 1 if origin in self.seed_states else 1
             self.gaps.append(f"{origin}: version {ev.envelope.originator_version} arrived, expected {expected}")
             return
-        self.versions[origin] = ev.envelope.originator_version
+        self.seed_states[origin] = state
         to = ev.to_state.value
         self.seeds[origin] = to
         self.seed_kernels[origin] = ev.kernel_artifact_id

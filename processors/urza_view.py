@@ -12,9 +12,10 @@ Kernel status: COMPILED on ``KernelCompiled``; ``KernelStatusChanged`` moves it 
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from streams.contracts import (
     BlueprintRejected,
@@ -68,7 +69,7 @@ class BlueprintRecord:
     tags: list[str]
     parents: list[str]
     submitted_by: str
-    status: str = "SUBMITTED"  # SUBMITTED, REJECTED
+    status: str = "SUBMITTED"  # SUBMITTED, REJECTED; PENDING until its submission is applied
     rejection: str | None = None
     failures: list[str] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
@@ -86,6 +87,7 @@ class UrzaView:
         self._waiting: dict[str, dict[int, Any]] = {}
         self.duplicates = 0
         self.applied = 0
+        self._dirty: set[str] = set()  # entry keys changed since take_dirty()
 
     # ------------------------------------------------------------------ folding
     def apply_all(self, events: Iterable[Any]) -> "UrzaView":
@@ -104,10 +106,12 @@ class UrzaView:
         expected = self._versions.get(env.originator_id, 0) + 1
         if env.originator_version != expected:
             self._waiting.setdefault(env.originator_id, {})[env.originator_version] = event
+            self._dirty.add(f"waiting/{env.originator_id}/{env.originator_version}")
             return False
         self._apply_in_order(event)
         waiting = self._waiting.get(env.originator_id, {})
         while (nxt := waiting.pop(self._versions[env.originator_id] + 1, None)) is not None:
+            self._dirty.add(f"waiting/{env.originator_id}/{nxt.envelope.originator_version}")
             self._apply_in_order(nxt)
         if not waiting:
             self._waiting.pop(env.originator_id, None)
@@ -120,28 +124,95 @@ class UrzaView:
         self.applied += 1
         handler = getattr(self, f"_on_{type(event).__name__}")
         handler(event)
+        self._dirty.add(f"version/{env.originator_id}")
+        artifact, blueprint = getattr(event, "artifact_id", None), getattr(event, "blueprint_id", None)
+        if artifact in self.kernels:
+            self._dirty.add(f"kernel/{artifact}")
+            blueprint = blueprint or self.kernels[artifact].blueprint_id
+        if blueprint in self.blueprints:
+            self._dirty.add(f"blueprint/{blueprint}")
 
     def gaps(self) -> dict[str, list[int]]:
         """Originators with events waiting for a missing predecessor: {originator: [waiting versions]}."""
         return {o: sorted(w) for o, w in self._waiting.items() if w}
+
+    # ------------------------------------------------------------------ snapshots (the materializer's table)
+    def take_dirty(self, encode: Callable[[Any], bytes]) -> dict[str, dict | None]:
+        """The entries changed since the last call, as JSON-able values (None: the entry is gone).
+
+        Keys: ``blueprint/<id>``, ``kernel/<id>``, ``version/<originator>`` and ``waiting/<originator>/<version>``
+        (an event parked until its predecessor arrives, kept as its encoded bytes so a restart loses nothing).
+        ``restore`` rebuilds an equal view from all entries.
+        """
+        out: dict[str, dict | None] = {}
+        for key in self._dirty:
+            kind, _, rest = key.partition("/")
+            if kind == "blueprint":
+                out[key] = self.blueprints[rest].to_dict()
+            elif kind == "kernel":
+                rec = self.kernels[rest].to_dict()
+                rec.pop("features")
+                out[key] = rec
+            elif kind == "version":
+                out[key] = {"version": self._versions[rest]}
+            else:
+                originator, _, version = rest.rpartition("/")
+                event = self._waiting.get(originator, {}).get(int(version))
+                out[key] = None if event is None else {"raw": base64.b64encode(encode(event)).decode()}
+        self._dirty.clear()
+        return out
+
+    @classmethod
+    def restore(cls, entries: Iterable[tuple[str, dict]], decode: Callable[[bytes], Any]) -> "UrzaView":
+        """A view from ``take_dirty`` entries (the latest value of each key)."""
+        view = cls()
+        for key, value in entries:
+            kind, _, rest = key.partition("/")
+            if kind == "blueprint":
+                view.blueprints[rest] = BlueprintRecord(**value)
+            elif kind == "kernel":
+                view.kernels[rest] = KernelRecord(**value)
+            elif kind == "version":
+                view._versions[rest] = value["version"]
+            elif kind == "waiting":
+                originator, _, version = rest.rpartition("/")
+                view._waiting.setdefault(originator, {})[int(version)] = decode(base64.b64decode(value["raw"]))
+        return view
+
+    def state(self) -> dict[str, Any]:
+        """Everything the view holds, comparable between a replay and a restored materialization."""
+        return {"blueprints": {k: v.to_dict() for k, v in sorted(self.blueprints.items())},
+                "kernels": {k: v.to_dict() for k, v in sorted(self.kernels.items())},
+                "versions": dict(sorted(self._versions.items())), "gaps": self.gaps()}
+
+    # A blueprint's events come from several originators (its submission, each compile run, each validation run)
+    # on several topics, so they may be applied in any order: each handler gives the same record whatever came
+    # first (a record seen before its submission is a placeholder with status PENDING; lists are kept sorted).
+    def _blueprint(self, blueprint_id: str) -> BlueprintRecord:
+        rec = self.blueprints.get(blueprint_id)
+        if rec is None:
+            rec = self.blueprints[blueprint_id] = BlueprintRecord(blueprint_id, "", {}, [], [], "", status="PENDING")
+            rec.artifacts = sorted(k.artifact_id for k in self.kernels.values() if k.blueprint_id == blueprint_id)
+        return rec
 
     def _on_BlueprintSubmitted(self, ev: BlueprintSubmitted) -> None:
         try:
             ir = json.loads(ev.ir_json)
         except ValueError:
             ir = {}
-        self.blueprints[ev.blueprint_id] = BlueprintRecord(ev.blueprint_id, ev.name, ir, list(ev.tags),
-                                                           list(ev.parent_ids), ev.submitted_by)
+        rec = self._blueprint(ev.blueprint_id)
+        rec.name, rec.ir, rec.tags, rec.parents, rec.submitted_by = (ev.name, ir, list(ev.tags), list(ev.parent_ids),
+                                                                     ev.submitted_by)
+        if rec.status == "PENDING":
+            rec.status = "SUBMITTED"
 
     def _on_BlueprintRejected(self, ev: BlueprintRejected) -> None:
-        bp = self.blueprints.get(ev.blueprint_id)
-        if bp is not None:
-            bp.status, bp.rejection = "REJECTED", f"{ev.stage}: {ev.reason}"
+        rec = self._blueprint(ev.blueprint_id)
+        rec.status, rec.rejection = "REJECTED", f"{ev.stage}: {ev.reason}"
 
     def _on_KernelCompilationFailed(self, ev: KernelCompilationFailed) -> None:
-        bp = self.blueprints.get(ev.blueprint_id)
-        if bp is not None:
-            bp.failures.append(f"{ev.hardware}/{ev.pipeline}: {ev.error}")
+        rec = self._blueprint(ev.blueprint_id)
+        rec.failures = sorted(rec.failures + [f"{ev.hardware}/{ev.pipeline}: {ev.error}"])
 
     def _on_KernelCompiled(self, ev: KernelCompiled) -> None:
         try:
@@ -153,7 +224,7 @@ class UrzaView:
         self.kernels[ev.artifact_id] = rec
         bp = self.blueprints.get(ev.blueprint_id)
         if bp is not None and ev.artifact_id not in bp.artifacts:
-            bp.artifacts.append(ev.artifact_id)
+            bp.artifacts = sorted(bp.artifacts + [ev.artifact_id])
 
     def _on_KernelStatusChanged(self, ev: KernelStatusChanged) -> None:
         rec = self.kernels.get(ev.artifact_id)

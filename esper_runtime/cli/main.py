@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from esper_runtime.cli import analytics, bench, infra, library, replay, tail
+from esper_runtime.cli import analytics, bench, infra, library, processors, replay, tail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Esper: neural networks that grow while they train.")
 app.add_typer(infra.app, name="infra")
@@ -18,6 +18,7 @@ app.command("karn")(library.karn)
 app.command("replay")(replay.replay)
 app.command("sql")(analytics.sql)
 app.command("sink")(analytics.sink)
+app.command("processors")(processors.processors)
 
 
 @app.command()

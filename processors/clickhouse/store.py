@@ -1,30 +1,47 @@
-"""The analytics store. Embedded default: chdb, persistent under ``$ESPER_HOME/clickhouse``.
+"""The analytics store: embedded chdb by default, a ClickHouse server when ``ESPER_CLICKHOUSE_URL`` is set.
 
-chdb allows one process per data directory, so the process that opens the store owns it; a second one is told so
-plainly (``StoreBusy``) instead of with chdb's own message. The schema is ``ops/clickhouse/schema.sql``.
+chdb allows one process per data directory, so the process that opens the embedded store owns it. The processors'
+app is that owner while it runs: it advertises a local SQL endpoint (``endpoint.json``, readable by this user only,
+with a random token) and ``open_store`` hands everyone else an ``OwnerClient`` that queries through it. Only when
+nobody holds the store does a command open it directly; when it is held by a process that serves no endpoint the
+caller is told so plainly (``StoreBusy``) instead of with chdb's own message. All three speak the same interface
+(``rows``, ``query``, ``insert``, ``close``) and run the same DDL (``ops/clickhouse/schema.sql``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from streams.config import project_root
 from streams.exceptions import EsperError
 
-__all__ = ["EmbeddedStore", "StoreBusy", "open_store", "SCHEMA_FILE", "TABLES"]
+__all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "open_store", "SCHEMA_FILE",
+           "TABLES"]
 
 SCHEMA_FILE = project_root() / "ops" / "clickhouse" / "schema.sql"
 TABLES = ("epochs", "seed_telemetry", "lifecycle_transitions", "decisions", "kernel_measurements", "field_reports")
 
 
 class StoreBusy(EsperError):
-    """Another process owns the embedded store."""
+    """Another process owns the embedded store and offers no way in."""
+
+
+class StoreError(EsperError):
+    """The query failed (bad SQL, unknown table): ClickHouse's message, without a stack."""
 
 
 def _statements(sql: str) -> list[str]:
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _json_rows(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.strip().splitlines() if line.strip()]
 
 
 class EmbeddedStore:
@@ -36,8 +53,8 @@ class EmbeddedStore:
         owner = self.path / "owner.pid"
         other = _live_owner(owner)
         if other is not None and other != os.getpid():
-            raise StoreBusy(f"the ClickHouse store at {self.path} is owned by process {other} (the processors' app "
-                            "or another esper command); stop it, or query through it")
+            raise StoreBusy(f"the ClickHouse store at {self.path} is owned by process {other}, which serves no SQL "
+                            "endpoint; stop it, or start the processors (`esper processors`) and query through them")
         try:
             self._session = session.Session(str(self.path))
         except Exception as exc:  # chdb's lock error names no owner
@@ -48,13 +65,13 @@ class EmbeddedStore:
             self._session.query(statement)
 
     def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
-        return str(self._session.query(sql, fmt))
+        try:
+            return str(self._session.query(sql, fmt))
+        except Exception as exc:  # chdb raises RuntimeError with ClickHouse's message
+            raise StoreError(str(exc)[:4000]) from None
 
     def rows(self, sql: str) -> list[dict]:
-        import json
-
-        text = self.query(sql, "JSONEachRow").strip()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return _json_rows(self.query(sql, "JSONEachRow"))
 
     def insert(self, table: str, rows: list[dict]) -> int:
         """Insert rows (dicts with the table's columns) in one statement."""
@@ -67,9 +84,21 @@ class EmbeddedStore:
         self._session.query(f"INSERT INTO esper.{table} ({columns}) SELECT {columns} FROM Python(frame)")
         return len(rows)
 
+    def advertise(self, url: str) -> str:
+        """Tell other processes where to query this store; returns the token they must present."""
+        token = secrets.token_urlsafe(24)
+        endpoint = self.path / "endpoint.json"
+        tmp = endpoint.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"pid": os.getpid(), "url": url, "token": token}, fh)
+        os.replace(tmp, endpoint)
+        return token
+
     def close(self) -> None:
         self._session.close()
         if _live_owner(self._owner_file) == os.getpid():
+            (self.path / "endpoint.json").unlink(missing_ok=True)
             self._owner_file.unlink(missing_ok=True)
 
     def __enter__(self):
@@ -77,6 +106,96 @@ class EmbeddedStore:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class OwnerClient:
+    """The embedded store, queried through the process that owns it (the processors' app)."""
+
+    def __init__(self, url: str, token: str, owner_pid: int):
+        self.url, self._token, self.owner_pid = url.rstrip("/"), token, owner_pid
+
+    def _post(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {self._token}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", "")
+            except ValueError:
+                message = ""
+            raise StoreError(message or f"the store's owner (pid {self.owner_pid}) answered {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise StoreBusy(f"the store's owner (pid {self.owner_pid}) does not answer at {self.url}: {exc}") from None
+
+    def rows(self, sql: str) -> list[dict]:
+        return self._post("/esper/sql/", {"query": sql})["rows"]
+
+    def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        if fmt != "JSONEachRow":
+            raise StoreError("through the store's owner only JSONEachRow is served")
+        return "\n".join(json.dumps(r) for r in self.rows(sql))
+
+    def insert(self, table: str, rows: list[dict]) -> int:
+        raise StoreError("inserts go through the processors' telemetry sink, not through another process")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ServerStore:
+    """A ClickHouse server through clickhouse-connect (``ESPER_CLICKHOUSE_URL``): same DDL, same queries."""
+
+    def __init__(self, url: str):
+        import clickhouse_connect
+
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url)
+            for statement in _statements(SCHEMA_FILE.read_text()):
+                self._client.command(statement)
+        except Exception as exc:
+            raise StoreError(f"cannot use the ClickHouse server at {_redact(url)}: {exc}") from None
+
+    def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        try:
+            return self._client.raw_query(sql, fmt=fmt).decode()
+        except Exception as exc:
+            raise StoreError(str(exc)[:4000]) from None
+
+    def rows(self, sql: str) -> list[dict]:
+        return _json_rows(self.query(sql, "JSONEachRow"))
+
+    def insert(self, table: str, rows: list[dict]) -> int:
+        if not rows:
+            return 0
+        columns = list(rows[0])
+        self._client.insert(f"esper.{table}", [[r[c] for c in columns] for r in rows], column_names=columns)
+        return len(rows)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() \
+        if parts.hostname else url
 
 
 def _live_owner(owner: Path) -> int | None:
@@ -90,6 +209,20 @@ def _live_owner(owner: Path) -> int | None:
         return pid
 
 
-def open_store(home: Path) -> EmbeddedStore:
-    """The embedded store under ``home``. (A ClickHouse server through ESPER_CLICKHOUSE_URL: issue #6.)"""
-    return EmbeddedStore(Path(home) / "clickhouse")
+def open_store(home: Path, url: str | None = None, *, own: bool = False):
+    """The analytics store: the server at ``url`` if given; else the embedded one under ``home`` — through its
+    owner when another process holds it and serves an endpoint, directly when nobody does. ``own=True`` (the
+    processors' app) insists on holding it."""
+    if url:
+        return ServerStore(url)
+    path = Path(home) / "clickhouse"
+    if not own:
+        owner = _live_owner(path / "owner.pid")
+        if owner is not None and owner != os.getpid():
+            try:
+                endpoint = json.loads((path / "endpoint.json").read_text())
+            except (FileNotFoundError, ValueError):
+                endpoint = None
+            if endpoint and endpoint.get("pid") == owner:
+                return OwnerClient(endpoint["url"], endpoint["token"], owner)
+    return EmbeddedStore(path)

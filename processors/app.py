@@ -1,0 +1,286 @@
+"""The processors' app: one faust-streaming application with an agent per concern.
+
+- **seed-state**: every seed's current state per run (``fold_seed``), a faust table whose changelog is the compacted
+  ``state.kasmina.seeds`` topic.
+- **urza**: the Urza library (``UrzaView``: blueprints, artifacts, status, tags), its changed entries written to the
+  compacted ``state.urza.library`` topic (keyed by entry, so the latest value of a key is its state whatever
+  partition the event came from) and restored from it on start.
+- **distributions**: each validated kernel's measurements per hardware (``state.urabrask.distributions``), the peers
+  Urabrask tags against.
+- **telemetry-sink**: batched inserts into ClickHouse (``rows_for``); the app owns the embedded store and serves
+  SQL to other processes on 127.0.0.1 (``/esper/sql/``, a token from ``endpoint.json``).
+
+Delivery is at least once: faust flushes the producer (table changelogs, state writes, dead letters) before it
+commits source offsets, so after any stop — kill -9 included — the state is at or ahead of the committed offsets,
+and what is read again is skipped by ``originator_version`` (and by ``event_id`` in ClickHouse's
+ReplacingMergeTree). Undecodable records, records of the wrong type for their topic and version gaps go to the
+dead-letter topic with the reason in headers; nothing stops an agent. ``stream_wait_empty`` is off so SIGTERM stops
+the worker in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+
+from processors.clickhouse.sink import SINK_TOPICS, rows_for
+from processors.seed_state import APPLIED, GAP, fold_seed, seed_key
+from processors.state import read_state_topic
+from processors.urza_view import UrzaView
+from streams import Backbone
+from streams.exceptions import DecodeError
+
+__all__ = ["Processors", "MaterializedState", "SEED_STATE_TOPIC", "URZA_STATE_TOPIC", "DISTRIBUTIONS_TOPIC", "URZA_TOPICS", "AGENTS"]
+
+log = logging.getLogger("esper.processors")
+
+SEED_STATE_TOPIC = "state.kasmina.seeds"
+URZA_STATE_TOPIC = "state.urza.library"
+DISTRIBUTIONS_TOPIC = "state.urabrask.distributions"
+URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
+AGENTS = ("seed-state", "urza", "distributions", "telemetry-sink")
+
+
+class Processors:
+    """Builds the faust app for a backbone (settings, topic prefix) and runs it as a worker."""
+
+    def __init__(self, backbone: Backbone | None = None, agents: tuple[str, ...] = AGENTS, app_id: str | None = None,
+                 web_port: int | None = None, sink_batch: int = 5000):
+        self.bb = backbone or Backbone()
+        settings = self.bb.settings
+        self.agents = tuple(agents)
+        self.app_id = app_id or f"{settings.topic_prefix}esper-processors"
+        self.web_port = web_port if web_port is not None else settings.processors_port
+        self.sink_batch = sink_batch
+        self.serde = self.bb.serde
+        self.stats: dict[str, Counter] = defaultdict(Counter)
+        self.lag_ms: deque[float] = deque(maxlen=100_000)  # log append time -> applied, seed-state agent
+        self.store = None
+        self._store_token: str | None = None
+        self._store_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")  # chdb: one thread
+        self.app = faust.App(
+            self.app_id,
+            broker=[f"kafka://{hp}" for hp in self.bb.bootstrap.split(",")],
+            store="memory://",
+            topic_partitions=3,
+            topic_replication_factor=1,
+            stream_wait_empty=False,
+            web_enabled="telemetry-sink" in self.agents or web_port is not None,
+            web_bind="127.0.0.1",
+            web_port=self.web_port,
+            web_host="127.0.0.1",
+            consumer_auto_offset_reset="earliest",
+            broker_commit_livelock_soft_timeout=60.0,
+            producer_acks=-1,
+        )
+        self._raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self._json_schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+        self._deadletter = self.app.topic(self.bb.registry.deadletter, **self._raw)
+        self._build()
+
+    # ------------------------------------------------------------------ helpers
+    def _topic(self, *names: str):
+        return self.app.topic(*(self.bb.resolve_topic(n) for n in names), **self._raw)
+
+    async def _dead_letter(self, event, reason: str, detail: str, agent: str) -> None:
+        msg = event.message
+        headers = list(msg.headers or []) + [
+            ("esper.dlq.reason", reason.encode()), ("esper.dlq.detail", detail.encode()[:4000]),
+            ("esper.dlq.source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
+            ("esper.dlq.consumer", f"processors/{agent}".encode()),
+            ("esper.dlq.at", str(int(time.time() * 1000)).encode())]
+        await self._deadletter.send(key=msg.key, value=msg.value, headers=headers)
+        self.stats[agent]["dead_lettered"] += 1
+
+    async def _decode(self, event, agent: str) -> Any | None:
+        """The typed event, or None after dead-lettering what cannot be decoded or does not belong on its topic."""
+        msg = event.message
+        try:
+            decoded = self.serde.decode(msg.value, msg.topic)
+        except DecodeError as exc:
+            await self._dead_letter(event, exc.reason, exc.detail, agent)
+            return None
+        allowed = self.bb.registry.spec(msg.topic).events
+        if decoded.name not in allowed:
+            await self._dead_letter(event, "wrong-topic", f"{decoded.name} does not belong on {msg.topic}", agent)
+            return None
+        return decoded.typed()
+
+    # ------------------------------------------------------------------ agents
+    def _build(self) -> None:
+        app = self.app
+        if "seed-state" in self.agents:
+            seeds = self._state(SEED_STATE_TOPIC, "seed-state")
+
+            @app.agent(self._topic("kasmina.lifecycle.transitions"), name="seed-state")
+            async def seed_state(stream):
+                await seeds.load()
+                async for event in stream.events():
+                    ev = await self._decode(event, "seed-state")
+                    if ev is None:
+                        continue
+                    key = seed_key(ev.envelope.run_id, ev.envelope.originator_id)
+                    outcome, state = fold_seed(seeds.get(key), ev)
+                    self.stats["seed-state"][outcome] += 1
+                    if outcome == APPLIED:
+                        await seeds.put(key, state)
+                        self.lag_ms.append(time.time() * 1000 - event.message.timestamp)
+                    elif outcome == GAP:
+                        await self._dead_letter(event, "version-gap", f"{ev.envelope.originator_id} version "
+                                                f"{ev.envelope.originator_version} arrived, expected "
+                                                f"{(seeds.get(key) or {}).get('version', 0) + 1}", "seed-state")
+
+        if "urza" in self.agents:
+            library = self._state(URZA_STATE_TOPIC, "urza")
+            holder: dict[str, UrzaView] = {}
+
+            @app.agent(self._topic(*URZA_TOPICS), name="urza")
+            async def urza(stream):
+                await library.load()
+                holder["view"] = UrzaView.restore(library.items(), lambda raw: self.serde.decode(raw).typed())
+                async for event in stream.events():
+                    view = holder["view"]
+                    ev = await self._decode(event, "urza")
+                    if ev is None:
+                        continue
+                    applied = view.apply(ev)
+                    self.stats["urza"]["applied" if applied else "duplicate_or_waiting"] += 1
+                    for key, value in view.take_dirty(self.serde.encode).items():
+                        await library.put(key, value)  # None: a tombstone
+
+        if "distributions" in self.agents:
+            dist = self._state(DISTRIBUTIONS_TOPIC, "distributions")
+
+            @app.agent(self._topic("urabrask.kernels.reports"), name="distributions")
+            async def distributions(stream):
+                await dist.load()
+                async for event in stream.events():
+                    ev = await self._decode(event, "distributions")
+                    if ev is None or type(ev).__name__ != "KernelValidationReport" or not ev.passed:
+                        continue
+                    key = f"{ev.hardware}|{ev.artifact_id}"
+                    if dist.get(key) is not None:
+                        self.stats["distributions"]["duplicate"] += 1
+                        continue
+                    await dist.put(key, {"latency_ms_mean": ev.latency_ms_mean, "memory_mb_peak": ev.memory_mb_peak,
+                                         "latency_ms_p99": ev.latency_ms_p99,
+                                         "throughput_ops_per_sec": ev.throughput_ops_per_sec})
+                    self.stats["distributions"]["applied"] += 1
+
+        if "telemetry-sink" in self.agents:
+            @app.agent(self._topic(*SINK_TOPICS), name="telemetry-sink")
+            async def telemetry_sink(stream):
+                loop = asyncio.get_running_loop()
+                async for events in stream.take_events(self.sink_batch, within=0.5):
+                    tables: dict[str, list[dict]] = defaultdict(list)
+                    for event in events:
+                        ev = await self._decode(event, "telemetry-sink")
+                        if ev is not None:
+                            for table, row in rows_for(ev):
+                                tables[table].append(row)
+                    if tables:
+                        await loop.run_in_executor(self._store_exec, self._insert, tables)
+
+            procs = self
+
+            @app.page("/esper/sql/")
+            class SqlView(faust.web.View):
+                async def post(self, request):
+                    if procs._store_token is None or \
+                            request.headers.get("Authorization") != f"Bearer {procs._store_token}":
+                        return self.json({"error": "missing or wrong token (see endpoint.json)"}, status=401)
+                    try:
+                        query = (await request.json())["query"]
+                    except (ValueError, KeyError, TypeError):
+                        return self.json({"error": "send {\"query\": \"SQL\"}"}, status=400)
+                    try:
+                        rows = await asyncio.get_running_loop().run_in_executor(procs._store_exec, procs.store.rows,
+                                                                                query)
+                    except Exception as exc:  # StoreError: ClickHouse's message
+                        return self.json({"error": str(exc)[:4000]}, status=400)
+                    return self.json({"rows": rows})
+
+        @app.page("/esper/status/")
+        async def status_view(web, request):
+            return web.json(self.status())
+
+    def _insert(self, tables: dict[str, list[dict]]) -> None:
+        for table, rows in tables.items():
+            self.stats["telemetry-sink"][f"rows:{table}"] += self.store.insert(table, rows)
+
+    def _state(self, name: str, agent: str) -> "MaterializedState":
+        topic = self.app.topic(self.bb.resolve_topic(name), schema=self._json_schema)
+        return MaterializedState(self.bb, name, topic, self.stats[agent])
+
+    def status(self) -> dict:
+        lags = sorted(self.lag_ms)
+        p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else None
+        return {"app_id": self.app_id, "agents": list(self.agents),
+                "stats": {a: dict(c) for a, c in self.stats.items()}, "lag_p99_ms": p99, "lag_samples": len(lags)}
+
+    # ------------------------------------------------------------------ running
+    def open_store(self) -> None:
+        from processors.clickhouse import open_store
+
+        settings = self.bb.settings
+        self.store = self._store_exec.submit(open_store, settings.home, settings.clickhouse_url, own=True).result()
+        if hasattr(self.store, "advertise"):
+            self._store_token = self.store.advertise(f"http://127.0.0.1:{self.web_port}")
+        else:
+            self._store_token = None
+
+    def run(self, loglevel: str = "warning") -> None:
+        """Run the worker until SIGTERM / SIGINT (blocking); the store is closed on the way out."""
+        self.bb.ensure_topics()
+        if "telemetry-sink" in self.agents:
+            self.open_store()
+        try:
+            worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                                  override_logging=True)
+            worker.execute_from_commandline()
+        finally:
+            if self.store is not None:
+                self._store_exec.submit(self.store.close).result(timeout=30)
+            self._store_exec.shutdown(wait=False)
+            self.bb.close()
+
+
+
+class MaterializedState:
+    """An agent's state: a dict restored from its compacted topic when the agent starts, every change written back
+    with an awaited send, keyed by entry (so the key's partition, and with it the latest value, never depends on
+    which source partition the change came from).
+
+    Not a faust Table on purpose: a table's changelog writes go through faust's producer buffer, whose flush before
+    a commit gives up after 0.1 s (``ProducerBuffer.flush_atmost``), so a commit can overtake them; a kill -9 then
+    lost applied updates in our restart test. An awaited ``send`` is in the Kafka client's own queue before the
+    event is acknowledged, and faust flushes that queue before it commits.
+    """
+
+    def __init__(self, backbone: Backbone, name: str, topic, stats: Counter):
+        self.bb, self.name, self.topic, self.stats = backbone, name, topic, stats
+        self._data: dict[str, Any] = {}
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._data = await loop.run_in_executor(None, read_state_topic, self.bb, self.name)
+        self.stats["restored_entries"] = len(self._data)
+
+    def get(self, key: str) -> Any:
+        return self._data.get(key)
+
+    def items(self):
+        return list(self._data.items())
+
+    async def put(self, key: str, value: Any) -> None:
+        if value is None:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = value
+        await self.topic.send(key=key, value=value)
