@@ -112,16 +112,28 @@ def _baseline(model: nn.Module, cfg: EsperConfig, data, task: str, publisher):
 
 
 def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
-    from esper_runtime.demo.report import write_report
-    from esper_runtime.demo.tasks import two_spirals
-    from esper_runtime.demo.replay_check import fold_run
-    from esper_runtime.infra import LocalKafka
-    from esper_runtime.sdk import save_model
+    """Local infrastructure (the broker, the processors' app) up, the demo's runs, everything we started stopped."""
+    from esper_runtime.infra import LocalKafka, LocalProcessors
 
     opts.out.mkdir(parents=True, exist_ok=True)
     bb = Backbone()
     LocalKafka(bb.settings).up(echo=echo)
     bb.ensure_topics()
+    processors = LocalProcessors(bb.settings)
+    processors.up(echo=echo)
+    try:
+        return _run(opts, bb, echo, progress)
+    finally:
+        processors.down()
+        bb.close()
+
+
+def _run(opts: DemoOptions, bb: Backbone, echo, progress) -> dict:
+    from esper_runtime.demo.report import write_report
+    from esper_runtime.demo.tasks import two_spirals
+    from esper_runtime.sdk import save_model
+    from processors.verify import fold_run, verify
+
     ensure_library(bb, opts.chunk, echo, progress)
     view = load_view(bb)
     store = ArtifactStore(bb.settings.home / "artifacts")
@@ -170,7 +182,7 @@ def run_demo(opts: DemoOptions, echo=print, progress=None) -> dict:
         diffs.append(f"final accuracy: log {fold.final_accuracy} != live {primary['final_accuracy']}")
     if fold.final_params != primary["final_params"]:
         diffs.append(f"final params: log {fold.final_params} != live {primary['final_params']}")
-    bb.close()
+    diffs += verify(bb, fold, timeout=60)  # the processors' materialized state against the replay
 
     def stats(key):
         values = [r[key] for r in runs]

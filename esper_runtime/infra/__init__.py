@@ -1,5 +1,6 @@
 """Local infrastructure Esper runs for itself."""
 
 from esper_runtime.infra.local_kafka import BrokerError, BrokerStatus, LocalKafka
+from esper_runtime.infra.local_processors import LocalProcessors
 
-__all__ = ["BrokerError", "BrokerStatus", "LocalKafka"]
+__all__ = ["BrokerError", "BrokerStatus", "LocalKafka", "LocalProcessors"]

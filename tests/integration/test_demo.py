@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -15,10 +16,16 @@ CONTRACT = ["run_id", "task", "epochs", "host_params", "final_params", "baseline
             "events_published", "replay_matches"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_demo_end_to_end(kafka_bootstrap, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap, ESPER_HOME=str(tmp_path / "home"),
-               ESPER_TOPIC_PREFIX=f"demo-{uuid.uuid4().hex[:8]}.")
+               ESPER_TOPIC_PREFIX=f"demo-{uuid.uuid4().hex[:8]}.", ESPER_PROCESSORS_PORT=str(_free_port()))
     res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "demo", "--out", str(out), "--epochs", "80",
                           "--seeds", "1"], capture_output=True, text=True, env=env, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -38,10 +45,20 @@ def test_demo_end_to_end(kafka_bootstrap, tmp_path):
         assert (out / name).exists(), name
 
     res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "replay", "--run", summary["run_id"],
-                          "--json"], capture_output=True, text=True, env=env, timeout=300)
+                          "--verify", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     replayed = json.loads(res.stdout.strip().splitlines()[-1])
     state = replayed["state"]
     assert state["final_accuracy"] == summary["final_accuracy"] and state["final_params"] == summary["final_params"]
     assert state["seeds_germinated"] == summary["seeds_germinated"] and state["gaps"] == []
     assert any(line["kind"] == "decision" and "request_germination" in line["text"] for line in replayed["story"])
+    assert replayed["verify"] == {"matches": True, "differences": []}
+
+    # the processors sank the run's telemetry into ClickHouse (the demo stopped them: the store opens directly)
+    res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "sql", "--format", "json",
+                          f"SELECT count() AS n, max(val_accuracy) AS best FROM esper.epochs FINAL "
+                          f"WHERE run_id = '{summary['run_id']}'"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    assert int(row["n"]) >= 80 and row["best"] >= summary["final_accuracy"]

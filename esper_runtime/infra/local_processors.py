@@ -1,0 +1,76 @@
+"""The processors' app as a background process of this checkout (what ``esper demo`` starts when none runs).
+
+``up`` does nothing when an app already answers on ``ESPER_PROCESSORS_PORT`` (a user's own ``esper processors``);
+otherwise it starts one, logs to ``$ESPER_HOME/processors/processors.log``, and waits until its status page
+answers. ``down`` stops only a process ``up`` started (by its PID, SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from streams.config import StreamSettings
+from streams.exceptions import EsperError
+
+__all__ = ["LocalProcessors"]
+
+
+class LocalProcessors:
+    def __init__(self, settings: StreamSettings):
+        self.settings = settings
+        self.base = settings.home / "processors"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.processors_port}/esper/status/"
+
+    def status(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(self.status_url, timeout=2) as resp:
+                return json.loads(resp.read())
+        except (OSError, ValueError):
+            return None
+
+    def up(self, timeout: float = 90.0, echo=print) -> bool:
+        """Start the app unless one answers; True when this call started it."""
+        running = self.status()
+        if running is not None:
+            expected = f"{self.settings.topic_prefix}esper-processors"
+            if running.get("app_id") != expected:
+                raise EsperError(f"another processors' app ({running.get('app_id')}) answers on port "
+                                 f"{self.settings.processors_port}; set ESPER_PROCESSORS_PORT to a free port")
+            echo(f"processors already running ({self.status_url})")
+            return False
+        self.base.mkdir(parents=True, exist_ok=True)
+        log = (self.base / "processors.log").open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors"],
+                                     stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self.status() is None:
+            if self.proc.poll() is not None:
+                raise EsperError(f"the processors' app exited with {self.proc.returncode}; see "
+                                 f"{self.base / 'processors.log'}")
+            if time.monotonic() > deadline:
+                self.down()
+                raise EsperError(f"the processors' app did not answer within {timeout:.0f} s")
+            time.sleep(0.3)
+        echo(f"processors started (pid {self.proc.pid}, {self.status_url})")
+        return True
+
+    def down(self, grace: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

@@ -1,0 +1,84 @@
+"""Replay against the live state: fold the log, read what the processors materialized, and list every difference.
+
+``fold_run`` folds one run's events from offset 0 (up to optional bounds); ``fold_library`` folds the Urza topics.
+``verify`` compares them with the compacted state topics the processors' app writes (``state.kasmina.seeds``,
+``state.urza.library``). The processors may still be catching up, so it retries until the two agree or the timeout
+passes; whatever still differs then is returned, one line each.
+"""
+
+from __future__ import annotations
+
+import time
+
+from processors.run_view import RunView
+from processors.state import read_state_topic
+from processors.urza_view import UrzaView
+from streams.backbone import Backbone
+
+__all__ = ["fold_run", "fold_library", "verify", "RUN_TOPICS"]
+
+RUN_TOPICS = ("kasmina.lifecycle.transitions", "tolaria.run.events", "innovation.field_reports", "tamiyo.decisions",
+              "control.kasmina.commands", "kasmina.telemetry.seeds", "tolaria.system.state",
+              "tamiyo.adaptation.signals")
+URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
+
+
+def fold_run(backbone: Backbone, run_id: str, **bounds) -> tuple[RunView, int]:
+    """The run folded from offset 0 up to ``bounds`` (ReplayReader's until_offset / until_time_ms / since_time_ms).
+    Returns the view and the number of records that could not be decoded (they are skipped, and counted)."""
+    view = RunView(run_id)
+    bad = 0
+    topics = [backbone.resolve_topic(t) for t in RUN_TOPICS]
+    for item in backbone.replay_reader().events(topics, **bounds):
+        if item.error is not None:
+            bad += 1
+            continue
+        r = item.record
+        view.apply(item.decoded.typed(), f"{r.topic}/{r.partition}/{r.offset}")
+    return view, bad
+
+
+def fold_library(backbone: Backbone, **bounds) -> UrzaView:
+    view = UrzaView()
+    for item in backbone.replay_reader().events([backbone.resolve_topic(t) for t in URZA_TOPICS], **bounds):
+        if item.error is None:
+            view.apply(item.decoded.typed())
+    return view
+
+
+def _differences(run: RunView, urza: UrzaView, backbone: Backbone) -> list[str]:
+    seeds = read_state_topic(backbone, "state.kasmina.seeds")
+    live = {v["seed"]: v for v in seeds.values() if v["run_id"] == run.run_id}
+    diffs = []
+    for seed in sorted(set(live) | set(run.seed_states)):
+        want, got = run.seed_states.get(seed), live.get(seed)
+        if want != got:
+            diffs.append(f"{seed}: replay {_brief(want)} != live {_brief(got)}")
+    entries = read_state_topic(backbone, "state.urza.library")
+    live_urza = UrzaView.restore(entries.items(), lambda raw: backbone.serde.decode(raw).typed()).state()
+    want_urza = urza.state()
+    for part in ("blueprints", "kernels", "versions", "gaps"):
+        for key in sorted(set(want_urza[part]) | set(live_urza[part])):
+            if want_urza[part].get(key) != live_urza[part].get(key):
+                diffs.append(f"urza {part} {key}: replay {_brief(want_urza[part].get(key))} != live "
+                             f"{_brief(live_urza[part].get(key))}")
+    return diffs
+
+
+def _brief(value) -> str:
+    if isinstance(value, dict) and "state" in value:
+        return f"{value['state']} v{value['version']}"
+    if isinstance(value, dict) and "status" in value:
+        return f"{value['status']}"
+    return "absent" if value is None else str(value)[:80]
+
+
+def verify(backbone: Backbone, run: RunView, timeout: float = 30.0) -> list[str]:
+    """Differences between the replayed ``run`` (and the replayed Urza library) and the live materialized state;
+    [] when they agree. Waits up to ``timeout`` seconds for the processors to catch up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        diffs = _differences(run, fold_library(backbone), backbone)
+        if not diffs or time.monotonic() > deadline:
+            return diffs
+        time.sleep(1.0)
