@@ -18,6 +18,16 @@ if ((${#need_apt[@]})); then
   fi
 fi
 
+# chromium: the headless browser the Nissa page's test renders in (optional for running Esper itself)
+if ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    say "installing chromium (the Nissa page is tested in a headless browser)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    say "note: no chromium; the Nissa browser test will be skipped (install chromium to run it)"
+  fi
+fi
+
 python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { say "Python 3.11+ is required"; exit 1; }
 if [[ ! -x .venv/bin/python ]]; then

@@ -32,7 +32,7 @@ import faust
 from processors.clickhouse.sink import SINK_TOPICS, rows_for
 from processors.seed_state import APPLIED, GAP, fold_seed, seed_key
 from processors.state import read_state_topic
-from processors.urza_view import UrzaView
+from processors.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
 from streams.exceptions import DecodeError
 
@@ -43,7 +43,6 @@ log = logging.getLogger("esper.processors")
 SEED_STATE_TOPIC = "state.kasmina.seeds"
 URZA_STATE_TOPIC = "state.urza.library"
 DISTRIBUTIONS_TOPIC = "state.urabrask.distributions"
-URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
 AGENTS = ("seed-state", "urza", "distributions", "telemetry-sink")
 
 

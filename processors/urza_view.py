@@ -27,7 +27,9 @@ from streams.contracts import (
     KernelValidationReport,
 )
 
-__all__ = ["UrzaView", "BlueprintRecord", "KernelRecord"]
+__all__ = ["UrzaView", "BlueprintRecord", "KernelRecord", "URZA_TOPICS"]
+
+URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
 
 URZA_EVENTS = (BlueprintSubmitted, BlueprintRejected, KernelCompiled, KernelCompilationFailed, KernelStatusChanged,
                KernelValidationReport, KernelTagsAssigned)

@@ -12,7 +12,7 @@ import time
 
 from processors.run_view import RunView
 from processors.state import read_state_topic
-from processors.urza_view import UrzaView
+from processors.urza_view import URZA_TOPICS, UrzaView
 from streams.backbone import Backbone
 
 __all__ = ["fold_run", "fold_library", "verify", "RUN_TOPICS"]
@@ -20,7 +20,6 @@ __all__ = ["fold_run", "fold_library", "verify", "RUN_TOPICS"]
 RUN_TOPICS = ("kasmina.lifecycle.transitions", "tolaria.run.events", "innovation.field_reports", "tamiyo.decisions",
               "control.kasmina.commands", "kasmina.telemetry.seeds", "tolaria.system.state",
               "tamiyo.adaptation.signals")
-URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
 
 
 def fold_run(backbone: Backbone, run_id: str, **bounds) -> tuple[RunView, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from esper_runtime.cli import analytics, bench, infra, library, processors, replay, tail
+from esper_runtime.cli import analytics, api, bench, infra, library, processors, replay, tail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Esper: neural networks that grow while they train.")
 app.add_typer(infra.app, name="infra")
@@ -19,6 +19,9 @@ app.command("replay")(replay.replay)
 app.command("sql")(analytics.sql)
 app.command("sink")(analytics.sink)
 app.command("processors")(processors.processors)
+app.command("serve")(api.serve)
+app.command("alerts")(api.alerts)
+app.add_typer(api.token_app, name="token")
 
 
 @app.command()

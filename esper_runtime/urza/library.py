@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from processors.urza_view import UrzaView
-from streams.backbone import Backbone
+from processors.urza_view import URZA_TOPICS
+from processors.verify import fold_library as load_view
 from streams.contracts import BlueprintSubmitted
 from streams.envelope import EnvelopeFactory
 
 __all__ = ["URZA_TOPICS", "load_view", "submit_blueprint"]
-
-URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
-
-
-def load_view(backbone: Backbone) -> UrzaView:
-    """Fold every Urza-related event on the log, from offset 0 to now."""
-    topics = [backbone.resolve_topic(t) for t in URZA_TOPICS]
-    view = UrzaView()
-    for ev in backbone.replay_reader().events(topics):
-        if ev.error is None:
-            view.apply(ev.decoded.typed())
-    return view
 
 
 def submit_blueprint(publisher, envelopes: EnvelopeFactory, blueprint, submitted_by: str,
