@@ -39,16 +39,26 @@ class RunView:
 
     def apply(self, ev: Any, position: str = "") -> None:
         env = ev.envelope
-        if env.run_id != self.run_id:
+        if env.run_id != self.run_id or not self.note(env.event_id):
             return
-        if env.event_id in self.seen:
-            self.duplicates += 1
-            return
-        self.seen.add(env.event_id)
-        self.events += 1
         handler = getattr(self, f"_on_{type(ev).__name__}", None)
         if handler is not None:
             handler(ev, position)
+
+    def note(self, event_id: str) -> bool:
+        """Count an event of this run; False for a repeated one. Events the view has no handler for (telemetry,
+        system state, commands) need only this: a fold can skip decoding them past their envelope."""
+        if event_id in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen.add(event_id)
+        self.events += 1
+        return True
+
+    @classmethod
+    def handles(cls, event_name: str) -> bool:
+        """Whether ``apply`` does more than count an event of this type (short or full Avro name)."""
+        return hasattr(cls, f"_on_{event_name.rsplit('.', 1)[-1]}")
 
     def _tell(self, ev, position: str, kind: str, text: str, **extra) -> None:
         self.story.append({"at": ev.envelope.occurred_at.isoformat(), "position": position, "kind": kind,

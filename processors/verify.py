@@ -14,27 +14,42 @@ from processors.run_view import RunView
 from processors.state import read_state_topic
 from processors.urza_view import URZA_TOPICS, UrzaView
 from streams.backbone import Backbone
+from streams.exceptions import DecodeError
 
-__all__ = ["fold_run", "fold_library", "verify", "RUN_TOPICS"]
+__all__ = ["fold_run", "fold_runs", "fold_library", "verify", "RUN_TOPICS"]
 
 RUN_TOPICS = ("kasmina.lifecycle.transitions", "tolaria.run.events", "innovation.field_reports", "tamiyo.decisions",
               "control.kasmina.commands", "kasmina.telemetry.seeds", "tolaria.system.state",
               "tamiyo.adaptation.signals")
 
 
-def fold_run(backbone: Backbone, run_id: str, **bounds) -> tuple[RunView, int]:
-    """The run folded from offset 0 up to ``bounds`` (ReplayReader's until_offset / until_time_ms / since_time_ms).
-    Returns the view and the number of records that could not be decoded (they are skipped, and counted)."""
-    view = RunView(run_id)
+def fold_runs(backbone: Backbone, run_ids, **bounds) -> tuple[dict[str, RunView], int]:
+    """Several runs folded in one pass over the log from offset 0 up to ``bounds`` (ReplayReader's until_offset /
+    until_time_ms / since_time_ms). Returns the views and the number of records that could not be decoded (they
+    are skipped, and counted)."""
+    views = {run_id: RunView(run_id) for run_id in run_ids}
     bad = 0
+    serde = backbone.serde
     topics = [backbone.resolve_topic(t) for t in RUN_TOPICS]
-    for item in backbone.replay_reader().events(topics, **bounds):
-        if item.error is not None:
+    for rec in backbone.replay_reader().records(topics, **bounds):
+        try:
+            name, envelope = serde.peek(rec.value, rec.topic)
+            view = views.get(envelope["run_id"])
+            if view is None:
+                continue
+            if RunView.handles(name):  # decoded in full only when the fold uses more than the envelope
+                view.apply(serde.decode(rec.value, rec.topic).typed(), f"{rec.topic}/{rec.partition}/{rec.offset}")
+            else:
+                view.note(envelope["event_id"])
+        except DecodeError:
             bad += 1
-            continue
-        r = item.record
-        view.apply(item.decoded.typed(), f"{r.topic}/{r.partition}/{r.offset}")
-    return view, bad
+    return views, bad
+
+
+def fold_run(backbone: Backbone, run_id: str, **bounds) -> tuple[RunView, int]:
+    """One run folded from the log (see ``fold_runs``)."""
+    views, bad = fold_runs(backbone, [run_id], **bounds)
+    return views[run_id], bad
 
 
 def fold_library(backbone: Backbone, **bounds) -> UrzaView:

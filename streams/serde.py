@@ -59,6 +59,8 @@ class Serde(Protocol):
 
     def decode(self, data: bytes, topic: str) -> Decoded: ...
 
+    def peek(self, data: bytes, topic: str) -> tuple[str, dict]: ...
+
 
 def _as_record(catalog: SchemaCatalog, event: Any, schema_name: str | None) -> tuple[NamedSchema, dict]:
     if schema_name is not None:
@@ -97,6 +99,15 @@ class SingleObjectSerde:
         return data
 
     def decode(self, data: bytes, topic: str = "") -> Decoded:
+        writer = self._writer(data)
+        reader = self._reader_for(writer)
+        return Decoded(reader or writer, _read_body(data, HEADER_LEN, writer, reader))
+
+    def peek(self, data: bytes, topic: str = "") -> tuple[str, dict]:
+        """(schema name, envelope) without decoding the rest of the record: what a fold needs to skip it."""
+        return _peek(self, data, topic, self._writer(data), HEADER_LEN)
+
+    def _writer(self, data: bytes) -> NamedSchema:
         if data is None or len(data) < HEADER_LEN:
             raise DecodeError("truncated", f"{0 if data is None else len(data)} bytes is shorter than the 10-byte header")
         if data[:2] != MAGIC:
@@ -107,8 +118,7 @@ class SingleObjectSerde:
             writer = self.resolver(fp)
         if writer is None:
             raise DecodeError("unknown-fingerprint", f"no schema with fingerprint {fp.hex()} in schemas/ or the catalog")
-        reader = self._reader_for(writer)
-        return Decoded(reader or writer, _read_body(data, HEADER_LEN, writer, reader))
+        return writer
 
     def _reader_for(self, writer: NamedSchema) -> NamedSchema | None:
         local = self.catalog.find(writer.name)
@@ -173,6 +183,16 @@ class ConfluentSerde:
         return data
 
     def decode(self, data: bytes, topic: str = "") -> Decoded:
+        writer = self._writer(data)
+        local = self.catalog.find(writer.name)
+        reader = None if local is None or local.fingerprint == writer.fingerprint else local
+        return Decoded(reader or writer, _read_body(data, 5, writer, reader))
+
+    def peek(self, data: bytes, topic: str = "") -> tuple[str, dict]:
+        """(schema name, envelope) without decoding the rest of the record: what a fold needs to skip it."""
+        return _peek(self, data, topic, self._writer(data), 5)
+
+    def _writer(self, data: bytes) -> NamedSchema:
         if data is None or len(data) < 5:
             raise DecodeError("truncated", "shorter than the 5-byte Confluent header")
         if data[0] != 0:
@@ -187,9 +207,52 @@ class ConfluentSerde:
             doc = json.loads(registered.schema_str)
             writer = NamedSchema(doc["name"] if "." in doc["name"] else f"{doc.get('namespace')}.{doc['name']}", doc, None)
             self._writers[schema_id] = writer
-        local = self.catalog.find(writer.name)
-        reader = None if local is None or local.fingerprint == writer.fingerprint else local
-        return Decoded(reader or writer, _read_body(data, 5, writer, reader))
+        return writer
+
+
+_ENVELOPE_FIELDS = ("event_id", "occurred_at", "run_id", "originator_id", "originator_version", "producer")
+
+
+def _peek(serde, data: bytes, topic: str, writer: NamedSchema, offset: int) -> tuple[str, dict]:
+    """Read only the envelope, when the writer's schema starts with Esper's envelope (every event does); otherwise
+    decode the whole record."""
+    fields = writer.parsed.get("fields") or [{}]
+    envelope = fields[0].get("type") if fields[0].get("name") == "envelope" else None
+    names = tuple(f["name"] for f in envelope.get("fields", ())) if isinstance(envelope, dict) else ()
+    if names != _ENVELOPE_FIELDS:
+        return writer.name, serde.decode(data, topic).record["envelope"]
+    try:
+        pos = offset
+        event_id, pos = _string(data, pos)
+        occurred_at, pos = _long(data, pos)
+        run_id, pos = _string(data, pos)
+        originator_id, pos = _string(data, pos)
+        version, pos = _long(data, pos)
+        producer, pos = _string(data, pos)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise DecodeError("schema-mismatch", f"the envelope of a {writer.name} does not decode: {exc}") from None
+    return writer.name, {"event_id": event_id, "occurred_at_ms": occurred_at, "run_id": run_id,
+                         "originator_id": originator_id, "originator_version": version, "producer": producer}
+
+
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long (zig-zag varint)."""
+    b = data[pos]
+    n, shift = b & 0x7F, 7
+    pos += 1
+    while b & 0x80:
+        b = data[pos]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        pos += 1
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    n, pos = _long(data, pos)
+    if n < 0 or pos + n > len(data):
+        raise IndexError("string runs past the record")
+    return data[pos:pos + n].decode(), pos + n
 
 
 def make_serde(catalog: SchemaCatalog, registry_url: str | None = None, resolver=None) -> Serde:

@@ -75,3 +75,46 @@ def disruption(as_json: bool = typer.Option(False, "--json"),
 
     console.print("[dim]bench disruption: training while Tezzeret compiles three blueprints (tens of seconds)...[/dim]")
     _report(bench_disruption.run(nice=nice), as_json)
+
+
+def _streaming(name: str, call, as_json: bool) -> None:
+    try:
+        result = call()
+    except (EsperError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc} (is the broker up? `esper infra up`)")
+        raise typer.Exit(1)
+    _report(result, as_json)
+
+
+@app.command()
+def replay(as_json: bool = typer.Option(False, "--json"),
+           runs: int = typer.Option(20, help="Synthetic runs on the log."),
+           epochs: int = typer.Option(300, help="Epochs per run.")) -> None:
+    """Fold runs back from the log (decode + RunView) against the processors' live state: events/s, state_matches."""
+    from esper_runtime.bench import streaming
+
+    console.print(f"[dim]bench replay: {runs} runs of {epochs} epochs on the log, materialized, folded back...[/dim]")
+    _streaming("replay", lambda: streaming.replay(runs=runs, epochs=epochs), as_json)
+
+
+@app.command()
+def materialize(as_json: bool = typer.Option(False, "--json"),
+                backlog: int = typer.Option(100_000, help="Transitions on the log before the app starts."),
+                rate: int = typer.Option(5_000, help="Events/s offered live for the lag figure."),
+                seconds: float = typer.Option(10.0, help="How long to offer them.")) -> None:
+    """The seed-state agent draining a backlog (events/s) and its end-to-end lag at a steady rate (p99 ms)."""
+    from esper_runtime.bench import streaming
+
+    console.print(f"[dim]bench materialize: {backlog:,} backlog, then {rate:,}/s for {seconds:.0f} s...[/dim]")
+    _streaming("materialize", lambda: streaming.materialize(backlog=backlog, rate=rate, seconds=seconds), as_json)
+
+
+@app.command()
+def telemetry(as_json: bool = typer.Option(False, "--json"),
+              batches: int = typer.Option(10_000, help="SeedTelemetry events (32 rows each) on the log."),
+              rows: int = typer.Option(10_000_000, help="Rows generated in chdb for the quantile queries.")) -> None:
+    """Rows/s from Kafka through decode into ClickHouse (the processors' sink), and quantiles over many rows."""
+    from esper_runtime.bench import streaming
+
+    console.print(f"[dim]bench telemetry: {batches:,} batches through the sink, quantiles over {rows:,} rows...[/dim]")
+    _streaming("telemetry", lambda: streaming.telemetry(batches=batches, rows=rows), as_json)

@@ -22,10 +22,23 @@ __all__ = ["LocalProcessors"]
 
 
 class LocalProcessors:
-    def __init__(self, settings: StreamSettings):
+    def __init__(self, settings: StreamSettings, agents: tuple[str, ...] | None = None):
         self.settings = settings
+        self.agents = agents
         self.base = settings.home / "processors"
         self.proc: subprocess.Popen | None = None
+
+    def _env(self) -> dict[str, str]:
+        """The child sees the same settings as this process (they may have come from code, not the environment)."""
+        s = self.settings
+        env = dict(os.environ, ESPER_HOME=str(s.home), ESPER_TOPIC_PREFIX=s.topic_prefix,
+                   ESPER_PROCESSORS_PORT=str(s.processors_port), ESPER_KAFKA_PORT=str(s.kafka_port))
+        for name, value in (("ESPER_KAFKA_BOOTSTRAP", s.kafka_bootstrap),
+                            ("ESPER_SCHEMA_REGISTRY_URL", s.schema_registry_url),
+                            ("ESPER_CLICKHOUSE_URL", s.clickhouse_url)):
+            if value:
+                env[name] = value
+        return env
 
     @property
     def status_url(self) -> str:
@@ -50,8 +63,10 @@ class LocalProcessors:
             return False
         self.base.mkdir(parents=True, exist_ok=True)
         log = (self.base / "processors.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors"],
-                                     stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+        args = [sys.executable, "-m", "esper_runtime.cli.main", "processors"]
+        if self.agents:
+            args += ["--agents", ",".join(self.agents)]
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while self.status() is None:

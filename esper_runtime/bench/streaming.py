@@ -1,0 +1,263 @@
+"""``esper bench replay | materialize | telemetry``: the read side of the log, measured on fresh prefixed topics.
+
+- replay: synthetic runs on the log, materialized by the processors' app; then every run folded back from offset
+  0 (decode + ``RunView``), timed, and compared with the live ``state.kasmina.seeds``.
+- materialize: a backlog of seed transitions drained by the seed-state agent (events/s), then 5k events/s offered
+  live while the end-to-end lag (source record's create time -> its state record's create time) is recorded.
+- telemetry: seed-health batches drained from Kafka into ClickHouse by the telemetry-sink agent (rows/s), then
+  quantile queries over ``rows`` rows generated inside chdb.
+
+Each bench runs the real broker, the real processors' app (a child process) and real chdb, under a temporary
+``ESPER_HOME`` and topic prefix that are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from streams import Backbone, load_settings
+from streams.contracts import SeedHealth, SeedLifecycleTransition, SeedState, SeedTelemetry
+from streams.envelope import EnvelopeFactory
+from streams.synthetic import synthetic_run
+
+__all__ = ["replay", "materialize", "telemetry"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Scratch:
+    """Prefixed topics and a temporary home; the processors' app started on demand; all removed on exit."""
+
+    def __init__(self, agents: tuple[str, ...]):
+        from esper_runtime.infra import LocalProcessors
+
+        self.home = Path(tempfile.mkdtemp(prefix="esper-bench-"))
+        base = load_settings()
+        settings = load_settings(home=self.home, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.",
+                                 processors_port=_free_port(), kafka_bootstrap=base.bootstrap_servers)
+        self.bb = Backbone(settings)
+        self.bb.ensure_topics()
+        self.processors = LocalProcessors(settings, agents=agents)
+
+    def status(self) -> dict:
+        return self.processors.status() or {}
+
+    def applied(self, agent: str) -> int:
+        return sum(self.status().get("stats", {}).get(agent, {}).get(k, 0) for k in ("applied", "duplicate", "gap"))
+
+    def publish(self, triples) -> int:
+        n = 0
+        with self.bb.publisher() as pub:
+            for topic, key, ev in triples:
+                pub.publish(ev, topic=self.bb.resolve_topic(topic), key=key)
+                n += 1
+        return n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.processors.down()
+        try:
+            self.bb.admin().delete_topics([s.name for s in self.bb.registry], operation_timeout=30)
+        finally:
+            self.bb.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _wait(predicate, timeout: float, what: str, poll: float = 0.05) -> float:
+    """Poll until ``predicate()``; returns the monotonic time it first held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(poll)
+    return time.monotonic()
+
+
+def _transitions(n: int, run_id: str, seeds: int = 2000) -> list[tuple[str, str, object]]:
+    """``n`` legal-looking transitions over ``seeds`` seeds, versions 1, 2, 3... per seed."""
+    envs = EnvelopeFactory(run_id, "bench")
+    states = list(SeedState)
+    out = []
+    for i in range(n):
+        layer, sid = divmod(i % seeds, 64)
+        origin = f"seed/{layer}/{sid}"
+        out.append(("kasmina.lifecycle.transitions", origin, SeedLifecycleTransition(
+            envelope=envs.next(origin), layer_id=layer, seed_id=sid, from_state=states[i % 11],
+            to_state=states[(i + 1) % 11], epoch=i // seeds, command_id=None, kernel_artifact_id=None,
+            reason="bench")))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- replay
+def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
+    from processors.state import read_state_topic
+    from processors.verify import fold_runs
+
+    with _Scratch(("seed-state",)) as s:
+        run_ids = [f"bench-run-{i}" for i in range(runs)]
+        for i, run_id in enumerate(run_ids):
+            s.publish(synthetic_run(run_id, layers=layers, seeds_per_layer=8, epochs=epochs, seed=i))
+        s.processors.up(echo=lambda m: None)
+        transitions_total = None
+
+        def caught_up():
+            nonlocal transitions_total
+            if transitions_total is None:
+                transitions_total = sum(1 for item in s.bb.replay_reader().records(
+                    [s.bb.resolve_topic("kasmina.lifecycle.transitions")]))
+            return s.applied("seed-state") >= transitions_total
+
+        _wait(caught_up, 600, "the processors to materialize the runs")
+        live = read_state_topic(s.bb, "state.kasmina.seeds")
+        t0 = time.perf_counter()
+        views, bad = fold_runs(s.bb, run_ids)
+        seconds = time.perf_counter() - t0
+        matches = bad == 0
+        for view in views.values():
+            mine = {k.split("|", 1)[1]: v for k, v in live.items() if v["run_id"] == view.run_id}
+            matches &= mine == view.seed_states and view.seeds and not view.gaps
+        folded = sum(v.events for v in views.values())
+        return {"bench": "replay", "events": folded, "runs": runs, "events_per_s": round(folded / seconds),
+                "seconds": round(seconds, 2), "state_matches": bool(matches),
+                "notes": "every run folded in one pass from offset 0 (read, decode, RunView) and compared, seed by "
+                         "seed, with the processors' live state.kasmina.seeds"}
+
+
+# ---------------------------------------------------------------------------------------------------- materialize
+def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0) -> dict:
+    from confluent_kafka import Consumer
+
+    with _Scratch(("seed-state",)) as s:
+        pub = s.bb.publisher(**{"linger.ms": 1})  # warmed by the backlog: producer id and metadata in hand
+        for topic, key, ev in _transitions(backlog, "bench-backlog"):
+            pub.publish(ev, topic=s.bb.resolve_topic(topic), key=key)
+        pub.flush()
+        s.processors.up(echo=lambda m: None)
+        t_first = _wait(lambda: s.applied("seed-state") > 0, 120, "the first event")
+        n_first = s.applied("seed-state")
+        t_last = _wait(lambda: s.applied("seed-state") >= backlog, 900, "the backlog", poll=0.2)
+        drain_rate = (backlog - n_first) / max(t_last - t_first, 1e-9)
+
+        # live: offer `rate` events/s, read the state topic, lag = state record time - source record time
+        state_topic = s.bb.resolve_topic("state.kasmina.seeds")
+        consumer = Consumer({"bootstrap.servers": s.bb.bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                             "auto.offset.reset": "latest", "enable.auto.commit": False})
+        consumer.subscribe([state_topic])
+        _wait(lambda: consumer.poll(0.1) is not None or bool(consumer.assignment()), 30, "the lag consumer")
+        live_events = _transitions(int(rate * seconds), "bench-live")
+        payloads = [(s.bb.resolve_topic(t), k.encode(), ev.envelope.event_id, s.bb.serde.encode(ev))
+                    for t, k, ev in live_events]
+        sent: dict[str, float] = {}
+        lags: list[float] = []
+        t0 = time.monotonic()
+        i = 0
+        while i < len(payloads):  # every 10 ms, what is due; in between, read state records (blocking, no spin)
+            due = min(len(payloads), int((time.monotonic() - t0) * rate) + 1)
+            for topic, key, event_id, value in payloads[i:due]:
+                sent[event_id] = time.time() * 1000
+                pub.publish_raw(topic, value, key)
+            i = due
+            _drain(consumer, sent, lags, 0.01)
+        offered = len(payloads) / max(time.monotonic() - t0, 1e-9)
+        pub.flush()
+        pub.close()
+        deadline = time.monotonic() + 30
+        while len(lags) < len(payloads) and time.monotonic() < deadline:
+            _drain(consumer, sent, lags, 0.2)
+        consumer.close()
+        lags.sort()
+        return {"bench": "materialize", "events_per_s": round(drain_rate), "backlog": backlog,
+                "offered_events_per_s": rate, "live_events": len(payloads), "live_applied": len(lags),
+                "lag_p50_ms": round(lags[len(lags) // 2], 1) if lags else None,
+                "lag_p99_ms": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1) if lags else None,
+                "lag_max_ms": round(lags[-1], 1) if lags else None, "achieved_offer_per_s": round(offered),
+                "notes": "events_per_s: backlog drained by the seed-state agent (decode, fold, awaited state write); "
+                         "lag: from handing the event to the producer to its state record's create time"}
+
+
+def _drain(consumer, sent: dict, lags: list, timeout: float) -> None:
+    for msg in consumer.consume(num_messages=1000, timeout=timeout):
+        if msg.error() is not None or msg.value() is None:
+            continue
+        event_id = json.loads(msg.value()).get("event_id")
+        at = sent.pop(event_id, None)
+        if at is not None:
+            lags.append(msg.timestamp()[1] - at)
+
+
+# ---------------------------------------------------------------------------------------------------- telemetry
+def telemetry(batches: int = 10_000, seeds_per_batch: int = 32, rows: int = 10_000_000) -> dict:
+    from processors.clickhouse import open_store
+
+    with _Scratch(("telemetry-sink",)) as s:
+        envs = EnvelopeFactory("bench-telemetry", "bench")
+        states = list(SeedState)
+
+        def batches_():
+            for i in range(batches):
+                layer = i % 16
+                yield "kasmina.telemetry.seeds", f"layer/{layer}", SeedTelemetry(
+                    envelope=envs.next(f"layer/{layer}"), epoch=i // 16, layer_id=layer, layer_name=f"l{layer}",
+                    seeds=[SeedHealth(seed_id=j, state=states[j % 11], alpha=0.5, chunk_variance=0.1 * j,
+                                      dead_node_ratio=0.01, avg_correlation=0.2, exec_latency_us=float(j),
+                                      is_ready_for_transition=False, kernel_artifact_id=None)
+                           for j in range(seeds_per_batch)])
+
+        s.publish(batches_())
+        expected = batches * seeds_per_batch
+        s.processors.up(echo=lambda m: None)
+        store = open_store(s.bb.settings.home)  # through the processors' app, which owns it
+
+        def count() -> int:
+            return int(store.rows("SELECT count() AS n FROM esper.seed_telemetry")[0]["n"])
+
+        t_first = _wait(lambda: count() > 0, 120, "the first insert", poll=0.02)
+        n_first = count()
+        t_last = _wait(lambda: count() >= expected, 900, "every row", poll=0.1)
+        insert_rate = (expected - n_first) / max(t_last - t_first, 1e-9)
+        s.processors.down()
+
+        # quantiles over `rows` rows, generated inside chdb (the store is ours again)
+        store = open_store(s.bb.settings.home)
+        try:
+            store.query("INSERT INTO esper.seed_telemetry SELECT concat('run-', toString(number % 50)), "
+                        "intDiv(number, 5000), now64(3), number % 16, 'l', number % 64, 'TRAINING', 0.5, "
+                        "randCanonical(), randCanonical(), randCanonical(), 1 + 100 * randCanonical(), 0, '', "
+                        f"toString(number) FROM numbers({rows})", "TSV")
+            total = int(store.rows("SELECT count() AS n FROM esper.seed_telemetry")[0]["n"])
+            queries = {
+                "latency_quantiles": "SELECT quantiles(0.5, 0.9, 0.99)(exec_latency_us) FROM esper.seed_telemetry",
+                "per_layer_quantiles": "SELECT layer_id, quantiles(0.5, 0.99)(exec_latency_us) FROM "
+                                       "esper.seed_telemetry GROUP BY layer_id",
+                "one_run_quantiles": "SELECT quantiles(0.5, 0.99)(dead_node_ratio) FROM esper.seed_telemetry "
+                                     "WHERE run_id = 'run-7'",
+            }
+            timings = {}
+            for name, sql in queries.items():
+                samples = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    store.query(sql, "TSV")
+                    samples.append((time.perf_counter() - t0) * 1000)
+                timings[name] = round(statistics.median(samples), 1)
+        finally:
+            store.close()
+        return {"bench": "telemetry", "insert_rows_per_s": round(insert_rate), "rows_from_kafka": expected,
+                "rows": total, "quantiles_ms": timings,
+                "notes": "insert: SeedTelemetry batches consumed, decoded, mapped and inserted by the processors' "
+                         "telemetry-sink agent (measured from its first insert to its last); quantiles: median of 5 "
+                         "runs each on embedded chdb"}
+
