@@ -69,7 +69,7 @@ class Processors:
     """Builds the faust app for a backbone (settings, topic prefix) and runs it as a worker."""
 
     def __init__(self, backbone: Backbone | None = None, agents: tuple[str, ...] = AGENTS, app_id: str | None = None,
-                 web_port: int | None = None, sink_batch: int = 5000, batch: int = 2000,
+                 web_port: int | None = None, sink_batch: int = 2000, batch: int = 2000,
                  batch_within: float = 0.02, fetch_wait_ms: int = 20):
         self.bb = backbone or Backbone()
         settings = self.bb.settings
@@ -82,6 +82,7 @@ class Processors:
         self.serde = self.bb.serde
         self.stats: dict[str, Counter] = defaultdict(Counter)
         self.lag_ms: deque[float] = deque(maxlen=100_000)  # log append time -> applied, seed-state agent
+        self._sink_marks: list[tuple[float, int]] = []  # (time an insert finished, its rows)
         self.store = None
         self._store_token: str | None = None
         self._store_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")  # chdb: one thread
@@ -231,8 +232,12 @@ class Processors:
             return web.json(self.status())
 
     def _insert(self, tables: dict[str, list[dict]]) -> None:
-        for table, rows in tables.items():
-            self.stats["telemetry-sink"][f"rows:{table}"] += self.store.insert(table, rows)
+        rows = 0
+        for table, batch in tables.items():
+            n = self.store.insert(table, batch)
+            self.stats["telemetry-sink"][f"rows:{table}"] += n
+            rows += n
+        self._sink_marks.append((time.monotonic(), rows))
 
     def _state(self, name: str, agent: str) -> "MaterializedState":
         return MaterializedState(self.bb, name, self.app, self.stats[agent])
@@ -254,9 +259,13 @@ class Processors:
         def q(f):
             return round(lags[min(len(lags) - 1, int(f * len(lags)))], 1) if lags else None
 
+        marks = self._sink_marks
+        sink_rate = (sum(r for _, r in marks[1:]) / (marks[-1][0] - marks[0][0])
+                     if len(marks) > 1 and marks[-1][0] > marks[0][0] else None)
         return {"app_id": self.app_id, "agents": list(self.agents),
                 "stats": {a: dict(c) for a, c in self.stats.items()}, "lag_p50_ms": q(0.5), "lag_p99_ms": q(0.99),
-                "lag_samples": len(lags)}
+                "lag_samples": len(lags), "sink_inserts": len(marks),
+                "sink_rows_per_s": round(sink_rate) if sink_rate else None}
 
     # ------------------------------------------------------------------ running
     def open_store(self) -> None:

@@ -118,3 +118,14 @@ def telemetry(as_json: bool = typer.Option(False, "--json"),
 
     console.print(f"[dim]bench telemetry: {batches:,} batches through the sink, quantiles over {rows:,} rows...[/dim]")
     _streaming("telemetry", lambda: streaming.telemetry(batches=batches, rows=rows), as_json)
+
+
+@app.command("telemetry-overhead")
+def telemetry_overhead(as_json: bool = typer.Option(False, "--json"),
+                       rounds: int = typer.Option(30, help="Alternating rounds."),
+                       steps: int = typer.Option(10, help="Training steps per epoch (fewer: the worst case).")) -> None:
+    """Training-step time with per-epoch telemetry published to Kafka over the same model publishing nothing."""
+    from esper_runtime.bench import telemetry_overhead as bench_telemetry_overhead
+
+    console.print("[dim]bench telemetry-overhead: two wrapped MLPs, one publishing its telemetry...[/dim]")
+    _streaming("telemetry-overhead", lambda: bench_telemetry_overhead.run(rounds=rounds, steps=steps), as_json)
