@@ -184,7 +184,7 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
                 "lag_p50_ms": round(lags[len(lags) // 2], 1) if lags else None,
                 "lag_p99_ms": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1) if lags else None,
                 "lag_max_ms": round(lags[-1], 1) if lags else None, "achieved_offer_per_s": round(offered),
-                "notes": "events_per_s: backlog drained by the seed-state agent (decode, fold, awaited state write); "
+                "notes": "events_per_s: backlog drained by the seed-state agent (decode, fold, state write); "
                          "lag: from handing the event to the producer to its state record's create time"}
 
 

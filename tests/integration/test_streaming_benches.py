@@ -1,0 +1,41 @@
+"""The read-side benches at small sizes against the real broker, processors and chdb: each prints its contract's
+fields (ARCHITECTURE.md) as the last line, and the replay one finds the replay equal to the live state."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _bench(args, kafka_bootstrap):
+    env = dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap)
+    res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "bench", *args, "--json"],
+                         capture_output=True, text=True, timeout=500, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_replay_bench(kafka_bootstrap):
+    r = _bench(["replay", "--runs", "3", "--epochs", "40"], kafka_bootstrap)
+    assert r["bench"] == "replay" and r["state_matches"] is True and r["events"] > 300 and r["events_per_s"] > 0
+
+
+def test_materialize_bench(kafka_bootstrap):
+    r = _bench(["materialize", "--backlog", "3000", "--rate", "500", "--seconds", "2"], kafka_bootstrap)
+    assert r["events_per_s"] > 0 and r["live_applied"] == r["live_events"] == 1000 and r["lag_p99_ms"] >= 0
+
+
+def test_telemetry_bench(kafka_bootstrap):
+    r = _bench(["telemetry", "--batches", "600", "--rows", "100000"], kafka_bootstrap)
+    assert r["rows_from_kafka"] == 600 * 32 and r["rows"] == 600 * 32 + 100_000
+    assert r["insert_rows_per_s"] is None or r["insert_rows_per_s"] > 0
+    assert set(r["quantiles_ms"]) == {"latency_quantiles", "per_layer_quantiles", "one_run_quantiles"}
+
+
+def test_telemetry_overhead_bench(kafka_bootstrap):
+    r = _bench(["telemetry-overhead", "--rounds", "3", "--steps", "2"], kafka_bootstrap)
+    assert r["ratio"] > 0 and r["events_published"] > 0
