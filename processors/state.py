@@ -13,7 +13,7 @@ from typing import Any
 
 from streams.exceptions import EsperError
 
-__all__ = ["read_state_topic"]
+__all__ = ["read_state_topic", "processors_running"]
 
 
 def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -57,3 +57,15 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, An
         raise EsperError(f"cannot read {topic}: {exc}") from None
     finally:
         consumer.close()
+
+
+def processors_running(settings) -> bool:
+    """Whether a processors' app for these settings answers on its status page (so its state topics are live)."""
+    import urllib.request
+
+    try:
+        url = f"http://127.0.0.1:{settings.processors_port}/esper/status/"
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return json.loads(resp.read()).get("app_id") == f"{settings.topic_prefix}esper-processors"
+    except (OSError, ValueError):
+        return False

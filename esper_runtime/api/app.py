@@ -82,7 +82,8 @@ def _kernel_out(k) -> KernelOut:
 
 
 class ApiData:
-    """What the endpoints read: the Urza view (cached a few seconds) and SQL on the analytics store."""
+    """What the endpoints read: the Urza view (cached a few seconds) and SQL on the analytics store (through the
+    processors when they own it)."""
 
     def __init__(self, backbone: Backbone, cache_s: float = 2.0):
         self.bb = backbone
@@ -92,15 +93,19 @@ class ApiData:
         self._lock = threading.Lock()  # one embedded chdb session per process at a time
 
     def urza(self):
-        from processors.state import read_state_topic
+        from processors.state import processors_running, read_state_topic
         from processors.urza_view import UrzaView
         from processors.verify import fold_library
 
         with self._lock:
             if self._urza is None or time.monotonic() - self._urza_at > self.cache_s:
-                entries = read_state_topic(self.bb, "state.urza.library")
-                self._urza = (UrzaView.restore(entries.items(), lambda raw: self.bb.serde.decode(raw).typed())
-                              if entries else fold_library(self.bb))
+                # the processors' materialized library while they run (current, and quick to read); otherwise a
+                # fold of the log, which is always current
+                if processors_running(self.bb.settings):
+                    entries = read_state_topic(self.bb, "state.urza.library")
+                    self._urza = UrzaView.restore(entries.items(), lambda raw: self.bb.serde.decode(raw).typed())
+                else:
+                    self._urza = fold_library(self.bb)
                 self._urza_at = time.monotonic()
             return self._urza
 

@@ -171,12 +171,15 @@ def urabrask(
     group: str = typer.Option("urabrask", help="Consumer group: more workers with the same group share the work."),
 ) -> None:
     """Run an Urabrask worker: measure each compiled kernel in a sandbox process, tag it, validate or reject it."""
-    from esper_runtime.urabrask.tagging import distributions_from_view
+    from esper_runtime.urabrask.tagging import distributions_from_state, distributions_from_view
     from esper_runtime.urabrask.worker import UrabraskWorker
     from esper_runtime.urza.store import ArtifactStore
+    from processors.state import processors_running, read_state_topic
 
     bb = Backbone()
     dist, known = distributions_from_view(_view(bb))
+    if processors_running(bb.settings):  # the distribution keeper's peers (the same kernels, kept live)
+        dist = distributions_from_state(read_state_topic(bb, "state.urabrask.distributions"))
     worker = UrabraskWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), dist, known)
     console.print(f"urabrask: {len(known)} kernels already measured")
     _serve(bb, "tezzeret.kernels.events", group, "urabrask",

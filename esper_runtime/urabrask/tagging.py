@@ -16,7 +16,8 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["Distributions", "TagResult", "assign_tags", "distributions_from_view", "BOOTSTRAP_POPULATION"]
+__all__ = ["Distributions", "TagResult", "assign_tags", "distributions_from_view", "distributions_from_state",
+           "BOOTSTRAP_POPULATION"]
 
 BOOTSTRAP_POPULATION = 5
 _RULES = {"latency_ms_mean": (0.05, 0.5), "memory_mb_peak": (0.05, 1.0)}  # (low, high) bootstrap thresholds
@@ -101,3 +102,14 @@ def distributions_from_view(view) -> tuple[Distributions, set[str]]:
             dist.add(k.hardware, k.artifact_id, {"latency_ms_mean": k.report["latency_ms_mean"],
                                                  "memory_mb_peak": k.report["memory_mb_peak"]})
     return dist, known
+
+
+def distributions_from_state(entries: dict[str, dict]) -> Distributions:
+    """Peers from the processors' distribution keeper (``state.urabrask.distributions``: ``hardware|artifact`` ->
+    that validated kernel's measurements)."""
+    dist = Distributions()
+    for key, value in sorted(entries.items()):
+        hardware, _, artifact = key.partition("|")
+        dist.add(hardware, artifact, {"latency_ms_mean": value.get("latency_ms_mean"),
+                                      "memory_mb_peak": value.get("memory_mb_peak")})
+    return dist

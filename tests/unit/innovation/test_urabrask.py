@@ -106,3 +106,16 @@ def test_worker_events_continue_the_kernels_sequence(tmp_path, catalog):
     bad = [e for e in events if e.artifact_id == "bad"]
     assert bad[-1].to_status == "REJECTED" and "status -11" in bad[-1].reason
     assert worker.stats.skipped == 1  # the second "good" is not measured twice
+
+
+def test_peers_from_the_distribution_keeper_equal_peers_from_the_urza_view():
+    from processors.urza_view import UrzaView
+    from esper_runtime.urabrask.tagging import distributions_from_state, distributions_from_view
+    from streams.synthetic import synthetic_library
+
+    events = [e for _, _, e in synthetic_library(8, seed=3)]
+    from_view, _ = distributions_from_view(UrzaView().apply_all(events))
+    keeper = {f"{e.hardware}|{e.artifact_id}": {"latency_ms_mean": e.latency_ms_mean, "memory_mb_peak": e.memory_mb_peak}
+              for e in events if type(e).__name__ == "KernelValidationReport" and e.passed}
+    from_state = distributions_from_state(keeper)
+    assert from_state.samples == from_view.samples and from_state.population("cpu") == len(keeper) > 0
