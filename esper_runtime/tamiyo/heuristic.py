@@ -90,6 +90,7 @@ class TamiyoController:
         self.decisions: list[TamiyoDecision] = []
         self.lineage: list[dict] = []
         self.emergency: str | None = None  # set when Tolaria must roll back (read and cleared by Tolaria)
+        self.policy_name = PRODUCER.split("/")[1]
 
     # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
     def state_dict(self) -> dict:
@@ -261,15 +262,18 @@ class TamiyoController:
             candidates = [DecisionCandidate(layer_id=l, seed_id=s, score=sc) for sc, l, s, _ in locations[:5]] + [
                 DecisionCandidate(layer_id=layer_id, seed_id=seed, score=ks, kernel_artifact_id=k.artifact_id)
                 for ks, k in kernels[:5]]
-            key = (layer_id, seed)
-            self.in_flight[key] = _Adaptation(layer_id, seed, best.artifact_id, best.blueprint_id, state.epoch,
-                                              state.val_accuracy, sum(p.numel() for p in self.model.parameters()))
-            self.germinations += 1
-            self.since_improvement = 0
-            return self._command(key, "request_germination", best.artifact_id, state,
-                                 reason=f"plateau; chunk waste {score:.3f}; {self._blueprint_name(best.blueprint_id)}",
-                                 candidates=candidates, tags=self.config.preferred_tags)
+            return self._start((layer_id, seed), best, state, candidates,
+                               reason=f"plateau; chunk waste {score:.3f}; {self._blueprint_name(best.blueprint_id)}")
         return None
+
+    def _start(self, key, kernel, state: EpochState, candidates, reason: str) -> str:
+        """Germinate ``kernel`` on the seed ``key`` and track the adaptation to its end."""
+        self.in_flight[key] = _Adaptation(key[0], key[1], kernel.artifact_id, kernel.blueprint_id, state.epoch,
+                                          state.val_accuracy, sum(p.numel() for p in self.model.parameters()))
+        self.germinations += 1
+        self.since_improvement = 0
+        return self._command(key, "request_germination", kernel.artifact_id, state, reason=reason,
+                             candidates=candidates, tags=self.config.preferred_tags)
 
     # ------------------------------------------------------------------ commands and decisions
     def _command(self, key, command: str, kernel: str, state: EpochState, reason: str,
@@ -281,7 +285,7 @@ class TamiyoController:
     def _decide(self, state: EpochState, action: str, key, kernel, candidates, reason: str) -> None:
         decision = TamiyoDecision(
             envelope=self.envelopes.next(f"run/{self.run_id}/tamiyo"), epoch=state.epoch,
-            decision_id=uuid.uuid4().hex, policy=PRODUCER.split("/")[1], action=action,
+            decision_id=uuid.uuid4().hex, policy=self.policy_name, action=action,
             target_layer_id=key[0] if key else None, target_seed_id=key[1] if key else None,
             chosen_kernel_artifact_id=kernel, query_tags=list(self.config.preferred_tags), candidates=candidates,
             state_features={"val_loss": state.val_loss, "val_accuracy": state.val_accuracy,

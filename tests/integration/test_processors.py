@@ -84,13 +84,29 @@ def _publish(bb: Backbone, triples) -> list:
     return events
 
 
-def test_processors_survive_kill_and_restart_and_match_a_replay(topic_registry, tmp_path):
+@pytest.fixture
+def processors_process(tmp_path):
+    """Started by the test; whatever happens, not left running after it."""
+    made = []
+
+    def make(env):
+        made.append(ProcessorsProcess(env, tmp_path / "processors.log"))
+        return made[-1]
+
+    yield make
+    for p in made:
+        if p.proc is not None and p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(timeout=10)
+
+
+def test_processors_survive_kill_and_restart_and_match_a_replay(topic_registry, tmp_path, processors_process):
     registry = topic_registry()
     env = dict(os.environ, ESPER_TOPIC_PREFIX=registry.prefix, ESPER_HOME=str(tmp_path),
                ESPER_PROCESSORS_PORT=str(_free_port()))
     bb = Backbone(load_settings(topic_prefix=registry.prefix, home=tmp_path), registry)
     runs = [f"run-{uuid.uuid4().hex[:6]}" for _ in range(3)]
-    procs = ProcessorsProcess(env, tmp_path / "processors.log")
+    procs = processors_process(env)
 
     published = _publish(bb, synthetic_library(12, seed=1))
     published += _publish(bb, synthetic_run(runs[0], seed=1))

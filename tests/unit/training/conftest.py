@@ -23,6 +23,10 @@ def publisher(catalog):
 @pytest.fixture
 def library(tmp_path):
     """Reference kernels for 8-wide chunks in a store, and an Urza view in which they are VALIDATED."""
+    return make_library(tmp_path)
+
+
+def make_library(tmp_path):
     store = ArtifactStore(tmp_path / "artifacts")
     envs = EnvelopeFactory("lib", "test")
     view = UrzaView()

@@ -1,0 +1,1 @@
+"""Simic: the experience dataset read from the log and the policy training on it."""
