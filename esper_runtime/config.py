@@ -18,13 +18,13 @@ from pydantic import BaseModel, Field, ValidationError
 from esper_runtime.kasmina.config import KasminaConfig
 from streams.exceptions import ConfigError
 
-__all__ = ["EsperConfig", "TamiyoConfig", "TolariaConfig", "load_config"]
+__all__ = ["EsperConfig", "TamiyoConfig", "TolariaConfig", "HierarchicalConfig", "DomainConfig", "load_config"]
 
 
 class TamiyoConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
-    policy: str = Field(default="heuristic-v1", pattern="^heuristic-v1$")
+    policy: str = Field(default="heuristic-v1", pattern="^(heuristic-v1|gnn-v1)$")
     warmup_epochs: int = Field(default=5, ge=0, description="No germination before this epoch.")
     patience: int = Field(default=3, ge=1, description="Epochs without val-loss improvement that count as a plateau.")
     min_delta: float = Field(default=1e-3, ge=0, description="Relative val-loss improvement that resets patience.")
@@ -56,12 +56,38 @@ class TolariaConfig(BaseModel):
     seed: int = 0
 
 
+class TamiyoPrimeConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    attention_window: int = Field(default=64, ge=1, description="Health summary reports Tamiyo-Prime attends over.")
+    atp_global_budget: int = Field(default=50, ge=0, description="Adaptive Training Points handed out per epoch.")
+    germination_cost: int = Field(default=10, ge=1, description="ATP a sub-Tamiyo spends to start an adaptation.")
+
+
+class DomainConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    module_paths: list[str] = Field(min_length=1, description="Modules (dotted paths) whose seeds this domain owns.")
+    atp_initial_budget: int = Field(default=0, ge=0, description="The domain's ATP before the first allocation.")
+
+
+class HierarchicalConfig(BaseModel):
+    """Appendix I.2: Tamiyo-Prime over sub-Tamiyos, one per domain of the model."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    tamiyo_prime: TamiyoPrimeConfig = Field(default_factory=TamiyoPrimeConfig)
+    domains: dict[str, DomainConfig] = Field(min_length=1)
+
+
 class EsperConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
     kasmina: KasminaConfig = Field(default_factory=KasminaConfig)
     tamiyo: TamiyoConfig = Field(default_factory=TamiyoConfig)
     tolaria: TolariaConfig = Field(default_factory=TolariaConfig)
+    hierarchical_control: HierarchicalConfig | None = None
 
 
 def _env_overrides(doc: dict) -> dict:

@@ -282,7 +282,8 @@ class TamiyoController:
         self._decide(state, command, key, kernel or None, candidates or [], reason=reason)
         return f"{command} seed/{key[0]}/{key[1]}"
 
-    def _decide(self, state: EpochState, action: str, key, kernel, candidates, reason: str) -> None:
+    def _decide(self, state: EpochState, action: str, key, kernel, candidates, reason: str,
+                features: dict[str, float] | None = None) -> None:
         decision = TamiyoDecision(
             envelope=self.envelopes.next(f"run/{self.run_id}/tamiyo"), epoch=state.epoch,
             decision_id=uuid.uuid4().hex, policy=self.policy_name, action=action,
@@ -290,7 +291,7 @@ class TamiyoController:
             chosen_kernel_artifact_id=kernel, query_tags=list(self.config.preferred_tags), candidates=candidates,
             state_features={"val_loss": state.val_loss, "val_accuracy": state.val_accuracy,
                             "train_loss": state.train_loss, "since_improvement": float(self.since_improvement),
-                            "in_flight": float(len(self.in_flight))},
+                            "in_flight": float(len(self.in_flight)), **(features or {})},
             reason=reason,
         )
         self.decisions.append(decision)

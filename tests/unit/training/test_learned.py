@@ -2,7 +2,6 @@
 the heuristic from logged events with agreement measured on held-out runs, and the learned controller growing
 seeds under the heuristic's veto."""
 
-import copy
 import json
 
 import pytest
