@@ -138,7 +138,7 @@ def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- materialize
 def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0) -> dict:
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, TopicPartition
 
     with _Scratch(("seed-state",)) as s:
         pub = s.bb.publisher(**{"linger.ms": 1})  # warmed by the backlog: producer id and metadata in hand
@@ -154,9 +154,11 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
         # live: offer `rate` events/s, read the state topic, lag = state record time - source record time
         state_topic = s.bb.resolve_topic("state.kasmina.seeds")
         consumer = Consumer({"bootstrap.servers": s.bb.bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-                             "auto.offset.reset": "latest", "enable.auto.commit": False})
-        consumer.subscribe([state_topic])
-        _wait(lambda: consumer.poll(0.1) is not None or bool(consumer.assignment()), 30, "the lag consumer")
+                             "enable.auto.commit": False})
+        partitions = consumer.list_topics(state_topic, timeout=10).topics[state_topic].partitions
+        # from each partition's current end, fixed before anything is offered: no record can slip past
+        consumer.assign([TopicPartition(state_topic, p, consumer.get_watermark_offsets(
+            TopicPartition(state_topic, p), timeout=10)[1]) for p in partitions])
         live_events = _transitions(int(rate * seconds), "bench-live")
         payloads = [(s.bb.resolve_topic(t), k.encode(), ev.envelope.event_id, s.bb.serde.encode(ev))
                     for t, k, ev in live_events]

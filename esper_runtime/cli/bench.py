@@ -129,3 +129,13 @@ def telemetry_overhead(as_json: bool = typer.Option(False, "--json"),
 
     console.print("[dim]bench telemetry-overhead: two wrapped MLPs, one publishing its telemetry...[/dim]")
     _streaming("telemetry-overhead", lambda: bench_telemetry_overhead.run(rounds=rounds, steps=steps), as_json)
+
+
+@app.command()
+def policy(as_json: bool = typer.Option(False, "--json"),
+           repeats: int = typer.Option(50, help="Decisions timed.")) -> None:
+    """One learned-policy decision (observe, graph, HeteroGNN, both heads) on a model with 1,000 seeds."""
+    from esper_runtime.bench import policy as bench_policy
+
+    console.print("[dim]bench policy: a 10-layer MLP with 1,000 seeds...[/dim]")
+    _report(bench_policy.run(repeats=repeats), as_json)

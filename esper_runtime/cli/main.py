@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from esper_runtime.cli import analytics, api, bench, infra, library, processors, replay, tail
+from esper_runtime.cli import analytics, api, bench, infra, library, processors, replay, simic, tail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Esper: neural networks that grow while they train.")
 app.add_typer(infra.app, name="infra")
@@ -22,6 +22,7 @@ app.command("processors")(processors.processors)
 app.command("serve")(api.serve)
 app.command("alerts")(api.alerts)
 app.add_typer(api.token_app, name="token")
+app.add_typer(simic.app, name="simic")
 
 
 @app.command()
@@ -29,6 +30,10 @@ def demo(
     out: str = typer.Option("out/demo", help="Where summary.json, report.md, lineage.json and the model go."),
     epochs: int = typer.Option(150, help="Training epochs for every model."),
     seeds: int = typer.Option(3, help="Random seeds (each trains the grown host and both baselines)."),
+    controller: str = typer.Option("heuristic", help="heuristic, gnn (the learned policy under the heuristic's "
+                                   "veto) or hierarchical (Tamiyo-Prime over three domains)."),
+    policy: str = typer.Option(None, help="With --controller gnn: a policy directory (default: the latest Simic "
+                               "trained; none yet: trained now from heuristic runs logged first)."),
 ) -> None:
     """The main job: grow an under-capacity host on two spirals and compare it with the baselines."""
     from pathlib import Path
@@ -37,6 +42,8 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_runtime.demo.run import DemoOptions, run_demo
+    from esper_runtime.tamiyo.hierarchical import DomainError
+    from esper_runtime.tamiyo.policy import PolicyError
     from streams import EsperError
 
     console = Console(stderr=True)
@@ -46,9 +53,12 @@ def demo(
                         console=console)
 
     try:
-        summary = run_demo(DemoOptions(out=Path(out), epochs=epochs, seeds=seeds),
+        if controller not in ("heuristic", "gnn", "hierarchical"):
+            raise typer.BadParameter(f"--controller must be heuristic, gnn or hierarchical, not {controller!r}")
+        summary = run_demo(DemoOptions(out=Path(out), epochs=epochs, seeds=seeds, controller=controller,
+                                       policy=Path(policy) if policy else None),
                            echo=lambda m: console.print(f"[dim]{m}[/dim]"), progress=progress)
-    except EsperError as exc:
+    except (EsperError, PolicyError, DomainError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1)
     o = summary["over_seeds"]

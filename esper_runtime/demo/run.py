@@ -46,16 +46,77 @@ class DemoOptions:
     host_width: int = 16
     large_width: int = 64
     chunk: int = 8
+    controller: str = "heuristic"  # heuristic, gnn, hierarchical
+    policy: Path | None = None  # gnn: a policy directory (default: $ESPER_HOME/simic/policies/LATEST)
+    experience_runs: int = 4  # gnn without a policy: heuristic runs logged first, for Simic to learn from
 
 
 def default_config(opts: DemoOptions) -> EsperConfig:
-    return EsperConfig.model_validate({
-        "kasmina": {"chunk_size": opts.chunk, "exclude": ["4"], "stats_every": 2, "reconstruction_steps": 20,
-                    "graft_steps": 50, "stabilize_steps": 25, "evaluate_steps": 25},
+    deep = opts.controller == "hierarchical"
+    doc = {
+        "kasmina": {"chunk_size": opts.chunk, "exclude": ["6" if deep else "4"], "stats_every": 2,
+                    "reconstruction_steps": 20, "graft_steps": 50, "stabilize_steps": 25, "evaluate_steps": 25},
         "tamiyo": {"warmup_epochs": 10, "patience": 4, "min_delta": 0.01, "max_germinations": 8,
                    "fine_tune_epochs": 3},
         "tolaria": {"epochs": opts.epochs, "lr": 3e-3, "batch_size": 64},
-    })
+    }
+    if deep:  # appendix I.2's shape: three domains, one per hidden layer of the deeper host
+        doc["hierarchical_control"] = {
+            "enabled": True, "tamiyo_prime": {"attention_window": 64, "atp_global_budget": 12, "germination_cost": 10},
+            "domains": {"input_layer": {"module_paths": ["0"], "atp_initial_budget": 10},
+                        "hidden_layer": {"module_paths": ["2"], "atp_initial_budget": 10},
+                        "output_side": {"module_paths": ["4"], "atp_initial_budget": 10}}}
+    return EsperConfig.model_validate(doc)
+
+
+def host_for(opts: DemoOptions, seed: int) -> nn.Module:
+    """The under-capacity host: 2-16-16-2, or 2-16-16-16-2 (three seed layers) for hierarchical control."""
+    if opts.controller != "hierarchical":
+        return mlp(opts.host_width, seed)
+    torch.manual_seed(seed)
+    w = opts.host_width
+    return nn.Sequential(nn.Linear(2, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
+                         nn.Linear(w, 2))
+
+
+def _controller(opts: DemoOptions, cfg: EsperConfig, model, view, publisher, run_id: str, policy):
+    if opts.controller == "gnn":
+        from esper_runtime.tamiyo.learned import LearnedTamiyo
+
+        return LearnedTamiyo(model, cfg.tamiyo, policy, view, publisher, run_id=run_id)
+    if opts.controller == "hierarchical":
+        from esper_runtime.tamiyo.hierarchical import HierarchicalTamiyo
+
+        return HierarchicalTamiyo(model, cfg.tamiyo, cfg.hierarchical_control, view, publisher, run_id=run_id)
+    return TamiyoController(model, cfg.tamiyo, view, publisher, run_id=run_id)
+
+
+def _policy(opts: DemoOptions, bb: Backbone, view, store, cfg: EsperConfig, data, publisher, echo):
+    """The GNN policy: the one given, else the latest Simic trained, else one trained now from heuristic runs
+    logged first (the policy only ever learns from events on the log)."""
+    from esper_runtime.simic.train import latest_policy, train_from_log
+    from esper_runtime.tamiyo.policy import load_policy
+
+    path = opts.policy or latest_policy(bb.settings.home)
+    if path is not None:
+        loaded = load_policy(Path(path))
+        echo(f"policy {loaded.card.get('version')} from {path}")
+        return loaded
+    echo(f"no trained policy yet: {opts.experience_runs} heuristic runs for Simic to learn from")
+    for i in range(opts.experience_runs):
+        seed = 1000 + i
+        cfg.tolaria.seed = seed
+        run_id = f"experience-{uuid.uuid4().hex[:8]}-s{seed}"
+        model = wrap(mlp(opts.host_width, seed), cfg.kasmina, artifacts=store, publisher=publisher, run_id=run_id)
+        tamiyo = TamiyoController(model, cfg.tamiyo, view, publisher, run_id=run_id)
+        TolariaTrainer(model, tamiyo, cfg.tolaria, data[0], data[1], publisher=publisher, run_id=run_id,
+                       task="two_spirals-experience").train()
+    publisher.flush()
+    result = train_from_log(bb, echo=echo)
+    held = result.metrics["held_out"] or result.metrics["train"]
+    echo(f"policy trained: agreement with the heuristic on held-out runs {held['agreement']:.2f} "
+         f"({held['decisions']} decisions)")
+    return load_policy(result.directory)
 
 
 def mlp(width: int, seed: int) -> nn.Module:
@@ -141,18 +202,19 @@ def _run(opts: DemoOptions, bb: Backbone, echo, progress) -> dict:
     data = two_spirals()
     runs = []
     publisher = bb.publisher()
+    policy = _policy(opts, bb, view, store, cfg, data, publisher, echo) if opts.controller == "gnn" else None
     for seed in range(opts.seeds):
         cfg.tolaria.seed = seed
         run_id = f"demo-{uuid.uuid4().hex[:8]}-s{seed}"
-        model = wrap(mlp(opts.host_width, seed), cfg.kasmina, artifacts=store, publisher=publisher, run_id=run_id)
+        model = wrap(host_for(opts, seed), cfg.kasmina, artifacts=store, publisher=publisher, run_id=run_id)
         host_params = count_params(model)
-        tamiyo = TamiyoController(model, cfg.tamiyo, view, publisher, run_id=run_id)
+        tamiyo = _controller(opts, cfg, model, view, publisher, run_id, policy)
         trainer = TolariaTrainer(model, tamiyo, cfg.tolaria, data[0], data[1], publisher=publisher, run_id=run_id,
                                  task="two_spirals", checkpoint_dir=opts.out / "checkpoints" if seed == 0 else None)
         t0 = time.perf_counter()
         model, history = trainer.train()
         grown_s = time.perf_counter() - t0
-        frozen_acc, frozen_params, frozen_curve, frozen_run = _baseline(mlp(opts.host_width, seed), cfg, data,
+        frozen_acc, frozen_params, frozen_curve, frozen_run = _baseline(host_for(opts, seed), cfg, data,
                                                                         "two_spirals-baseline-frozen", publisher)
         large_acc, large_params, large_curve, large_run = _baseline(mlp(opts.large_width, seed), cfg, data,
                                                                     "two_spirals-baseline-large", publisher)
@@ -212,6 +274,14 @@ def _run(opts: DemoOptions, bb: Backbone, echo, progress) -> dict:
         "run_ids": [r["run_id"] for r in runs],
         "baseline_run_ids": {"frozen": [r["frozen_run"] for r in runs], "large": [r["large_run"] for r in runs]},
         "karn_logged_field_reports": karn.logged,
+        "controller": opts.controller,
+        **({"policy": {"version": policy.card.get("version"), "dataset_version": policy.card.get("dataset_version"),
+                       "held_out": (policy.card.get("metrics") or {}).get("held_out"),
+                       "vetoed": [r["tamiyo"].vetoed for r in runs]}} if policy is not None else {}),
+        **({"atp": [{"allocated": sum(sum(a.values()) for a in r["tamiyo"].ledger.allocations),
+                     "spent": sum(sum(s.values()) for s in r["tamiyo"].ledger.spends),
+                     "domains": {d: len(ls) for d, ls in r["tamiyo"].domains.items()}} for r in runs]}
+           if opts.controller == "hierarchical" else {}),
     }
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2))
     save_model(primary["model"], opts.out / "model", lineage=primary["tamiyo"].lineage,

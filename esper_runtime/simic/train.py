@@ -97,3 +97,30 @@ def train_imitation(dataset: ExperienceDataset, out: Path | None = None, epochs:
             "dataset_offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in dataset.offsets.items()},
             "examples": len(dataset.examples), "skipped": dataset.skipped, "metrics": metrics})
     return ImitationResult(policy, metrics, directory)
+
+
+def policies_dir(home: Path) -> Path:
+    return Path(home) / "simic" / "policies"
+
+
+def latest_policy(home: Path) -> Path | None:
+    """The directory the LATEST pointer names, if any."""
+    pointer = policies_dir(home) / "LATEST"
+    if not pointer.exists():
+        return None
+    path = policies_dir(home) / pointer.read_text().strip()
+    return path if path.exists() else None
+
+
+def train_from_log(backbone, epochs: int = 40, teacher: str = "heuristic-v1", echo=lambda m: None) -> ImitationResult:
+    """Read the experience on the log, train by imitation, save under $ESPER_HOME/simic/policies/<version> and
+    point LATEST at it."""
+    from esper_runtime.simic.dataset import read_experience
+
+    dataset = read_experience(backbone, teacher=teacher)
+    echo(f"simic: {len(dataset.examples)} germination decisions by {teacher} from {len(dataset.runs())} runs "
+         f"(dataset {dataset.version}; skipped {dataset.skipped or 'none'})")
+    root = policies_dir(backbone.settings.home)
+    result = train_imitation(dataset, root / f"gnn-{dataset.version}", epochs=epochs, echo=echo)
+    (root / "LATEST").write_text(f"gnn-{dataset.version}")
+    return result

@@ -99,8 +99,8 @@ class TolariaTrainer:
         the usual schedule; a seed's child, born mid-run, gets a schedule of its own over the epochs it has left."""
         if self.config.schedule == "constant":
             return self.config.lr
-        span = self.config.epochs - born + 1
-        return 0.5 * self.config.lr * (1 + math.cos(math.pi * (epoch - born) / span))
+        span = max(1, self.config.epochs - born + 1)  # parameters born at the last boundary still get a rate
+        return 0.5 * self.config.lr * (1 + math.cos(math.pi * min(max(epoch - born, 0), span) / span))
 
     def _new_optimizer(self, old: torch.optim.Optimizer | None = None, epoch: int = 1) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]

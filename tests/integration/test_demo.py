@@ -22,10 +22,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_demo_end_to_end(kafka_bootstrap, tmp_path):
+@pytest.fixture(scope="module")
+def demo_env(kafka_bootstrap, tmp_path_factory):
+    """One home and topic prefix for the module: the first demo compiles the library, the others reuse it."""
+    tmp = tmp_path_factory.mktemp("demo")
+    return tmp, dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap, ESPER_HOME=str(tmp / "home"),
+                     ESPER_TOPIC_PREFIX=f"demo-{uuid.uuid4().hex[:8]}.", ESPER_PROCESSORS_PORT=str(_free_port()))
+
+
+def test_demo_end_to_end(demo_env):
+    tmp_path, env = demo_env
     out = tmp_path / "out"
-    env = dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap, ESPER_HOME=str(tmp_path / "home"),
-               ESPER_TOPIC_PREFIX=f"demo-{uuid.uuid4().hex[:8]}.", ESPER_PROCESSORS_PORT=str(_free_port()))
     res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "demo", "--out", str(out), "--epochs", "80",
                           "--seeds", "1"], capture_output=True, text=True, env=env, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -62,3 +69,33 @@ def test_demo_end_to_end(kafka_bootstrap, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     row = json.loads(res.stdout.strip().splitlines()[-1])
     assert int(row["n"]) >= 80 and row["best"] >= summary["final_accuracy"]
+
+
+def test_demo_with_the_learned_controller(demo_env):
+    """No policy yet: the demo logs heuristic runs, Simic learns only from those events, and the GNN runs the demo."""
+    tmp_path, env = demo_env
+    out = tmp_path / "out-gnn"
+    res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "demo", "--out", str(out), "--epochs", "80",
+                          "--seeds", "1", "--controller", "gnn"], capture_output=True, text=True, env=env, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["controller"] == "gnn" and summary["replay_matches"] is True
+    assert summary["seeds_fossilized"] >= 1 and summary["final_params"] > summary["host_params"]
+    policy = summary["policy"]
+    assert policy["version"].startswith("imitation-") and policy["held_out"]["decisions"] >= 1
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["adaptations"]
+
+
+def test_demo_with_hierarchical_control(demo_env):
+    tmp_path, env = demo_env
+    out = tmp_path / "out-hier"
+    res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "demo", "--out", str(out), "--epochs", "80",
+                          "--seeds", "1", "--controller", "hierarchical"], capture_output=True, text=True, env=env,
+                         timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["controller"] == "hierarchical" and summary["replay_matches"] is True
+    [atp] = summary["atp"]
+    assert len(atp["domains"]) == 3 and 0 < atp["spent"] <= atp["allocated"] + 30  # 30: the initial budgets
+    assert summary["seeds_germinated"] >= 1

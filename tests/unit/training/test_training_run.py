@@ -198,3 +198,10 @@ def test_tamiyo_asks_for_an_emergency_rollback_when_the_loss_blows_up(library, p
     signals = [e for e in _events(publisher, "tamiyo.adaptation.signals") if e.emergency_rollback_required]
     assert len(signals) == 1
     assert any(d.action == "emergency_rollback" for d in _events(publisher, "tamiyo.decisions"))
+
+
+def test_a_parameter_born_at_the_last_boundary_still_gets_a_learning_rate(library, publisher):
+    model, tamiyo, trainer = _run(library, publisher)
+    last = trainer.config.epochs
+    assert trainer._lr(last + 1, born=last + 1) == pytest.approx(trainer.config.lr)  # was a division by zero
+    assert 0 < trainer._lr(last, born=1) < trainer.config.lr
