@@ -44,7 +44,26 @@ def _json_rows(text: str) -> list[dict]:
     return [json.loads(line) for line in text.strip().splitlines() if line.strip()]
 
 
-class EmbeddedStore:
+class _Store:
+    """What every store offers: ``query`` (text in a ClickHouse format), ``rows`` (dicts), ``insert``, ``close``."""
+
+    def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        raise NotImplementedError
+
+    def rows(self, sql: str) -> list[dict]:
+        return _json_rows(self.query(sql, "JSONEachRow"))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EmbeddedStore(_Store):
     def __init__(self, path: Path):
         from chdb import session
 
@@ -69,9 +88,6 @@ class EmbeddedStore:
             return str(self._session.query(sql, fmt))
         except Exception as exc:  # chdb raises RuntimeError with ClickHouse's message
             raise StoreError(str(exc)[:4000]) from None
-
-    def rows(self, sql: str) -> list[dict]:
-        return _json_rows(self.query(sql, "JSONEachRow"))
 
     def insert(self, table: str, rows: list[dict]) -> int:
         """Insert rows (dicts with the table's columns) in one statement."""
@@ -101,14 +117,8 @@ class EmbeddedStore:
             (self.path / "endpoint.json").unlink(missing_ok=True)
             self._owner_file.unlink(missing_ok=True)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class OwnerClient:
+class OwnerClient(_Store):
     """The embedded store, queried through the process that owns it (the processors' app)."""
 
     def __init__(self, url: str, token: str, owner_pid: int):
@@ -141,17 +151,8 @@ class OwnerClient:
     def insert(self, table: str, rows: list[dict]) -> int:
         raise StoreError("inserts go through the processors' telemetry sink, not through another process")
 
-    def close(self) -> None:
-        pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class ServerStore:
+class ServerStore(_Store):
     """A ClickHouse server through clickhouse-connect (``ESPER_CLICKHOUSE_URL``): same DDL, same queries."""
 
     def __init__(self, url: str):
@@ -170,9 +171,6 @@ class ServerStore:
         except Exception as exc:
             raise StoreError(str(exc)[:4000]) from None
 
-    def rows(self, sql: str) -> list[dict]:
-        return _json_rows(self.query(sql, "JSONEachRow"))
-
     def insert(self, table: str, rows: list[dict]) -> int:
         if not rows:
             return 0
@@ -182,12 +180,6 @@ class ServerStore:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _redact(url: str) -> str:
