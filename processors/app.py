@@ -30,7 +30,7 @@ from typing import Any
 
 import faust
 
-from processors.clickhouse.sink import SINK_TOPICS, rows_for
+from processors.clickhouse.sink import SINK_TOPICS, rows_for_record
 from processors.seed_state import APPLIED, GAP, fold_seed, seed_key
 from processors.state import read_state_topic
 from processors.urza_view import URZA_TOPICS, UrzaView
@@ -120,8 +120,9 @@ class Processors:
         await self._deadletter.send(key=msg.key, value=msg.value, headers=headers)
         self.stats[agent]["dead_lettered"] += 1
 
-    async def _decode(self, event, agent: str) -> Any | None:
-        """The typed event, or None after dead-lettering what cannot be decoded or does not belong on its topic."""
+    async def _decode_record(self, event, agent: str):
+        """The decoded record (``Decoded``: schema name, Avro data), or None after dead-lettering what cannot be
+        decoded or does not belong on its topic."""
         msg = event.message
         try:
             decoded = self.serde.decode(msg.value, msg.topic)
@@ -132,7 +133,12 @@ class Processors:
         if decoded.name not in allowed:
             await self._dead_letter(event, "wrong-topic", f"{decoded.name} does not belong on {msg.topic}", agent)
             return None
-        return decoded.typed()
+        return decoded
+
+    async def _decode(self, event, agent: str) -> Any | None:
+        """The typed event (see ``_decode_record``)."""
+        decoded = await self._decode_record(event, agent)
+        return None if decoded is None else decoded.typed()
 
     # ------------------------------------------------------------------ agents
     def _build(self) -> None:
@@ -201,9 +207,9 @@ class Processors:
                 async for events in stream.take_events(self.sink_batch, within=0.5):
                     tables: dict[str, list[dict]] = defaultdict(list)
                     for event in events:
-                        ev = await self._decode(event, "telemetry-sink")
-                        if ev is not None:
-                            for table, row in rows_for(ev):
+                        decoded = await self._decode_record(event, "telemetry-sink")
+                        if decoded is not None:
+                            for table, row in rows_for_record(decoded.name, decoded.record):
                                 tables[table].append(row)
                     if tables:
                         await loop.run_in_executor(self._store_exec, self._insert, tables)

@@ -10,58 +10,65 @@ import time
 from collections import defaultdict
 from typing import Any
 
-__all__ = ["TelemetrySink", "rows_for", "SINK_TOPICS"]
+__all__ = ["TelemetrySink", "rows_for", "rows_for_record", "SINK_TOPICS"]
 
 SINK_TOPICS = ("tolaria.run.events", "kasmina.telemetry.seeds", "kasmina.lifecycle.transitions", "tamiyo.decisions",
                "urabrask.kernels.reports", "innovation.field_reports")
 
 
-def _base(ev) -> dict:
-    return {"occurred_at": ev.envelope.occurred_at.replace(tzinfo=None), "event_id": ev.envelope.event_id}
+def _base(env: dict) -> dict:
+    return {"occurred_at": env["occurred_at"].replace(tzinfo=None), "event_id": env["event_id"]}
+
+
+def rows_for_record(name: str, r: dict) -> list[tuple[str, dict]]:
+    """The (table, row) pairs a decoded record (Avro data: enums as strings) becomes; [] for records the analytics
+    tables do not hold. Working on the decoded record, not the typed event, spares the sink a conversion per row."""
+    short = name.rsplit(".", 1)[-1]
+    env = r["envelope"]
+    run = {"run_id": env["run_id"]}
+    if short == "EpochCompleted":
+        return [("epochs", {**run, "epoch": r["epoch"], **_base(env), "train_loss": r["train_loss"],
+                            "val_loss": r["val_loss"], "val_accuracy": r["val_accuracy"], "params": r["params"],
+                            "learning_rate": r["learning_rate"], "duration_ms": r["duration_ms"]})]
+    if short == "SeedTelemetry":
+        common = {**run, "epoch": r["epoch"], **_base(env), "layer_id": r["layer_id"], "layer_name": r["layer_name"]}
+        return [("seed_telemetry", {**common, "seed_id": s["seed_id"], "state": s["state"], "alpha": s["alpha"],
+                                    "chunk_variance": s["chunk_variance"], "dead_node_ratio": s["dead_node_ratio"],
+                                    "avg_correlation": s["avg_correlation"], "exec_latency_us": s["exec_latency_us"],
+                                    "is_ready": int(s["is_ready_for_transition"]),
+                                    "kernel_artifact_id": s["kernel_artifact_id"] or ""})
+                for s in r["seeds"]]
+    if short == "SeedLifecycleTransition":
+        return [("lifecycle_transitions", {**run, "epoch": r["epoch"], **_base(env), "layer_id": r["layer_id"],
+                                           "seed_id": r["seed_id"], "from_state": r["from_state"],
+                                           "to_state": r["to_state"], "kernel_artifact_id": r["kernel_artifact_id"] or "",
+                                           "reason": r["reason"], "originator_version": env["originator_version"]})]
+    if short == "TamiyoDecision":
+        return [("decisions", {**run, "epoch": r["epoch"], **_base(env), "policy": r["policy"], "action": r["action"],
+                               "target_layer_id": -1 if r["target_layer_id"] is None else r["target_layer_id"],
+                               "target_seed_id": -1 if r["target_seed_id"] is None else r["target_seed_id"],
+                               "kernel_artifact_id": r["chosen_kernel_artifact_id"] or "",
+                               "candidates": len(r["candidates"]), "reason": r["reason"]})]
+    if short == "KernelValidationReport":
+        return [("kernel_measurements", {"artifact_id": r["artifact_id"], "hardware": r["hardware"], **_base(env),
+                                         "passed": int(r["passed"]), "latency_ms_mean": r["latency_ms_mean"],
+                                         "latency_ms_p99": r["latency_ms_p99"],
+                                         "throughput_ops_per_sec": r["throughput_ops_per_sec"],
+                                         "memory_mb_peak": r["memory_mb_peak"],
+                                         "precision_drift_vs_fp32": r["precision_drift_vs_fp32"], "runs": r["runs"],
+                                         "failure": r["failure"]})]
+    if short == "FieldReport":
+        return [("field_reports", {**run, **_base(env), "blueprint_id": r["blueprint_id"], "seed_id": r["seed_id"],
+                                   "outcome": r["outcome"], "pre_metric": r["pre_metric"],
+                                   "post_metric": r["post_metric"],
+                                   "reward": r["reward"] if r["reward"] is not None else float("nan"),
+                                   "kernel_artifact_id": r["kernel_artifact_id"] or ""})]
+    return []
 
 
 def rows_for(ev: Any) -> list[tuple[str, dict]]:
-    """The (table, row) pairs an event becomes; [] for events the analytics tables do not hold."""
-    name = type(ev).__name__
-    run = {"run_id": ev.envelope.run_id}
-    if name == "EpochCompleted":
-        return [("epochs", {**run, "epoch": ev.epoch, **_base(ev), "train_loss": ev.train_loss,
-                            "val_loss": ev.val_loss, "val_accuracy": ev.val_accuracy, "params": ev.params,
-                            "learning_rate": ev.learning_rate, "duration_ms": ev.duration_ms})]
-    if name == "SeedTelemetry":
-        return [("seed_telemetry", {**run, "epoch": ev.epoch, **_base(ev), "layer_id": ev.layer_id,
-                                    "layer_name": ev.layer_name, "seed_id": s.seed_id, "state": s.state.value,
-                                    "alpha": s.alpha, "chunk_variance": s.chunk_variance,
-                                    "dead_node_ratio": s.dead_node_ratio, "avg_correlation": s.avg_correlation,
-                                    "exec_latency_us": s.exec_latency_us, "is_ready": int(s.is_ready_for_transition),
-                                    "kernel_artifact_id": s.kernel_artifact_id or ""})
-                for s in ev.seeds]
-    if name == "SeedLifecycleTransition":
-        return [("lifecycle_transitions", {**run, "epoch": ev.epoch, **_base(ev), "layer_id": ev.layer_id,
-                                           "seed_id": ev.seed_id, "from_state": ev.from_state.value,
-                                           "to_state": ev.to_state.value,
-                                           "kernel_artifact_id": ev.kernel_artifact_id or "", "reason": ev.reason,
-                                           "originator_version": ev.envelope.originator_version})]
-    if name == "TamiyoDecision":
-        return [("decisions", {**run, "epoch": ev.epoch, **_base(ev), "policy": ev.policy, "action": ev.action,
-                               "target_layer_id": -1 if ev.target_layer_id is None else ev.target_layer_id,
-                               "target_seed_id": -1 if ev.target_seed_id is None else ev.target_seed_id,
-                               "kernel_artifact_id": ev.chosen_kernel_artifact_id or "",
-                               "candidates": len(ev.candidates), "reason": ev.reason})]
-    if name == "KernelValidationReport":
-        return [("kernel_measurements", {"artifact_id": ev.artifact_id, "hardware": ev.hardware, **_base(ev),
-                                         "passed": int(ev.passed), "latency_ms_mean": ev.latency_ms_mean,
-                                         "latency_ms_p99": ev.latency_ms_p99,
-                                         "throughput_ops_per_sec": ev.throughput_ops_per_sec,
-                                         "memory_mb_peak": ev.memory_mb_peak,
-                                         "precision_drift_vs_fp32": ev.precision_drift_vs_fp32, "runs": ev.runs,
-                                         "failure": ev.failure})]
-    if name == "FieldReport":
-        return [("field_reports", {**run, **_base(ev), "blueprint_id": ev.blueprint_id, "seed_id": ev.seed_id,
-                                   "outcome": ev.outcome, "pre_metric": ev.pre_metric, "post_metric": ev.post_metric,
-                                   "reward": ev.reward if ev.reward is not None else float("nan"),
-                                   "kernel_artifact_id": ev.kernel_artifact_id or ""})]
-    return []
+    """``rows_for_record`` for a typed (generated contract) event."""
+    return rows_for_record(ev.AVRO_NAME, ev.to_avro())
 
 
 class TelemetrySink:
@@ -78,7 +85,7 @@ class TelemetrySink:
                 last = time.monotonic()
                 tables: dict[str, list[dict]] = defaultdict(list)
                 for item in events:
-                    for table, row in rows_for(item.decoded.typed()):
+                    for table, row in rows_for_record(item.decoded.name, item.decoded.record):
                         tables[table].append(row)
                 for table, rows in tables.items():
                     self.inserted[table] += self.store.insert(table, rows)

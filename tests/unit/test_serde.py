@@ -147,3 +147,28 @@ def test_epoch_completed_is_decoded_as_its_type(catalog, serde):
     ev = EpochCompleted(envelope=env, epoch=1, train_loss=0.5, val_loss=0.4, val_accuracy=0.8, params=10,
                         learning_rate=0.01, duration_ms=12.5)
     assert serde.decode(serde.encode(ev)).typed() == ev
+
+
+@pytest.mark.parametrize("framing", ["single-object", "confluent"])
+def test_peek_reads_the_envelope_of_every_event_without_the_rest(catalog, framing):
+    serde = SingleObjectSerde(catalog) if framing == "single-object" else ConfluentSerde(catalog, f"mock://{uuid.uuid4().hex}")
+    for schema in catalog.events:
+        for seed in range(3):
+            event = sample_event(schema, seed)
+            data = serde.encode(event, "some.topic")
+            name, env = serde.peek(data, "some.topic")
+            full = serde.decode(data, "some.topic").record["envelope"]
+            assert name == schema.name
+            assert env == {"event_id": full["event_id"], "run_id": full["run_id"],
+                           "occurred_at_ms": int(full["occurred_at"].timestamp() * 1000),
+                           "originator_id": full["originator_id"], "originator_version": full["originator_version"],
+                           "producer": full["producer"]}
+
+
+def test_peek_refuses_a_truncated_envelope(serde):
+    data = serde.encode(_field_report())
+    with pytest.raises(DecodeError) as err:
+        serde.peek(data[:14])
+    assert err.value.reason == "schema-mismatch"
+    with pytest.raises(DecodeError):
+        serde.peek(b"\x00\x01 not a record")
