@@ -8,6 +8,7 @@ versioned checkpoint (``save_policy``) whose card records the dataset's version 
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from esper_runtime.simic.dataset import Example, ExperienceDataset
 from esper_runtime.tamiyo.graph import build_graph
 from esper_runtime.tamiyo.policy import TamiyoPolicy, save_policy
 
-__all__ = ["ImitationResult", "train_imitation", "evaluate"]
+__all__ = ["ImitationResult", "train_imitation", "evaluate", "finetune_rl", "log_probs"]
 
 
 @dataclass
@@ -99,6 +100,49 @@ def train_imitation(dataset: ExperienceDataset, out: Path | None = None, epochs:
     return ImitationResult(policy, metrics, directory)
 
 
+def log_probs(policy: TamiyoPolicy, examples: list[Example]) -> list[float]:
+    """log pi(logged seed) + log pi(logged kernel | seed) for each example."""
+    out = []
+    with torch.no_grad():
+        for ex in examples:
+            loc, ker, target = _forward(policy, _prepare(ex), ex)
+            out.append(float(torch.log_softmax(loc, 0)[target] + torch.log_softmax(ker, 0)[ex.kernel_target]))
+    return out
+
+
+def finetune_rl(policy: TamiyoPolicy, examples: list[Example], epochs: int = 20, lr: float = 1e-3,
+                clip: float = 1.0, anchor: float = 0.1, seed: int = 0, echo=lambda m: None) -> dict:
+    """Offline policy-gradient fine-tune on logged outcomes (the C.4.1 reward of each adaptation's FieldReport):
+    each logged choice's log-probability is pushed up or down by its advantage (reward minus the mean, clipped),
+    and a quadratic pull (``anchor``) towards the log-probability the policy gave it before fine-tuning keeps it
+    near what it imitated (a trust region on logged data). Only examples whose adaptation ended (a reward on the
+    log) take part."""
+    rewarded = [ex for ex in examples if ex.reward is not None and math.isfinite(ex.reward)]
+    if not rewarded:
+        return {"examples": 0}
+    baseline = sum(ex.reward for ex in rewarded) / len(rewarded)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    rng = random.Random(seed)
+    reference = dict(zip(map(id, rewarded), log_probs(policy, rewarded)))
+    prepared = [(_prepare(ex), ex) for ex in rewarded]
+    for epoch in range(epochs):
+        policy.train()
+        rng.shuffle(prepared)
+        total = 0.0
+        for prep, ex in prepared:
+            loc, ker, target = _forward(policy, prep, ex)
+            logp = torch.log_softmax(loc, 0)[target] + torch.log_softmax(ker, 0)[ex.kernel_target]
+            advantage = max(-clip, min(clip, ex.reward - baseline))
+            loss = -advantage * logp + anchor * (logp - reference[id(ex)]) ** 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        if epoch % 10 == 0 or epoch == epochs - 1:
+            echo(f"simic rl: epoch {epoch}: loss {total / len(prepared):.4f}")
+    return {"examples": len(rewarded), "baseline_reward": baseline, "epochs": epochs}
+
+
 def policies_dir(home: Path) -> Path:
     return Path(home) / "simic" / "policies"
 
@@ -112,15 +156,25 @@ def latest_policy(home: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def train_from_log(backbone, epochs: int = 40, teacher: str = "heuristic-v1", echo=lambda m: None) -> ImitationResult:
-    """Read the experience on the log, train by imitation, save under $ESPER_HOME/simic/policies/<version> and
-    point LATEST at it."""
+def train_from_log(backbone, epochs: int = 40, teacher: str = "heuristic-v1", rl_epochs: int = 0,
+                   echo=lambda m: None) -> ImitationResult:
+    """Read the experience on the log, train by imitation (then, with ``rl_epochs``, fine-tune on the logged
+    rewards), save under $ESPER_HOME/simic/policies/<version> and point LATEST at it."""
     from esper_runtime.simic.dataset import read_experience
 
     dataset = read_experience(backbone, teacher=teacher)
     echo(f"simic: {len(dataset.examples)} germination decisions by {teacher} from {len(dataset.runs())} runs "
          f"(dataset {dataset.version}; skipped {dataset.skipped or 'none'})")
     root = policies_dir(backbone.settings.home)
-    result = train_imitation(dataset, root / f"gnn-{dataset.version}", epochs=epochs, echo=echo)
-    (root / "LATEST").write_text(f"gnn-{dataset.version}")
+    name = f"gnn-{dataset.version}" + (f"-rl{rl_epochs}" if rl_epochs else "")
+    result = train_imitation(dataset, root / name if not rl_epochs else None, epochs=epochs, echo=echo)
+    if rl_epochs:
+        train, held = dataset.split()
+        rl = finetune_rl(result.policy, train, epochs=rl_epochs, echo=echo)
+        result.metrics |= {"rl": rl, "held_out_after_rl": evaluate(result.policy, held) if held else None}
+        result.directory = save_policy(result.policy, root / name, {
+            "version": f"rl-{dataset.version}", "teacher": dataset.teacher, "dataset_version": dataset.version,
+            "dataset_offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in dataset.offsets.items()},
+            "examples": len(dataset.examples), "skipped": dataset.skipped, "metrics": result.metrics})
+    (root / "LATEST").write_text(name)
     return result
