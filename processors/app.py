@@ -1,17 +1,18 @@
 """The processors' app: one faust-streaming application with an agent per concern.
 
-- **seed-state**: every seed's current state per run (``fold_seed``), a faust table whose changelog is the compacted
-  ``state.kasmina.seeds`` topic.
+- **seed-state**: every seed's current state per run (``fold_seed``), kept in the compacted ``state.kasmina.seeds``
+  topic (``MaterializedState``: restored from it at start, each batch's changes written back).
 - **urza**: the Urza library (``UrzaView``: blueprints, artifacts, status, tags), its changed entries written to the
   compacted ``state.urza.library`` topic (keyed by entry, so the latest value of a key is its state whatever
   partition the event came from) and restored from it on start.
 - **distributions**: each validated kernel's measurements per hardware (``state.urabrask.distributions``), the peers
   Urabrask tags against.
-- **telemetry-sink**: batched inserts into ClickHouse (``rows_for``); the app owns the embedded store and serves
+- **telemetry-sink**: batched inserts into ClickHouse (``rows_for_record``); the app owns the embedded store and serves
   SQL to other processes on 127.0.0.1 (``/esper/sql/``, a token from ``endpoint.json``).
 
-Delivery is at least once: faust flushes the producer (table changelogs, state writes, dead letters) before it
-commits source offsets, so after any stop — kill -9 included — the state is at or ahead of the committed offsets,
+Agents work in batches (``take_events``). Delivery is at least once: a batch's state writes and dead letters are in
+the Kafka client's queue before its events are acknowledged, and faust flushes the producer before it commits source
+offsets, so after any stop — kill -9 included — the state is at or ahead of the committed offsets,
 and what is read again is skipped by ``originator_version`` (and by ``event_id`` in ClickHouse's
 ReplacingMergeTree). Undecodable records, records of the wrong type for their topic and version gaps go to the
 dead-letter topic with the reason in headers; nothing stops an agent. ``stream_wait_empty`` is off so SIGTERM stops
@@ -37,7 +38,8 @@ from processors.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
 from streams.exceptions import DecodeError
 
-__all__ = ["Processors", "MaterializedState", "SEED_STATE_TOPIC", "URZA_STATE_TOPIC", "DISTRIBUTIONS_TOPIC", "URZA_TOPICS", "AGENTS"]
+__all__ = ["Processors", "MaterializedState", "SEED_STATE_TOPIC", "URZA_STATE_TOPIC", "DISTRIBUTIONS_TOPIC",
+           "URZA_TOPICS", "AGENTS"]
 
 log = logging.getLogger("esper.processors")
 
@@ -102,7 +104,6 @@ class Processors:
             producer_acks=-1,
         )
         self._raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self._json_schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
         self._deadletter = self.app.topic(self.bb.registry.deadletter, **self._raw)
         self._build()
 
