@@ -95,13 +95,20 @@ def _policy(opts: DemoOptions, bb: Backbone, view, store, cfg: EsperConfig, data
     """The GNN policy: the one given, else the latest Simic trained, else one trained now from heuristic runs
     logged first (the policy only ever learns from events on the log)."""
     from esper_runtime.simic.train import latest_policy, train_from_log
-    from esper_runtime.tamiyo.policy import load_policy
+    from esper_runtime.tamiyo.policy import PolicyError, load_policy
 
-    path = opts.policy or latest_policy(bb.settings.home)
-    if path is not None:
-        loaded = load_policy(Path(path))
-        echo(f"policy {loaded.card.get('version')} from {path}")
+    if opts.policy is not None:  # asked for by name: it must load
+        loaded = load_policy(Path(opts.policy))
+        echo(f"policy {loaded.card.get('version')} from {opts.policy}")
         return loaded
+    latest = latest_policy(bb.settings.home)
+    if latest is not None:
+        try:
+            loaded = load_policy(latest)
+            echo(f"policy {loaded.card.get('version')} from {latest}")
+            return loaded
+        except PolicyError as exc:  # e.g. trained by an older version on other features
+            echo(f"the latest policy cannot be used ({exc}); training a new one")
     echo(f"no trained policy yet: {opts.experience_runs} heuristic runs for Simic to learn from")
     for i in range(opts.experience_runs):
         seed = 1000 + i

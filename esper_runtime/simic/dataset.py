@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from esper_runtime.tamiyo.graph import LayerObs, observe_telemetry
-from esper_runtime.tamiyo.policy import kernel_features
+from esper_runtime.tamiyo.policy import kernel_features, tag_vector
 from processors.verify import fold_library
 from streams.backbone import Backbone
 
@@ -39,6 +39,7 @@ class Example:
     kernel_ids: list[str]
     kernel_features: torch.Tensor  # [n_candidates, KERNEL_FEATURES]
     kernel_target: int
+    kernel_tags: torch.Tensor | None = None  # the chosen kernel's tags (TAGS order): what a good query asks for
     outcome: str | None = None
     reward: float | None = None
 
@@ -129,7 +130,9 @@ def experience_from_events(events, urza, offsets: dict, teacher: str = "heuristi
                  and fr.outcome == "CULLED"}
         feats = torch.tensor([kernel_features(r, r.blueprint_id in tried, width) for r in records], dtype=torch.float32)
         closing = [fr for p, fr in reports.get(run, []) if p > position and fr.seed_id == seed_name]
+        chosen = urza.kernels[d.chosen_kernel_artifact_id]
         examples.append(Example(run, d.epoch, layers, eligible, target, kernels, feats,
                                 kernels.index(d.chosen_kernel_artifact_id),
+                                torch.tensor(tag_vector(chosen.tags), dtype=torch.float32),
                                 closing[0].outcome if closing else None, closing[0].reward if closing else None))
     return ExperienceDataset(examples, offsets, teacher, dict(skipped))

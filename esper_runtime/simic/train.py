@@ -1,7 +1,8 @@
 """Simic's imitation training: the GNN policy learns the teacher's germination choices from the log.
 
-Loss per example: cross-entropy of the location head over the eligible seeds (the others masked out) plus
-cross-entropy of the kernel head over the kernels the teacher weighed. Evaluation on runs held out whole: the share
+Loss per example: cross-entropy of the location head over the eligible seeds (the others masked out), plus
+cross-entropy of the kernel head over the kernels the teacher weighed, plus a binary cross-entropy of the query head
+against the chosen kernel's tags (the query that finds what the teacher chose). Evaluation on runs held out whole: the share
 of decisions where the policy's first choice of seed, of kernel, and of both equals the teacher's. The result is a
 versioned checkpoint (``save_policy``) whose card records the dataset's version and offsets and the scores.
 """
@@ -39,26 +40,32 @@ def _prepare(ex: Example):
     return data, mask, pos[ex.target]
 
 
-def _forward(policy: TamiyoPolicy, prepared, ex: Example):
+def _forward(policy: TamiyoPolicy, prepared, ex: Example, with_query: bool = False):
     data, mask, target = prepared
     emb = policy.encode(data)
     loc = policy.location_scores(data, emb).masked_fill(~mask, float("-inf"))
     ker = policy.kernel_scores(emb[target], ex.kernel_features)
+    if with_query:
+        return loc, ker, target, policy.query_logits(emb[target])
     return loc, ker, target
 
 
 @torch.no_grad()
 def evaluate(policy: TamiyoPolicy, examples: list[Example]) -> dict:
     policy.eval()
-    loc_ok = ker_ok = both = 0
+    loc_ok = ker_ok = both = query_ok = 0
     for ex in examples:
-        loc, ker, target = _forward(policy, _prepare(ex), ex)
+        prepared = _prepare(ex)
+        loc, ker, target = _forward(policy, prepared, ex)
         a = int(loc.argmax()) == target
         b = int(ker.argmax()) == ex.kernel_target
         loc_ok, ker_ok, both = loc_ok + a, ker_ok + b, both + (a and b)
+        if ex.kernel_tags is not None:
+            wanted = policy.query_logits(policy.encode(prepared[0])[target]) > 0
+            query_ok += bool(torch.equal(wanted, ex.kernel_tags > 0.5))
     n = max(len(examples), 1)
     return {"decisions": len(examples), "location_agreement": loc_ok / n, "kernel_agreement": ker_ok / n,
-            "agreement": both / n}
+            "agreement": both / n, "query_agreement": query_ok / n}
 
 
 def train_imitation(dataset: ExperienceDataset, out: Path | None = None, epochs: int = 40, lr: float = 3e-3,
@@ -72,7 +79,7 @@ def train_imitation(dataset: ExperienceDataset, out: Path | None = None, epochs:
         train, held = held, []
     policy = TamiyoPolicy(hidden=hidden)
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    ce = nn.CrossEntropyLoss()
+    ce, bce = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss()
     prepared = [(_prepare(ex), ex) for ex in train]
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -80,8 +87,10 @@ def train_imitation(dataset: ExperienceDataset, out: Path | None = None, epochs:
         rng.shuffle(prepared)
         total = 0.0
         for prep, ex in prepared:
-            loc, ker, target = _forward(policy, prep, ex)
+            loc, ker, target, query = _forward(policy, prep, ex, with_query=True)
             loss = ce(loc.unsqueeze(0), torch.tensor([target])) + ce(ker.unsqueeze(0), torch.tensor([ex.kernel_target]))
+            if ex.kernel_tags is not None:
+                loss = loss + bce(query, ex.kernel_tags)
             opt.zero_grad()
             loss.backward()
             opt.step()

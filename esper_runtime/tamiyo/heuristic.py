@@ -242,10 +242,11 @@ class TamiyoController:
         out.sort(key=lambda t: (-t[0], t[1], t[2]))
         return out
 
-    def _kernels_for(self, key, width: int) -> list[tuple[float, object]]:
+    def _kernels_for(self, key, width: int, tags=()) -> list[tuple[float, object]]:
+        """Validated kernels for ``width`` carrying the preferred tags (and ``tags``), best first by the heuristic."""
         tried = self.culled_designs.get(key, set())
         scored = []
-        for k in self.urza.query(self.config.preferred_tags, features=width):
+        for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width):
             score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
                 + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0)
             scored.append((score, k))
@@ -266,29 +267,30 @@ class TamiyoController:
                                reason=f"plateau; chunk waste {score:.3f}; {self._blueprint_name(best.blueprint_id)}")
         return None
 
-    def _start(self, key, kernel, state: EpochState, candidates, reason: str) -> str:
+    def _start(self, key, kernel, state: EpochState, candidates, reason: str, query_tags=None) -> str:
         """Germinate ``kernel`` on the seed ``key`` and track the adaptation to its end."""
         self.in_flight[key] = _Adaptation(key[0], key[1], kernel.artifact_id, kernel.blueprint_id, state.epoch,
                                           state.val_accuracy, sum(p.numel() for p in self.model.parameters()))
         self.germinations += 1
         self.since_improvement = 0
         return self._command(key, "request_germination", kernel.artifact_id, state, reason=reason,
-                             candidates=candidates, tags=self.config.preferred_tags)
+                             candidates=candidates, tags=query_tags or self.config.preferred_tags)
 
     # ------------------------------------------------------------------ commands and decisions
     def _command(self, key, command: str, kernel: str, state: EpochState, reason: str,
                  candidates=None, tags=None) -> str:
         self.kasmina.command(key[0], key[1], command, kernel, tags=tags)
-        self._decide(state, command, key, kernel or None, candidates or [], reason=reason)
+        self._decide(state, command, key, kernel or None, candidates or [], reason=reason, query_tags=tags)
         return f"{command} seed/{key[0]}/{key[1]}"
 
     def _decide(self, state: EpochState, action: str, key, kernel, candidates, reason: str,
-                features: dict[str, float] | None = None) -> None:
+                features: dict[str, float] | None = None, query_tags=None) -> None:
         decision = TamiyoDecision(
             envelope=self.envelopes.next(f"run/{self.run_id}/tamiyo"), epoch=state.epoch,
             decision_id=uuid.uuid4().hex, policy=self.policy_name, action=action,
             target_layer_id=key[0] if key else None, target_seed_id=key[1] if key else None,
-            chosen_kernel_artifact_id=kernel, query_tags=list(self.config.preferred_tags), candidates=candidates,
+            chosen_kernel_artifact_id=kernel, query_tags=list(query_tags or self.config.preferred_tags),
+            candidates=candidates,
             state_features={"val_loss": state.val_loss, "val_accuracy": state.val_accuracy,
                             "train_loss": state.train_loss, "since_improvement": float(self.since_improvement),
                             "in_flight": float(len(self.in_flight)), **(features or {})},

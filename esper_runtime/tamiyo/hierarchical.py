@@ -183,7 +183,7 @@ class HierarchicalTamiyo(TamiyoController):
             picked = choose(self.learned, self.model, eligible, self._kernels_for,
                             lambda key: self.culled_designs.get(key, set()))
             if picked is not None:
-                key, kernel, score, locs, kernels = picked
+                key, kernel, score, locs, kernels, _ = picked
                 cands = [DecisionCandidate(layer_id=k[0], seed_id=k[1], score=sc) for k, sc in locs]
                 return key, kernel, f"gnn score {score:.3f}; {self._blueprint_name(kernel.blueprint_id)}", cands
             return None

@@ -23,10 +23,11 @@ __all__ = ["LearnedTamiyo", "choose"]
 
 @torch.no_grad()
 def choose(policy, model, eligible: dict[tuple[int, int], int], kernels_for, tried_for, top_k: int = 5):
-    """The policy's pick: (seed key, kernel, its location score, location candidates, kernel candidates) or None.
+    """The policy's pick: (seed key, kernel, its location score, location candidates, kernel candidates, the query
+    tags it asked Urza for) or None.
 
-    ``eligible`` maps each seed the veto allows to its chunk width; ``kernels_for(key, width)`` lists the allowed
-    kernels as (heuristic score, record) pairs; ``tried_for(key)`` the designs culled on that seed before."""
+    ``eligible`` maps each seed the veto allows to its chunk width; ``kernels_for(key, width, tags=())`` lists the
+    allowed kernels (validated, the preferred tags plus ``tags``) as (heuristic score, record) pairs; ``tried_for(key)`` the designs culled on that seed before."""
     data, index = build_graph(observe_model(model))
     emb = policy.encode(data)
     scores = policy.location_scores(data, emb)
@@ -38,7 +39,11 @@ def choose(policy, model, eligible: dict[tuple[int, int], int], kernels_for, tri
     locations = [(index[i], float(scores[i])) for i in order]
     for node in order:
         key = index[node]
-        options = [k for _, k in kernels_for(key, eligible[key])]
+        query = policy.query_tags(emb[node])  # the KernelQuery this location asks Urza for
+        options = [k for _, k in kernels_for(key, eligible[key], query)]
+        if not options:  # nothing carries all those tags: relax to the heuristic's own query
+            query = []
+            options = [k for _, k in kernels_for(key, eligible[key])]
         if not options:
             continue
         tried = tried_for(key)
@@ -48,7 +53,7 @@ def choose(policy, model, eligible: dict[tuple[int, int], int], kernels_for, tri
         ranked = sorted(zip(kscores.tolist(), options), key=lambda t: (-t[0], t[1].artifact_id))
         untried = [(s, k) for s, k in ranked if k.blueprint_id not in tried]
         pick = (untried or ranked)[0][1]  # the veto: a design culled here before only when nothing else is left
-        return key, pick, float(scores[node]), locations, ranked[:top_k]
+        return key, pick, float(scores[node]), locations, ranked[:top_k], query
     return None
 
 
@@ -67,12 +72,13 @@ class LearnedTamiyo(TamiyoController):
                         lambda key: self.culled_designs.get(key, set()), self.top_k)
         if picked is None:
             return None
-        key, kernel, score, locations, kernels = picked
+        key, kernel, score, locations, kernels, query = picked
         if kernels and kernels[0][1].artifact_id != kernel.artifact_id:
             self.vetoed += 1  # the policy's favourite was a design culled on this seed before
         candidates = [DecisionCandidate(layer_id=k[0], seed_id=k[1], score=sc) for k, sc in locations] + [
             DecisionCandidate(layer_id=key[0], seed_id=key[1], score=ks, kernel_artifact_id=k.artifact_id)
             for ks, k in kernels]
-        return self._start(key, kernel, state, candidates,
-                           reason=f"plateau; gnn location score {score:.3f}; "
+        tags = sorted(set(self.config.preferred_tags) | set(query))
+        return self._start(key, kernel, state, candidates, query_tags=tags,
+                           reason=f"plateau; gnn location score {score:.3f}; query {','.join(tags)}; "
                                   f"{self._blueprint_name(kernel.blueprint_id)} (policy {self.card.get('version')})")

@@ -1,5 +1,6 @@
 """Tamiyo's learned policy (appendix C.2): a HeteroGNN encoder over the system graph, a location head that scores
-dormant seeds, and a kernel-selection head that scores the artifacts Urza returns for the chosen location.
+dormant seeds, a query head that forms the KernelQuery (the tags to ask Urza for) from the chosen location's
+context, and a kernel-selection head that scores the artifacts Urza returns.
 
 The policy is its own module with its own parameters: it reads the graph (plain tensors built from floats, see
 ``graph.py``) and returns scores; it never holds a reference to the host. ``tests/unit/tamiyo`` checks both
@@ -23,13 +24,13 @@ from torch import nn
 
 from esper_runtime.tamiyo.graph import EDGE_TYPES, LAYER_FEATURES, SEED_FEATURES
 
-__all__ = ["TamiyoPolicy", "kernel_features", "KERNEL_FEATURES", "TAGS", "save_policy", "load_policy",
+__all__ = ["TamiyoPolicy", "kernel_features", "tag_vector", "KERNEL_FEATURES", "TAGS", "save_policy", "load_policy",
            "PolicyError"]
 
 TAGS = ("high_speed", "medium_speed", "low_speed", "low_memory", "medium_memory", "high_memory",
         "numerically_stable", "trainable", "fixed_function")
 KERNEL_FEATURES = len(TAGS) + 5
-POLICY_KIND = "esper.tamiyo.gnn.v1"
+POLICY_KIND = "esper.tamiyo.gnn.v2"  # v2: the query head
 
 
 class PolicyError(Exception):
@@ -48,6 +49,10 @@ def kernel_features(kernel, tried_on_slot: bool, width: int) -> list[float]:
     ]
 
 
+def tag_vector(tags) -> list[float]:
+    return [1.0 if t in tags else 0.0 for t in TAGS]
+
+
 class TamiyoPolicy(nn.Module):
     def __init__(self, hidden: int = 32, layers: int = 2):
         super().__init__()
@@ -61,6 +66,7 @@ class TamiyoPolicy(nn.Module):
             for _ in range(layers))
         self.location_head = nn.Sequential(nn.Linear(hidden + SEED_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.kernel_head = nn.Sequential(nn.Linear(hidden + KERNEL_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.query_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, len(TAGS)))
 
     def encode(self, data) -> torch.Tensor:
         """Contextual seed embeddings [n_seeds, hidden]."""
@@ -75,6 +81,14 @@ class TamiyoPolicy(nn.Module):
         """A score per seed node [n_seeds]; the caller masks seeds that cannot be grown."""
         h = self.encode(data) if embeddings is None else embeddings
         return self.location_head(torch.cat([h, data["seed"].x], dim=1)).squeeze(-1)
+
+    def query_logits(self, seed_embedding: torch.Tensor) -> torch.Tensor:
+        """A logit per tag in ``TAGS``: the KernelQuery this location asks Urza for (appendix C.2)."""
+        return self.query_head(seed_embedding)
+
+    def query_tags(self, seed_embedding: torch.Tensor, threshold: float = 0.5) -> list[str]:
+        probs = torch.sigmoid(self.query_logits(seed_embedding))
+        return [t for t, p in zip(TAGS, probs.tolist()) if p > threshold]
 
     def kernel_scores(self, seed_embedding: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """A score per candidate artifact [n_candidates] in the context of the chosen location's embedding."""

@@ -119,6 +119,7 @@ def test_imitation_from_logged_decisions_agrees_on_held_out_runs(experience, tmp
     result = train_imitation(dataset, tmp_path / "policy", epochs=40)
     held = result.metrics["held_out"]
     assert held["decisions"] >= 2 and held["agreement"] >= 0.9, result.metrics
+    assert held["query_agreement"] >= 0.9  # the query it forms finds what the heuristic chose
     card = load_policy(tmp_path / "policy").card
     assert card["dataset_version"] == dataset.version and card["metrics"]["held_out"] == held
     untrained = evaluate(TamiyoPolicy(), dataset.examples)
@@ -136,6 +137,9 @@ def test_the_learned_controller_grows_seeds_under_the_heuristics_veto(experience
     assert decisions and all(d.policy == "gnn-v1" and "gnn location score" in d.reason for d in decisions)
     allowed = set(lib[1].kernels)
     assert all(d.chosen_kernel_artifact_id in allowed for d in decisions)
+    for d in decisions:  # the query the policy formed, the heuristic's preferred tags always in it
+        assert "numerically_stable" in d.query_tags and f"query {','.join(d.query_tags)}" in d.reason
+        assert set(d.query_tags) <= set(lib[1].kernels[d.chosen_kernel_artifact_id].tags)
 
 
 def _catalog():
