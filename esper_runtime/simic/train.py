@@ -50,19 +50,49 @@ def _forward(policy: TamiyoPolicy, prepared, ex: Example, with_query: bool = Fal
     return loc, ker, target
 
 
+def _logp(loc: torch.Tensor, ker: torch.Tensor, target: int, ex: Example) -> torch.Tensor:
+    """log pi(logged seed) + log pi(logged kernel | seed)."""
+    return torch.log_softmax(loc, 0)[target] + torch.log_softmax(ker, 0)[ex.kernel_target]
+
+
+def _fit(policy: TamiyoPolicy, examples: list[Example], loss_of, epochs: int, lr: float, seed: int, label: str,
+         echo) -> None:
+    """Adam over ``examples`` one at a time, shuffled each epoch; ``loss_of(policy, prepared, example)``."""
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    rng = random.Random(seed)
+    prepared = [(_prepare(ex), ex) for ex in examples]
+    for epoch in range(epochs):
+        policy.train()
+        rng.shuffle(prepared)
+        total = 0.0
+        for prep, ex in prepared:
+            loss = loss_of(policy, prep, ex)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        if epoch % 10 == 0 or epoch == epochs - 1:
+            echo(f"{label}: epoch {epoch}: loss {total / len(prepared):.4f}")
+
+
+def _card(dataset: ExperienceDataset, version: str, metrics: dict) -> dict:
+    return {"version": f"{version}-{dataset.version}", "teacher": dataset.teacher,
+            "dataset_version": dataset.version,
+            "dataset_offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in dataset.offsets.items()},
+            "examples": len(dataset.examples), "skipped": dataset.skipped, "metrics": metrics}
+
+
 @torch.no_grad()
 def evaluate(policy: TamiyoPolicy, examples: list[Example]) -> dict:
     policy.eval()
     loc_ok = ker_ok = both = query_ok = 0
     for ex in examples:
-        prepared = _prepare(ex)
-        loc, ker, target = _forward(policy, prepared, ex)
+        loc, ker, target, query = _forward(policy, _prepare(ex), ex, with_query=True)
         a = int(loc.argmax()) == target
         b = int(ker.argmax()) == ex.kernel_target
         loc_ok, ker_ok, both = loc_ok + a, ker_ok + b, both + (a and b)
         if ex.kernel_tags is not None:
-            wanted = policy.query_logits(policy.encode(prepared[0])[target]) > 0
-            query_ok += bool(torch.equal(wanted, ex.kernel_tags > 0.5))
+            query_ok += bool(torch.equal(query > 0, ex.kernel_tags > 0.5))
     n = max(len(examples), 1)
     return {"decisions": len(examples), "location_agreement": loc_ok / n, "kernel_agreement": ker_ok / n,
             "agreement": both / n, "query_agreement": query_ok / n}
@@ -73,50 +103,30 @@ def train_imitation(dataset: ExperienceDataset, out: Path | None = None, epochs:
     if not dataset.examples:
         raise ValueError("no germination decisions in the experience: run the heuristic first (e.g. `esper demo`)")
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     train, held = dataset.split(holdout)
     if not train:
         train, held = held, []
     policy = TamiyoPolicy(hidden=hidden)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
     ce, bce = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss()
-    prepared = [(_prepare(ex), ex) for ex in train]
+
+    def loss_of(policy, prep, ex):
+        loc, ker, target, query = _forward(policy, prep, ex, with_query=True)
+        loss = ce(loc.unsqueeze(0), torch.tensor([target])) + ce(ker.unsqueeze(0), torch.tensor([ex.kernel_target]))
+        return loss + bce(query, ex.kernel_tags) if ex.kernel_tags is not None else loss
+
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        policy.train()
-        rng.shuffle(prepared)
-        total = 0.0
-        for prep, ex in prepared:
-            loc, ker, target, query = _forward(policy, prep, ex, with_query=True)
-            loss = ce(loc.unsqueeze(0), torch.tensor([target])) + ce(ker.unsqueeze(0), torch.tensor([ex.kernel_target]))
-            if ex.kernel_tags is not None:
-                loss = loss + bce(query, ex.kernel_tags)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        if epoch % 10 == 0 or epoch == epochs - 1:
-            echo(f"simic: epoch {epoch}: loss {total / len(prepared):.4f}")
+    _fit(policy, train, loss_of, epochs, lr, seed, "simic", echo)
     metrics = {"train": evaluate(policy, train), "held_out": evaluate(policy, held) if held else None,
                "train_runs": sorted({e.run_id for e in train}), "held_out_runs": sorted({e.run_id for e in held}),
                "epochs": epochs, "seconds": round(time.perf_counter() - t0, 1)}
-    directory = None
-    if out is not None:
-        directory = save_policy(policy, out, {
-            "version": f"imitation-{dataset.version}", "teacher": dataset.teacher, "dataset_version": dataset.version,
-            "dataset_offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in dataset.offsets.items()},
-            "examples": len(dataset.examples), "skipped": dataset.skipped, "metrics": metrics})
+    directory = save_policy(policy, out, _card(dataset, "imitation", metrics)) if out is not None else None
     return ImitationResult(policy, metrics, directory)
 
 
+@torch.no_grad()
 def log_probs(policy: TamiyoPolicy, examples: list[Example]) -> list[float]:
     """log pi(logged seed) + log pi(logged kernel | seed) for each example."""
-    out = []
-    with torch.no_grad():
-        for ex in examples:
-            loc, ker, target = _forward(policy, _prepare(ex), ex)
-            out.append(float(torch.log_softmax(loc, 0)[target] + torch.log_softmax(ker, 0)[ex.kernel_target]))
-    return out
+    return [float(_logp(*_forward(policy, _prepare(ex), ex), ex)) for ex in examples]
 
 
 def finetune_rl(policy: TamiyoPolicy, examples: list[Example], epochs: int = 20, lr: float = 1e-3,
@@ -130,25 +140,14 @@ def finetune_rl(policy: TamiyoPolicy, examples: list[Example], epochs: int = 20,
     if not rewarded:
         return {"examples": 0}
     baseline = sum(ex.reward for ex in rewarded) / len(rewarded)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    rng = random.Random(seed)
     reference = dict(zip(map(id, rewarded), log_probs(policy, rewarded)))
-    prepared = [(_prepare(ex), ex) for ex in rewarded]
-    for epoch in range(epochs):
-        policy.train()
-        rng.shuffle(prepared)
-        total = 0.0
-        for prep, ex in prepared:
-            loc, ker, target = _forward(policy, prep, ex)
-            logp = torch.log_softmax(loc, 0)[target] + torch.log_softmax(ker, 0)[ex.kernel_target]
-            advantage = max(-clip, min(clip, ex.reward - baseline))
-            loss = -advantage * logp + anchor * (logp - reference[id(ex)]) ** 2
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        if epoch % 10 == 0 or epoch == epochs - 1:
-            echo(f"simic rl: epoch {epoch}: loss {total / len(prepared):.4f}")
+
+    def loss_of(policy, prep, ex):
+        logp = _logp(*_forward(policy, prep, ex), ex)
+        advantage = max(-clip, min(clip, ex.reward - baseline))
+        return -advantage * logp + anchor * (logp - reference[id(ex)]) ** 2
+
+    _fit(policy, rewarded, loss_of, epochs, lr, seed, "simic rl", echo)
     return {"examples": len(rewarded), "baseline_reward": baseline, "epochs": epochs}
 
 
@@ -181,9 +180,6 @@ def train_from_log(backbone, epochs: int = 40, teacher: str = "heuristic-v1", rl
         train, held = dataset.split()
         rl = finetune_rl(result.policy, train, epochs=rl_epochs, echo=echo)
         result.metrics |= {"rl": rl, "held_out_after_rl": evaluate(result.policy, held) if held else None}
-        result.directory = save_policy(result.policy, root / name, {
-            "version": f"rl-{dataset.version}", "teacher": dataset.teacher, "dataset_version": dataset.version,
-            "dataset_offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in dataset.offsets.items()},
-            "examples": len(dataset.examples), "skipped": dataset.skipped, "metrics": result.metrics})
+        result.directory = save_policy(result.policy, root / name, _card(dataset, "rl", result.metrics))
     (root / "LATEST").write_text(name)
     return result
