@@ -278,8 +278,7 @@ class Processors:
     def open_store(self) -> None:
         from processors.clickhouse import open_store
 
-        settings = self.bb.settings
-        self.store = self._store_exec.submit(open_store, settings.home, settings.clickhouse_url, own=True).result()
+        self.store = self._store_exec.submit(open_store, self.bb.settings, own=True).result()
         if hasattr(self.store, "advertise"):
             self._store_token = self.store.advertise(f"http://127.0.0.1:{self.web_port}")
         else:

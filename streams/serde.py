@@ -213,7 +213,9 @@ class ConfluentSerde:
 _ENVELOPE_FIELDS = ("event_id", "occurred_at", "run_id", "originator_id", "originator_version", "producer")
 
 
-_STANDARD_ENVELOPE: dict[int, bool] = {}  # id(parsed writer schema) -> starts with Esper's envelope
+# id(parsed writer schema) -> (the schema, whether it starts with Esper's envelope); holding the schema keeps its id
+# from being reused by another object
+_STANDARD_ENVELOPE: dict[int, tuple[dict, bool]] = {}
 
 
 def _has_envelope(writer: NamedSchema) -> bool:
@@ -222,8 +224,8 @@ def _has_envelope(writer: NamedSchema) -> bool:
         fields = writer.parsed.get("fields") or [{}]
         envelope = fields[0].get("type") if fields[0].get("name") == "envelope" else None
         names = tuple(f["name"] for f in envelope.get("fields", ())) if isinstance(envelope, dict) else ()
-        known = _STANDARD_ENVELOPE[id(writer.parsed)] = names == _ENVELOPE_FIELDS
-    return known
+        known = _STANDARD_ENVELOPE[id(writer.parsed)] = (writer.parsed, names == _ENVELOPE_FIELDS)
+    return known[1]
 
 
 def _peek(serde, data: bytes, topic: str, writer: NamedSchema, offset: int) -> tuple[str, dict]:

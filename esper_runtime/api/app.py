@@ -113,20 +113,11 @@ class ApiData:
         from processors.clickhouse import open_store
 
         with self._lock:
-            store = open_store(self.bb.settings.home, self.bb.settings.clickhouse_url)
+            store = open_store(self.bb.settings)
             try:
                 return store.rows(sql)
             finally:
                 store.close()
-
-    def store(self):
-        data = self
-
-        class _Rows:
-            def rows(self, sql):
-                return data.rows(sql)
-
-        return _Rows()
 
 
 def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | None = None) -> FastAPI:
@@ -254,11 +245,11 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
                             f"kernel_artifact_id FROM esper.field_reports FINAL WHERE run_id = '{run}' "
                             f"ORDER BY occurred_at")
         return {"run_id": run, "epochs": epochs, "transitions": transitions, "field_reports": reports,
-                "alerts": evaluate(data.store(), run)}
+                "alerts": evaluate(data, run)}
 
     @app.get("/api/v1/alerts", tags=["nissa"])
     def alerts(run_id: str, who: Principal = Depends(principal)) -> list[dict]:
-        return evaluate(data.store(), run_id_ok(run_id))
+        return evaluate(data, run_id_ok(run_id))
 
     # ------------------------------------------------------------------ Nissa (static; data via the API above)
     @app.get("/nissa/", include_in_schema=False)

@@ -221,7 +221,7 @@ def telemetry(batches: int = 10_000, seeds_per_batch: int = 32, rows: int = 10_0
         s.publish(batches_())
         expected = batches * seeds_per_batch
         s.processors.up(echo=lambda m: None)
-        store = open_store(s.bb.settings.home)  # through the processors' app, which owns it
+        store = open_store(s.bb.settings)  # through the processors' app, which owns it
 
         def count() -> int:
             return int(store.rows("SELECT count() AS n FROM esper.seed_telemetry")[0]["n"])
@@ -231,7 +231,7 @@ def telemetry(batches: int = 10_000, seeds_per_batch: int = 32, rows: int = 10_0
         s.processors.down()
 
         # quantiles over `rows` rows, generated inside chdb (the store is ours again)
-        store = open_store(s.bb.settings.home)
+        store = open_store(s.bb.settings)
         try:
             store.query("INSERT INTO esper.seed_telemetry SELECT concat('run-', toString(number % 50)), "
                         "intDiv(number, 5000), now64(3), number % 16, 'l', number % 64, 'TRAINING', 0.5, "

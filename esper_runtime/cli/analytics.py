@@ -21,7 +21,7 @@ def sql(query: str = typer.Argument(..., help="e.g. \"SELECT run_id, max(val_acc
 
     bb = Backbone()
     try:
-        store = open_store(bb.settings.home)
+        store = open_store(bb.settings)
     except StoreBusy as exc:
         console.print(f"[red]the store is busy:[/red] {exc}")
         raise typer.Exit(2)
@@ -53,7 +53,7 @@ def sink(idle_timeout: float = typer.Option(0.0, help="Stop after this many idle
 
     bb = Backbone()
     try:
-        store = open_store(bb.settings.home)
+        store = open_store(bb.settings)
         consumer = bb.consumer([bb.resolve_topic(t) for t in SINK_TOPICS], group_id=group, name="telemetry-sink")
     except (StoreBusy, EsperError) as exc:
         console.print(f"[red]error:[/red] {exc}")

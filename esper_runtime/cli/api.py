@@ -71,7 +71,7 @@ def alerts(run: str = typer.Option(..., "--run", help="The run id."),
 
     bb = Backbone()
     try:
-        store = open_store(bb.settings.home, bb.settings.clickhouse_url)
+        store = open_store(bb.settings)
         try:
             found = evaluate(store, run)
         finally:

@@ -7,14 +7,13 @@ answers. ``down`` stops only a process ``up`` started (by its PID, SIGTERM, then
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
+from processors.state import processors_status
 from streams.config import StreamSettings
 from streams.exceptions import EsperError
 
@@ -45,11 +44,7 @@ class LocalProcessors:
         return f"http://127.0.0.1:{self.settings.processors_port}/esper/status/"
 
     def status(self) -> dict | None:
-        try:
-            with urllib.request.urlopen(self.status_url, timeout=2) as resp:
-                return json.loads(resp.read())
-        except (OSError, ValueError):
-            return None
+        return processors_status(self.settings)
 
     def up(self, timeout: float = 90.0, echo=print) -> bool:
         """Start the app unless one answers; True when this call started it."""

@@ -201,13 +201,13 @@ def _live_owner(owner: Path) -> int | None:
         return pid
 
 
-def open_store(home: Path, url: str | None = None, *, own: bool = False):
-    """The analytics store: the server at ``url`` if given; else the embedded one under ``home`` — through its
-    owner when another process holds it and serves an endpoint, directly when nobody does. ``own=True`` (the
-    processors' app) insists on holding it."""
-    if url:
-        return ServerStore(url)
-    path = Path(home) / "clickhouse"
+def open_store(settings, *, own: bool = False):
+    """The analytics store the settings name: the server at ``clickhouse_url`` (ESPER_CLICKHOUSE_URL) if set; else
+    the embedded one under ``home`` — through its owner when another process holds it and serves an endpoint,
+    directly when nobody does. ``own=True`` (the processors' app) insists on holding it."""
+    if settings.clickhouse_url:
+        return ServerStore(settings.clickhouse_url)
+    path = Path(settings.home) / "clickhouse"
     if not own:
         owner = _live_owner(path / "owner.pid")
         if owner is not None and owner != os.getpid():

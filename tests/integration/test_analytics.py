@@ -64,7 +64,7 @@ def test_sink_then_sql(topic_registry, kafka_bootstrap, catalog, tmp_path):
 def test_a_second_process_is_told_the_store_is_busy(tmp_path):
     from processors.clickhouse import open_store
 
-    store = open_store(tmp_path)
+    store = open_store(load_settings(home=tmp_path))
     try:
         res = _cli(["sql", "SELECT 1"], dict(os.environ, ESPER_HOME=str(tmp_path)))
         assert res.returncode == 2 and "busy" in res.stderr and str(os.getpid()) in res.stderr

@@ -178,7 +178,7 @@ def test_processors_survive_kill_and_restart_and_match_a_replay(topic_registry, 
                  "kernel_measurements": counts["KernelValidationReport"], "seed_telemetry": health_rows}
     from processors.clickhouse import open_store
 
-    store = open_store(tmp_path)  # through the running processors' SQL endpoint
+    store = open_store(load_settings(home=tmp_path))  # through the running processors' SQL endpoint
     assert type(store).__name__ == "OwnerClient"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
