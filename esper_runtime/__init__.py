@@ -6,7 +6,8 @@ pay for importing torch.
 
 from __future__ import annotations
 
-__all__ = ["wrap", "KasminaConfig", "MorphableModel", "load_config", "TamiyoController", "TolariaTrainer", "save_model"]
+__all__ = ["wrap", "KasminaConfig", "MorphableModel", "load_config", "TamiyoController", "TolariaTrainer", "save_model",
+           "load_model"]
 
 _LAZY = {
     "wrap": "esper_runtime.kasmina",
@@ -16,6 +17,7 @@ _LAZY = {
     "TamiyoController": "esper_runtime.tamiyo",
     "TolariaTrainer": "esper_runtime.tolaria",
     "save_model": "esper_runtime.sdk",
+    "load_model": "esper_runtime.sdk",
 }
 
 

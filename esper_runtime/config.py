@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field, ValidationError
 from esper_runtime.kasmina.config import KasminaConfig
 from streams.exceptions import ConfigError
 
-__all__ = ["EsperConfig", "TamiyoConfig", "TolariaConfig", "HierarchicalConfig", "DomainConfig", "load_config"]
+__all__ = ["EsperConfig", "TamiyoConfig", "TolariaConfig", "HierarchicalConfig", "DomainConfig", "load_config",
+           "env_overrides"]
 
 
 class TamiyoConfig(BaseModel):
@@ -90,7 +91,8 @@ class EsperConfig(BaseModel):
     hierarchical_control: HierarchicalConfig | None = None
 
 
-def _env_overrides(doc: dict) -> dict:
+def env_overrides(doc: dict) -> dict:
+    """Apply ``ESPER_<SECTION>__<FIELD>`` variables to a config document (kasmina, tamiyo, tolaria)."""
     for key, value in os.environ.items():
         if not key.startswith("ESPER_") or "__" not in key:
             continue
@@ -112,7 +114,7 @@ def load_config(path: str | Path | None = None) -> EsperConfig:
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of kasmina / tamiyo / tolaria")
     try:
-        return EsperConfig.model_validate(_env_overrides(doc))
+        return EsperConfig.model_validate(env_overrides(doc))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path or 'configuration'}: {problems}") from None

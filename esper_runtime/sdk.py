@@ -1,4 +1,14 @@
-"""The researcher-facing SDK (appendix F.2): load_config, wrap, TamiyoController, TolariaTrainer, save_model."""
+"""The researcher-facing SDK (appendix F.2): load_config, wrap, TamiyoController, TolariaTrainer, save_model, and
+load_model to bring a grown model back as a plain ``nn.Module``.
+
+    config = esper.load_config("run.yaml")
+    model = esper.wrap(MyModel(), config.kasmina)
+    tamiyo = esper.TamiyoController(model, config.tamiyo)
+    trainer = esper.TolariaTrainer(model, tamiyo, config.tolaria, train_data=train_ds, val_data=val_ds)
+    final_model, history = trainer.train()
+    esper.save_model(final_model, "out/model")
+    grown = esper.load_model("out/model", host=MyModel())   # no broker, no Urza, no seeds: just the network
+"""
 
 from __future__ import annotations
 
@@ -6,23 +16,147 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from esper_runtime.config import load_config
 from esper_runtime.kasmina import MorphableModel, wrap
+from esper_runtime.kasmina.lifecycle import Code
 from esper_runtime.tamiyo import TamiyoController
 from esper_runtime.tolaria import TolariaTrainer
+from streams.exceptions import EsperError
 
-__all__ = ["load_config", "wrap", "TamiyoController", "TolariaTrainer", "save_model"]
+__all__ = ["load_config", "wrap", "TamiyoController", "TolariaTrainer", "save_model", "load_model", "GrownLayer",
+           "ModelFileError"]
+
+FORMAT = "esper.grown.v1"
+
+
+class ModelFileError(EsperError):
+    """A saved model folder is missing a file, was written by something else, or does not fit the host."""
+
+
+class GrownLayer(nn.Module):
+    """A host layer with its grown children, and nothing else: ``y = base(x)``; each child rewrites its chunk of
+    output features, blended with weight ``alpha`` (1 once fossilized)."""
+
+    def __init__(self, base_layer: nn.Module, channel_dim: int, chunks: list[dict], children: dict[str, nn.Module]):
+        super().__init__()
+        self.base_layer = base_layer
+        self.channel_dim = channel_dim
+        self.chunks = chunks  # [{"seed": i, "start": s, "end": e, "alpha": a}]
+        self.children_ = nn.ModuleDict(children)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        out = y.clone()
+        for c in self.chunks:
+            s, e, child = c["start"], c["end"], self.children_[str(c["seed"])]
+            if self.channel_dim == -1:
+                chunk = y[..., s:e]
+                new = child(chunk)
+            else:  # (B, c, H, W) -> (B, H, W, c): the child maps channel vectors pixel by pixel
+                chunk = y[:, s:e]
+                new = child(chunk.movedim(1, -1)).movedim(-1, 1)
+            blended = new if c["alpha"] >= 1.0 else chunk + c["alpha"] * (new - chunk)
+            if self.channel_dim == -1:
+                out[..., s:e] = blended
+            else:
+                out[:, s:e] = blended
+        return out
+
+
+def _recipe_module(child: nn.Module) -> tuple[nn.Module, str]:
+    """The module that owns a child's weights and knows its recipe, and its prefix inside the child."""
+    if hasattr(child, "esper_recipe"):
+        return child, ""
+    inner = getattr(child, "module", None)
+    if inner is not None and hasattr(inner, "esper_recipe"):
+        return inner, "module."
+    raise ModelFileError(f"a child of type {type(child).__name__} carries no recipe to rebuild it from")
+
+
+def _grown_layers(model: MorphableModel) -> list[dict]:
+    out = []
+    for layer in model.kasmina.layers:
+        chunks, children = [], {}
+        for i in layer._active:
+            if layer._codes[i] == Code.TRAINING:  # learning beside the host path, not on it
+                continue
+            module, prefix = _recipe_module(layer.seeds[str(i)])
+            s, e = layer.bounds[i]
+            chunks.append({"seed": i, "start": s, "end": e, "alpha": float(layer._alpha(i, training=False)),
+                           "state": layer._codes[i].name})
+            children[str(i)] = {"recipe": module.esper_recipe, "prefix": f"seeds.{i}.{prefix}"}
+        out.append({"path": layer.path, "channel_dim": layer.channel_dim, "chunks": chunks, "children": children})
+    return out
 
 
 def save_model(model: MorphableModel, path: str | Path, lineage: list[dict] | None = None,
-               extra: dict | None = None) -> Path:
-    """Write ``model.pt`` (the state_dict: host, seeds and their children; loadable with weights_only=True),
-    ``structure.json`` (which seed holds which kernel, to rebuild it) and ``lineage.json`` (which blueprint grew
-    where, when, why, and how it ended)."""
+               extra: dict | None = None, host: dict | None = None) -> Path:
+    """Write the grown model to the folder ``path``:
+
+    - ``model.pt``: the state_dict (host, seeds and their children), loadable with ``weights_only=True``;
+    - ``structure.json``: which seed holds which kernel (what a checkpoint restores Kasmina from);
+    - ``grown.json``: what ``load_model`` rebuilds the network from: each seeded layer's children (their blueprint
+      IR) and blend, and ``host`` (how ``esper run`` built the host; None for a model of your own);
+    - ``lineage.json``: which blueprint grew where, when, why, and how it ended (the controller's, unless given).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path / "model.pt")
     (path / "structure.json").write_text(json.dumps(model.kasmina.structure(), indent=2))
-    (path / "lineage.json").write_text(json.dumps({**(extra or {}), "adaptations": lineage or []}, indent=2))
+    (path / "grown.json").write_text(json.dumps({"format": FORMAT, "host": host, "layers": _grown_layers(model)},
+                                                indent=1))
+    adaptations = lineage if lineage is not None else model.kasmina.lineage
+    (path / "lineage.json").write_text(json.dumps({**(extra or {}), "adaptations": adaptations}, indent=2))
     return path
+
+
+def load_model(path: str | Path, host: nn.Module | None = None) -> nn.Module:
+    """The grown network saved by ``save_model`` as a plain ``nn.Module`` (in eval mode): the host with each seeded
+    layer replaced by a ``GrownLayer`` holding its children. ``host`` is a fresh instance of the model you wrapped;
+    a model saved by ``esper run`` rebuilds its own host when ``host`` is None."""
+    from esper_runtime.kasmina.kernels import module_from_recipe
+
+    path = Path(path)
+    try:
+        doc = json.loads((path / "grown.json").read_text())
+        state = torch.load(path / "model.pt", weights_only=True, map_location="cpu")
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"{path}: no {Path(exc.filename).name}: not a folder written by save_model") from None
+    except (ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: unreadable model files: {exc}") from None
+    if doc.get("format") != FORMAT:
+        raise ModelFileError(f"{path}/grown.json: format {doc.get('format')!r}, expected {FORMAT}")
+    if host is None:
+        if not doc.get("host"):
+            raise ModelFileError(f"{path}: the host was your own model: pass host=YourModel()")
+        from esper_runtime.run.config import ModelConfig
+        from esper_runtime.run.pipeline import build_host
+
+        spec = doc["host"]
+        host = build_host(ModelConfig.model_validate(spec["model"]), spec["in_features"], spec["out_features"], 0)
+    seeded = {}
+    for layer in doc["layers"]:
+        try:
+            base = host.get_submodule(layer["path"])
+        except AttributeError:
+            raise ModelFileError(f"{path}: the host has no module {layer['path']!r}: not the model that was saved") \
+                from None
+        children = {i: module_from_recipe(c["recipe"]) for i, c in layer["children"].items()}
+        grown = GrownLayer(base, layer["channel_dim"], layer["chunks"], children)
+        parent_path, _, attr = layer["path"].rpartition(".")
+        setattr(host.get_submodule(parent_path) if parent_path else host, attr, grown)
+        seeded[layer["path"]] = layer
+    new_state = {}
+    for key in host.state_dict():
+        saved = f"host.{key}"
+        for lpath, layer in seeded.items():
+            if key.startswith(f"{lpath}.children_."):
+                seed, _, rest = key[len(lpath) + len(".children_."):].partition(".")
+                saved = f"host.{lpath}.{layer['children'][seed]['prefix']}{rest}"
+        if saved not in state:
+            raise ModelFileError(f"{path}/model.pt has no {saved!r}: the host is not the model that was saved")
+        new_state[key] = state[saved]
+    host.load_state_dict(new_state)
+    return host.eval()

@@ -36,6 +36,8 @@ class RunView:
     final_accuracy: float | None = None
     final_params: int | None = None
     status: str | None = None
+    failure: str | None = None
+    waits: dict[str, int] = field(default_factory=dict)  # Tamiyo's reasons for not acting, epochs each
 
     def apply(self, ev: Any, position: str = "") -> None:
         env = ev.envelope
@@ -88,6 +90,9 @@ class RunView:
                        seed=origin, state=to, kernel=ev.kernel_artifact_id)
 
     def _on_TamiyoDecision(self, ev, position) -> None:
+        if ev.action == "wait":
+            reason = ev.reason.split(" (")[0] if ev.reason.startswith("improving") else ev.reason
+            self.waits[reason] = self.waits.get(reason, 0) + 1
         if ev.action in ("request_germination", "emergency_rollback"):
             target = f"seed/{ev.target_layer_id}/{ev.target_seed_id}" if ev.target_layer_id is not None else "the run"
             self._tell(ev, position, "decision", f"epoch {ev.epoch}: Tamiyo chose {ev.action} for {target}: "
@@ -119,10 +124,33 @@ class RunView:
         self.final_accuracy, self.final_params, self.status = ev.final_accuracy, ev.final_params, ev.status
         self._tell(ev, position, "run", f"run {ev.status} after {ev.epochs} epochs: val acc {ev.final_accuracy:.4f}, "
                    f"{ev.final_params} parameters")
+        why = self.no_growth_reason()
+        if why:
+            self._tell(ev, position, "run", f"nothing grew: {why}")
+
+    def no_growth_reason(self) -> str | None:
+        """Why nothing germinated, from Tamiyo's decisions (None when something did, or no controller decided)."""
+        if self.germinated or not self.waits:
+            return None
+        blocked = {r: n for r, n in self.waits.items() if r.startswith(("no candidate", "germination budget"))}
+        if blocked:
+            reason, n = max(blocked.items(), key=lambda item: item[1])
+            return f"{reason} ({n} epochs with a plateau)"
+        if set(self.waits) <= {"warm-up", "improving"}:
+            return (f"no plateau before the last epoch: the validation loss kept improving "
+                    f"({self.waits.get('improving', 0)} epochs after warm-up)")
+        reason, n = max(self.waits.items(), key=lambda item: item[1])
+        return f"{reason} ({n} epochs)"
+
+    def _on_RunFailed(self, ev, position) -> None:
+        self.status = "failed"
+        self.failure = f"{ev.error_type}: {ev.reason}"
+        self._tell(ev, position, "run", f"run failed in epoch {ev.epoch}: {ev.error_type}: {ev.reason}")
 
     def summary(self) -> dict:
         return {"run_id": self.run_id, "task": self.task, "host_params": self.host_params,
                 "final_params": self.final_params, "final_accuracy": self.final_accuracy, "status": self.status,
+                "failure": self.failure, "no_growth_reason": self.no_growth_reason(),
                 "epochs": len(self.epochs), "events": self.events, "seeds_germinated": self.germinated,
                 "seeds_fossilized": self.fossilized, "seeds_culled": self.culled, "field_reports": self.field_reports,
                 "seeds": dict(sorted(self.seeds.items())), "gaps": self.gaps, "duplicates": self.duplicates}

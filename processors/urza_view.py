@@ -74,6 +74,7 @@ class BlueprintRecord:
     status: str = "SUBMITTED"  # SUBMITTED, REJECTED; PENDING until its submission is applied
     rejection: str | None = None
     failures: list[str] = field(default_factory=list)
+    failed_widths: list[int] = field(default_factory=list)  # chunk widths a compilation failed at
     artifacts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,6 +216,8 @@ class UrzaView:
     def _on_KernelCompilationFailed(self, ev: KernelCompilationFailed) -> None:
         rec = self._blueprint(ev.blueprint_id)
         rec.failures = sorted(rec.failures + [f"{ev.hardware}/{ev.pipeline}: {ev.error}"])
+        if ev.chunk_width is not None and ev.chunk_width not in rec.failed_widths:
+            rec.failed_widths = sorted(rec.failed_widths + [ev.chunk_width])
 
     def _on_KernelCompiled(self, ev: KernelCompiled) -> None:
         try:

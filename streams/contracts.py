@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-__all__ = ["AdaptationSignal", "BlueprintRejected", "BlueprintSubmitted", "CheckpointSaved", "DecisionCandidate", "Envelope", "EpochCompleted", "FieldReport", "KasminaControlCommand", "KernelCompilationFailed", "KernelCompiled", "KernelStatusChanged", "KernelTagsAssigned", "KernelValidationReport", "RollbackPerformed", "RunCompleted", "RunStarted", "SeedHealth", "SeedLifecycleTransition", "SeedState", "SeedTelemetry", "SystemStatePacket", "TamiyoDecision", "TopicOffset", "TYPES", "EVENT_TYPES"]
+__all__ = ["AdaptationSignal", "BlueprintRejected", "BlueprintSubmitted", "CheckpointSaved", "DecisionCandidate", "Envelope", "EpochCompleted", "FieldReport", "KasminaControlCommand", "KernelCompilationFailed", "KernelCompiled", "KernelStatusChanged", "KernelTagsAssigned", "KernelValidationReport", "RollbackPerformed", "RunCompleted", "RunFailed", "RunStarted", "SeedHealth", "SeedLifecycleTransition", "SeedState", "SeedTelemetry", "SystemStatePacket", "TamiyoDecision", "TopicOffset", "TYPES", "EVENT_TYPES"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -398,6 +398,7 @@ class KernelCompilationFailed:
     hardware: str
     pipeline: str
     error: str
+    chunk_width: int | None = None
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -406,6 +407,7 @@ class KernelCompilationFailed:
             "hardware": self.hardware,
             "pipeline": self.pipeline,
             "error": self.error,
+            "chunk_width": self.chunk_width,
         }
 
     @classmethod
@@ -416,6 +418,7 @@ class KernelCompilationFailed:
             hardware=d["hardware"],
             pipeline=d["pipeline"],
             error=d["error"],
+            chunk_width=d.get("chunk_width", None),
         )
 
 
@@ -644,6 +647,35 @@ class RunCompleted:
             final_params=d["final_params"],
             status=d["status"],
             detail=d.get("detail", ''),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunFailed:
+    """A training run stopped on an error after it started (bad data in a batch, an error in the model, an interrupt): the run's last event, so no run stays open on the log."""
+
+    AVRO_NAME: ClassVar[str] = "esper.tolaria.RunFailed"
+
+    envelope: Envelope
+    epoch: int
+    error_type: str
+    reason: str
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "envelope": self.envelope.to_avro(),
+            "epoch": self.epoch,
+            "error_type": self.error_type,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> "RunFailed":
+        return cls(
+            envelope=Envelope.from_avro(d["envelope"]),
+            epoch=d["epoch"],
+            error_type=d["error_type"],
+            reason=d["reason"],
         )
 
 
@@ -949,6 +981,7 @@ TYPES: dict[str, Any] = {
     "esper.tolaria.EpochCompleted": EpochCompleted,
     "esper.tolaria.RollbackPerformed": RollbackPerformed,
     "esper.tolaria.RunCompleted": RunCompleted,
+    "esper.tolaria.RunFailed": RunFailed,
     "esper.tolaria.RunStarted": RunStarted,
     "esper.tolaria.SystemStatePacket": SystemStatePacket,
     "esper.urabrask.KernelTagsAssigned": KernelTagsAssigned,
@@ -971,6 +1004,7 @@ EVENT_TYPES: tuple[type, ...] = (
     EpochCompleted,
     RollbackPerformed,
     RunCompleted,
+    RunFailed,
     RunStarted,
     SystemStatePacket,
     KernelTagsAssigned,

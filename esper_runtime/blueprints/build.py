@@ -19,6 +19,7 @@ class IRModule(nn.Module):
         super().__init__()
         validate_concrete(ir)
         self.ir_hash = ir.ir_hash
+        self.esper_recipe = {"kind": "ir", "ir": ir.doc}  # how save_model / load_model rebuild it
         self.features = ir.features
         order = topo_order(ir.doc)
         widths = {"x": ir.features}

@@ -25,6 +25,84 @@ app.add_typer(api.token_app, name="token")
 app.add_typer(simic.app, name="simic")
 
 
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return lambda: Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console)
+
+
+def _run_pipeline(console, make_prepared, options) -> dict:
+    """Prepare (exit 2 on bad input), run (exit 1 if the library or the infrastructure fails, 2 if the run failed on
+    its data, 4 if nothing grew), and print the headline. Errors are one line, never a stack trace."""
+    from esper_runtime.kasmina.exceptions import KernelLoadError
+    from esper_runtime.run.data import DataError
+    from esper_runtime.run.pipeline import NoGrowth, run
+    from esper_runtime.tamiyo.hierarchical import DomainError
+    from esper_runtime.tamiyo.policy import PolicyError
+    from streams import EsperError
+    from streams.exceptions import ConfigError
+
+    def fail(code: int, exc: BaseException):
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code)
+
+    try:
+        prep = make_prepared()
+    except (ConfigError, DataError, DomainError) as exc:
+        fail(2, exc)
+    try:
+        summary = run(prep, options, echo=lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True),
+                      progress=_progress(console))
+    except NoGrowth as exc:
+        fail(4, exc)
+    except (DataError, DomainError, KernelLoadError) as exc:
+        fail(2, f"the run failed (a RunFailed event is on the log): {exc}")
+    except (EsperError, PolicyError) as exc:
+        fail(1, exc)
+    o = summary["over_seeds"]
+    metric = "R^2" if summary["metric"] == "r2" else "accuracy"
+    line = (f"grown host {metric} {o['final_accuracy']['mean']:.3f} ± {o['final_accuracy']['std']:.3f} "
+            f"({summary['host_params']} -> {summary['final_params']} params)")
+    if o["baseline_accuracy"]:
+        line += f" | frozen host {o['baseline_accuracy']['mean']:.3f} ± {o['baseline_accuracy']['std']:.3f}"
+    if o["large_baseline_accuracy"]:
+        line += (f" | large {o['large_baseline_accuracy']['mean']:.3f} ± {o['large_baseline_accuracy']['std']:.3f} "
+                 f"({summary['large_baseline_params']} params)")
+    console.print(line, soft_wrap=True)
+    console.print(f"germinated {summary['seeds_germinated']}, fossilized {summary['seeds_fossilized']}, culled "
+                  f"{summary['seeds_culled']}, replay matches: {summary['replay_matches']}; wrote "
+                  f"{options.out}/summary.json, report.md, lineage.json, model/", soft_wrap=True)
+    for run_id, why in summary["no_growth"].items():
+        console.print(f"[yellow]nothing grew in {run_id}:[/yellow] {why}", soft_wrap=True)
+    if not summary["replay_matches"]:
+        raise typer.Exit(3)
+    return summary
+
+
+@app.command("run")
+def run_command(
+    config: str = typer.Option(..., "--config", "-c", help="The run's YAML: data, model, task, device, esper, "
+                               "baselines (see the guide's config reference)."),
+    out: str = typer.Option("out/run", help="Where summary.json, report.md, lineage.json, model/ and checkpoints/ go."),
+    policy: str = typer.Option(None, help="With controller: gnn, a policy directory."),
+) -> None:
+    """Grow your own model on your own data, with the same outputs and baselines as the demo."""
+    from pathlib import Path
+
+    from esper_runtime.run.config import load_run_config
+    from esper_runtime.run.pipeline import RunOptions, prepare
+
+    _run_pipeline(_console(), lambda: prepare(load_run_config(config)),
+                  RunOptions(out=Path(out), policy=Path(policy) if policy else None))
+
+
 @app.command()
 def demo(
     out: str = typer.Option("out/demo", help="Where summary.json, report.md, lineage.json and the model go."),
@@ -38,38 +116,15 @@ def demo(
     """The main job: grow an under-capacity host on two spirals and compare it with the baselines."""
     from pathlib import Path
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from esper_runtime.demo.run import DemoOptions, demo_config
+    from esper_runtime.run.pipeline import RunOptions, prepare
 
-    from esper_runtime.demo.run import DemoOptions, run_demo
-    from esper_runtime.tamiyo.hierarchical import DomainError
-    from esper_runtime.tamiyo.policy import PolicyError
-    from streams import EsperError
-
-    console = Console(stderr=True)
-
-    def progress():
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
-
-    try:
-        if controller not in ("heuristic", "gnn", "hierarchical"):
-            raise typer.BadParameter(f"--controller must be heuristic, gnn or hierarchical, not {controller!r}")
-        summary = run_demo(DemoOptions(out=Path(out), epochs=epochs, seeds=seeds, controller=controller,
-                                       policy=Path(policy) if policy else None),
-                           echo=lambda m: console.print(f"[dim]{m}[/dim]"), progress=progress)
-    except (EsperError, PolicyError, DomainError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
-    o = summary["over_seeds"]
-    console.print(f"grown host {o['final_accuracy']['mean']:.3f} ± {o['final_accuracy']['std']:.3f} "
-                  f"({summary['host_params']} -> {summary['final_params']} params) | frozen host "
-                  f"{o['baseline_accuracy']['mean']:.3f} ± {o['baseline_accuracy']['std']:.3f} | large "
-                  f"{o['large_baseline_accuracy']['mean']:.3f} ({summary['large_baseline_params']} params)")
-    console.print(f"fossilized {summary['seeds_fossilized']}, culled {summary['seeds_culled']}, "
-                  f"replay matches: {summary['replay_matches']}; wrote {out}/summary.json, report.md, lineage")
-    if not summary["replay_matches"]:
-        raise typer.Exit(3)
+    if controller not in ("heuristic", "gnn", "hierarchical"):
+        _console().print(f"[red]error:[/red] --controller must be heuristic, gnn or hierarchical, not {controller!r}")
+        raise typer.Exit(2)
+    opts = DemoOptions(out=Path(out), epochs=epochs, seeds=seeds, controller=controller)
+    _run_pipeline(_console(), lambda: prepare(demo_config(opts)),
+                  RunOptions(out=Path(out), policy=Path(policy) if policy else None))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class Kasmina:
         self._pending_events: list[SeedLifecycleTransition] = []
         self._params_changed = False
         self.events_published = 0
+        self.lineage: list[dict] = []  # which blueprint grew where and how it ended (the controller appends)
         for layer in layers:
             layer.on_runtime_error = self._on_runtime_error
         self._sealed = self._checksums()

@@ -190,6 +190,7 @@ def _build_reference(artifact: KernelArtifact) -> LoadedKernel:
         raise KernelLoadError(f"kernel {artifact.artifact_id}: absurd shape {spec}")
     factory, trainable = REFERENCE_OPS[op]
     module = factory(features, **params)
+    module.esper_recipe = {"kind": "reference", "op": op, "features": features, "params": params}
     # Never unpickle: weights_only refuses anything but tensors and plain containers.
     state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
     module.load_state_dict(state)
@@ -197,3 +198,23 @@ def _build_reference(artifact: KernelArtifact) -> LoadedKernel:
 
 
 register_kernel_kind(REFERENCE_KIND, _build_reference)
+
+
+def module_from_recipe(recipe: dict) -> nn.Module:
+    """Rebuild a child module (untrained weights) from the ``esper_recipe`` its builder left on it: what
+    ``load_model`` needs to bring a grown model back without Urza or the artifact store."""
+    kind = recipe.get("kind") if isinstance(recipe, dict) else None
+    if kind == "ir":
+        from esper_runtime.blueprints import BlueprintInvalid, ConcreteIR, build_module
+
+        try:
+            return build_module(ConcreteIR.from_json(json.dumps(recipe["ir"])))
+        except (BlueprintInvalid, KeyError, TypeError) as exc:
+            raise KernelLoadError(f"a saved child's IR is invalid: {exc}") from None
+    if kind == "reference" and recipe.get("op") in REFERENCE_OPS:
+        features, params = int(recipe["features"]), dict(recipe.get("params") or {})
+        if not 1 <= features <= 1 << 16 or any(not isinstance(v, int) or not 1 <= v <= 1 << 14
+                                               for v in params.values()):
+            raise KernelLoadError(f"a saved child has an absurd shape: {recipe}")
+        return REFERENCE_OPS[recipe["op"]][0](features, **params)
+    raise KernelLoadError(f"a saved child has an unknown recipe: {str(recipe)[:200]}")

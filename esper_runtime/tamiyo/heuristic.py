@@ -88,8 +88,9 @@ class TamiyoController:
         self.reset_at: dict[tuple[int, int], int] = {}
         self.field_reports: list[FieldReport] = []
         self.decisions: list[TamiyoDecision] = []
-        self.lineage: list[dict] = []
+        self.lineage: list[dict] = self.kasmina.lineage  # shared, so save_model(model) writes it
         self.emergency: str | None = None  # set when Tolaria must roll back (read and cleared by Tolaria)
+        self._no_candidate: str | None = None  # why the last germination attempt found nothing
         self.policy_name = PRODUCER.split("/")[1]
 
     # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
@@ -153,7 +154,9 @@ class TamiyoController:
             return f"improving ({self.since_improvement} epochs since the best val loss)"
         if len(self.in_flight) >= self.config.max_active_seeds:
             return "an adaptation is in flight"
-        return "no candidate"
+        if self.germinations >= self.config.max_germinations:
+            return f"germination budget spent (max_germinations={self.config.max_germinations})"
+        return f"no candidate: {self._no_candidate or 'no seed with a kernel to grow'}"
 
     def _wants_growth(self, state: EpochState) -> bool:
         return (state.epoch >= self.config.warmup_epochs and self.since_improvement >= self.config.patience
@@ -255,9 +258,12 @@ class TamiyoController:
 
     def _germinate(self, state: EpochState) -> str | None:
         locations = self._locations(state.epoch)
+        self._no_candidate = self._why_no_location() if not locations else None
+        widths = set()
         for score, layer_id, seed, width in locations:
             kernels = self._kernels_for((layer_id, seed), width)
             if not kernels:
+                widths.add(width)
                 continue
             best_score, best = kernels[0]
             candidates = [DecisionCandidate(layer_id=l, seed_id=s, score=sc) for sc, l, s, _ in locations[:5]] + [
@@ -265,7 +271,19 @@ class TamiyoController:
                 for ks, k in kernels[:5]]
             return self._start((layer_id, seed), best, state, candidates,
                                reason=f"plateau; chunk waste {score:.3f}; {self._blueprint_name(best.blueprint_id)}")
+        if widths:
+            self._no_candidate = (f"no validated kernel in Urza for chunk width {', '.join(map(str, sorted(widths)))}"
+                                  f" carrying {sorted(self.config.preferred_tags)}")
         return None
+
+    def _why_no_location(self) -> str:
+        codes = [c for layer in self.kasmina.layers for c in layer._codes]
+        if not any(c == Code.DORMANT for c in codes):
+            return "no dormant seed left"
+        if all(key in self.reset_at for key in ((l.layer_id, i) for l in self.kasmina.layers
+                                                 for i, c in enumerate(l._codes) if c == Code.DORMANT)):
+            return "every dormant seed is under embargo after a cull"
+        return "no dormant seed has health statistics yet"
 
     def _start(self, key, kernel, state: EpochState, candidates, reason: str, query_tags=None) -> str:
         """Germinate ``kernel`` on the seed ``key`` and track the adaptation to its end."""

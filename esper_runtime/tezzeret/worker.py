@@ -65,7 +65,7 @@ class TezzeretWorker:
                 valid_widths.append((width, blueprint.instantiate(width)))
             except BlueprintInvalid as exc:
                 for pipeline in pipelines:
-                    self._failed(blueprint.blueprint_id, pipeline, f"invalid at chunk width {width}: {exc}")
+                    self._failed(blueprint.blueprint_id, pipeline, f"invalid at chunk width {width}: {exc}", width)
         if not valid_widths:
             self._reject(blueprint.blueprint_id, BlueprintInvalid("shapes", f"valid at none of the widths {widths}"))
             return
@@ -79,7 +79,7 @@ class TezzeretWorker:
         try:
             aid = artifact_id(ir, hardware, pipeline)
         except KeyError:
-            self._failed(blueprint.blueprint_id, pipeline, f"unknown pipeline {pipeline!r}")
+            self._failed(blueprint.blueprint_id, pipeline, f"unknown pipeline {pipeline!r}", ir.features)
             return
         if self.store.exists(aid):
             meta = self.store.meta(aid)
@@ -92,7 +92,7 @@ class TezzeretWorker:
         try:
             bundle = compile_ir(ir, pipeline)
         except CompilationError as exc:
-            self._failed(blueprint.blueprint_id, pipeline, str(exc))
+            self._failed(blueprint.blueprint_id, pipeline, str(exc), ir.features)
             return
         self.store.put(bundle.artifact_id, BUNDLE_KIND, bundle.data,
                        {"compile_ms": bundle.compile_ms, "toolchain": bundle.toolchain, "signature": bundle.signature,
@@ -111,12 +111,12 @@ class TezzeretWorker:
         ), key=f"blueprint/{blueprint_id}")
         self.stats.artifacts.append(aid)
 
-    def _failed(self, blueprint_id: str, pipeline: str, error: str) -> None:
+    def _failed(self, blueprint_id: str, pipeline: str, error: str, width: int | None = None) -> None:
         log.warning("compilation failed for %s (%s): %s", blueprint_id[:12], pipeline, error)
         self.publisher.publish(KernelCompilationFailed(
             envelope=self.envelopes.next(f"blueprint/{blueprint_id}/compile/{self.envelopes.run_id}"),
             blueprint_id=blueprint_id,
-            hardware=hardware_target(), pipeline=pipeline, error=error[:4000],
+            hardware=hardware_target(), pipeline=pipeline, error=error[:4000], chunk_width=width,
         ), key=f"blueprint/{blueprint_id}")
         self.stats.failed += 1
 

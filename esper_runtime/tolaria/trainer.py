@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from esper_runtime.config import TolariaConfig
+from esper_runtime.run.data import DataError, make_loader
 from esper_runtime.kasmina import Code, MorphableModel, StateChecksumError
 from esper_runtime.kasmina.lifecycle import CHILD_STATES
 from esper_runtime.tamiyo.heuristic import EpochState, TamiyoController
@@ -35,20 +36,30 @@ from streams.contracts import (
     EpochCompleted,
     RollbackPerformed,
     RunCompleted,
+    RunFailed,
     RunStarted,
     SystemStatePacket,
     TopicOffset,
 )
 from streams.envelope import EnvelopeFactory
+from streams.exceptions import EsperError
 from streams.publisher import Publisher
 
-__all__ = ["TolariaTrainer", "History", "Checkpoint"]
+__all__ = ["TolariaTrainer", "History", "Checkpoint", "TrainingError"]
 
 PRODUCER = "tolaria/0.1.0"
 
 
+class TrainingError(EsperError):
+    """The trainer was set up wrong (no data, an unknown objective)."""
+
+
 @dataclass
 class History:
+    """What ``train()`` returns beside the model: one record per kept epoch (``epoch``, ``train_loss``,
+    ``val_loss``, ``val_accuracy`` — R^2 for regression, with ``val_r2`` and ``val_rmse`` —, ``params``, ``lr``)
+    and each rollback (``from_epoch``, ``to_epoch``, ``trigger``, ``locked`` seeds)."""
+
     epochs: list[dict] = field(default_factory=list)
     rollbacks: list[dict] = field(default_factory=list)
 
@@ -68,30 +79,70 @@ def count_params(model: nn.Module) -> int:
 
 
 class TolariaTrainer:
-    def __init__(self, model: MorphableModel, controller: TamiyoController | None, config: TolariaConfig,
-                 train_data: tuple[torch.Tensor, torch.Tensor], val_data: tuple[torch.Tensor, torch.Tensor],
+    """Trains a (wrapped) model under Tamiyo, one epoch boundary at a time, and publishes the run to the log.
+
+    ``model`` is a ``MorphableModel`` from ``wrap`` (or a plain ``nn.Module`` for a baseline without seeds);
+    ``controller`` a ``TamiyoController`` (None: no growth). ``train_data`` and ``val_data`` are torch Datasets of
+    ``(features, target)``, DataLoaders, or ``(x, y)`` tensor pairs; they are drawn in mini-batches of
+    ``config.batch_size``. ``task`` names the run on the log; ``objective`` is ``"classification"``
+    (cross-entropy, accuracy) or ``"regression"`` (MSE; R^2 stands in the accuracy fields, RMSE in the history).
+    ``checkpoint_dir`` (a path or str) keeps ``last.pt`` / ``last.json`` there; ``run_config`` is the
+    configuration recorded in ``RunStarted`` and the checkpoint (default: the sections the trainer knows);
+    ``on_epoch(record)`` is called after each kept epoch.
+    """
+
+    def __init__(self, model: MorphableModel, controller: TamiyoController | None = None,
+                 config: TolariaConfig | None = None, train_data=None, val_data=None,
                  publisher: Publisher | None = None, run_id: str | None = None, task: str = "",
-                 loss_fn: nn.Module | None = None, checkpoint_dir: Path | None = None, on_epoch=None):
+                 loss_fn: nn.Module | None = None, checkpoint_dir: str | Path | None = None, on_epoch=None,
+                 objective: str = "classification", run_config: dict | None = None, num_workers: int = 0):
+        if train_data is None or val_data is None:
+            raise TrainingError("TolariaTrainer needs train_data and val_data: torch Datasets of (features, target), "
+                                "DataLoaders or (x, y) tensor pairs")
+        if objective not in ("classification", "regression"):
+            raise TrainingError(f"objective must be classification or regression, not {objective!r}")
         self.model = model
         self.kasmina = getattr(model, "kasmina", None)  # None: a plain model (a baseline) with no seeds
         self.controller = controller
-        self.config = config
-        self.train_x, self.train_y = train_data
-        self.val_x, self.val_y = val_data
-        self.publisher = publisher
+        self.config = config or TolariaConfig()
+        config = self.config
+        self.objective = objective
+        self.publisher = publisher if publisher is not None else getattr(self.kasmina, "publisher", None)
         self.run_id = run_id or (self.kasmina.run_id if self.kasmina is not None else uuid.uuid4().hex)
         self.task = task
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.loss_fn = loss_fn or (nn.MSELoss() if objective == "regression" else nn.CrossEntropyLoss())
         self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.on_epoch = on_epoch
+        self.run_config = run_config
         self.history = History()
         self.global_step = 0
+        self.epoch = 0
         self._gen = torch.Generator().manual_seed(config.seed)
+        self.train_loader = make_loader(train_data, config.batch_size, True, self._gen, num_workers)
+        self.val_loader = make_loader(val_data, max(config.batch_size, 1024), False, None, num_workers)
         self._born: dict[torch.nn.Parameter, int] = {}
         self.optimizer = self._new_optimizer()
         self._last_good: Checkpoint | None = None
         self._recent_losses: list[float] = []
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def resolved_config(self) -> dict:
+        """The configuration this run records (RunStarted, checkpoints): the given one, else what it knows."""
+        if self.run_config is not None:
+            return self.run_config
+        doc = {"tolaria": self.config.model_dump(mode="json"), "objective": self.objective}
+        if self.kasmina is not None:
+            doc["kasmina"] = self.kasmina.config.model_dump(mode="json")
+        if self.controller is not None:
+            doc["tamiyo"] = self.controller.config.model_dump(mode="json")
+        return doc
 
     # ------------------------------------------------------------------ optimizer
     def _lr(self, epoch: int, born: int = 1) -> float:
@@ -125,20 +176,45 @@ class TolariaTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> tuple[MorphableModel, History]:
+        """Train for ``config.epochs`` epochs, growing where Tamiyo decides; return ``(model, history)``.
+
+        The run is on the log from ``RunStarted`` to ``RunCompleted``; if anything goes wrong once it has started
+        (bad data in a batch, an error in the model, Ctrl-C) a ``RunFailed`` says why before the error propagates,
+        so no run stays open on the log."""
+        self._publish(RunStarted(envelope=self._env(), task=self.task,
+                                 config_json=json.dumps(self.resolved_config(), sort_keys=True, default=str),
+                                 host_params=count_params(self.model), epochs_planned=self.config.epochs))
+        try:
+            status = self._loop()
+        except BaseException as exc:
+            self._publish(RunFailed(envelope=self._env(), epoch=self.epoch, error_type=type(exc).__name__,
+                                    reason=(str(exc) or type(exc).__name__)[:2000]))
+            if self.publisher is not None:
+                self.publisher.flush()
+            raise
+        final = self.history.epochs[-1] if self.history.epochs else {"val_accuracy": 0.0, "epoch": 0}
+        self._publish(RunCompleted(envelope=self._env(), epochs=int(final["epoch"]),
+                                   final_accuracy=float(final["val_accuracy"]), final_params=count_params(self.model),
+                                   status="completed" if status == "completed" else "aborted",
+                                   detail="" if status == "completed" else status))
+        if self.publisher is not None:
+            self.publisher.flush()
+        return self.model, self.history
+
+    def _loop(self) -> str:
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self._publish(RunStarted(envelope=self._env(), task=self.task, config_json="{}",
-                                 host_params=count_params(self.model), epochs_planned=cfg.epochs))
         self._checkpoint(0)
         epoch = 1
-        status = "completed"
         while epoch <= cfg.epochs:
+            self.epoch = epoch
             t0 = time.perf_counter()
             lr = self._lr(epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(epoch, group["born"])
             train_loss = self._train_epoch()
-            val_loss, val_acc = self.evaluate()
+            val = self.evaluate()
+            val_loss, val_acc = val
             trigger = self._trouble(train_loss)
             if trigger is None:
                 state = EpochState(epoch, train_loss, val_loss, val_acc)
@@ -149,56 +225,100 @@ class TolariaTrainer:
                     envelope=self._env(), epoch=epoch, global_step=self.global_step, train_loss=train_loss,
                     val_loss=val_loss, val_accuracy=val_acc,
                     active_seeds=sum(1 for _, _, c in self.kasmina.seeds() if c in CHILD_STATES) if self.kasmina else 0,
-                    total_seeds=self.kasmina.num_seeds() if self.kasmina else 0, hardware_context={"device": "cpu"}))
+                    total_seeds=self.kasmina.num_seeds() if self.kasmina else 0,
+                    hardware_context={"device": self.device.type}))
                 try:
                     trigger = self._boundary(state)
                 except StateChecksumError as exc:
                     trigger = f"checksum_mismatch: {exc}"
             if trigger is not None:
                 if len(self.history.rollbacks) >= cfg.max_rollbacks:
-                    status = f"aborted after {len(self.history.rollbacks)} rollbacks; last: {trigger}"
-                    break
+                    return f"aborted after {len(self.history.rollbacks)} rollbacks; last: {trigger}"
                 epoch = self._rollback(epoch, trigger)
                 continue
-            self.history.epochs.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                        "val_accuracy": val_acc, "params": count_params(self.model), "lr": lr})
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
+                      "params": count_params(self.model), "lr": lr}
+            if self.objective == "regression":
+                record |= {"val_r2": val_acc, "val_rmse": math.sqrt(max(val_loss, 0.0))}
+            self.history.epochs.append(record)
             if self.on_epoch is not None:
                 self.on_epoch(self.history.epochs[-1])
             if epoch % cfg.checkpoint_every == 0:
                 self._checkpoint(epoch)
             epoch += 1
-        final = self.history.epochs[-1] if self.history.epochs else {"val_accuracy": 0.0, "epoch": 0}
-        self._publish(RunCompleted(envelope=self._env(), epochs=int(final["epoch"]),
-                                   final_accuracy=float(final["val_accuracy"]), final_params=count_params(self.model),
-                                   status="completed" if status == "completed" else "aborted",
-                                   detail="" if status == "completed" else status))
-        if self.publisher is not None:
-            self.publisher.flush()
-        return self.model, self.history
+        return "completed"
+
+    def _batch(self, batch, index: int, split: str):
+        """A batch on the model's device, refused (naming the batch) if it holds NaN or infinity."""
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise DataError(f"{split} batch {index}: expected (features, target), got {type(batch).__name__}")
+        x, y = (t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else torch.as_tensor(t)
+                for t in batch)
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise DataError(f"{split} batch {index}: the features hold NaN or infinity")
+        if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+            raise DataError(f"{split} batch {index}: the targets hold NaN or infinity")
+        return x, y
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor, index: int, split: str) -> torch.Tensor:
+        if self.objective == "classification":
+            if y.dim() == 2 and y.shape[1] == 1:
+                y = y.squeeze(1)
+            if out.dim() < 2:
+                raise DataError(f"the model's output has shape {tuple(out.shape)}: a classifier returns "
+                                f"(batch, classes) scores")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
+                raise DataError(f"{split} batch {index}: label {int(y.max()) if int(y.max()) >= out.shape[1] else int(y.min())} "
+                                f"is out of range for a model with {out.shape[1]} outputs (labels 0..{out.shape[1] - 1})")
+            return self.loss_fn(out, y.long())
+        if y.dim() == 1 and out.dim() == 2 and out.shape[1] == 1:
+            y = y.unsqueeze(1)
+        if out.shape != y.shape:
+            raise DataError(f"{split} batch {index}: the model returns {tuple(out.shape)}, the targets are "
+                            f"{tuple(y.shape)}")
+        return self.loss_fn(out, y.to(out.dtype))
 
     def _train_epoch(self) -> float:
         self.model.train()
-        n = self.train_x.shape[0]
-        order = torch.randperm(n, generator=self._gen)
         total, count = 0.0, 0
-        for start in range(0, n, self.config.batch_size):
-            idx = order[start:start + self.config.batch_size]
-            loss = self.loss_fn(self.model(self.train_x[idx]), self.train_y[idx])
+        for index, batch in enumerate(self.train_loader):
+            x, y = self._batch(batch, index, "training")
+            loss = self._loss(self.model(x), y, index, "training")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+            total += loss.item() * len(x)
+            count += len(x)
             self.global_step += 1
+        if count == 0:
+            raise DataError("the training data yielded no batches")
         return total / count
 
     @torch.no_grad()
-    def evaluate(self, x=None, y=None) -> tuple[float, float]:
-        x = self.val_x if x is None else x
-        y = self.val_y if y is None else y
+    def evaluate(self, data=None) -> tuple[float, float]:
+        """``(loss, score)`` on the validation data (or ``data``): the score is accuracy for classification and
+        R^2 for regression (higher is better either way, which is what Tamiyo's gates compare)."""
+        loader = self.val_loader if data is None else make_loader(data, max(self.config.batch_size, 1024), False)
         self.model.eval()
-        logits = self.model(x)
-        return self.loss_fn(logits, y).item(), (logits.argmax(-1) == y).float().mean().item()
+        loss_sum, n, correct = 0.0, 0, 0
+        sse = sum_y = sum_y2 = None
+        for index, batch in enumerate(loader):
+            x, y = self._batch(batch, index, "validation")
+            out = self.model(x)
+            loss_sum += self._loss(out, y, index, "validation").item() * len(x)
+            n += len(x)
+            if self.objective == "classification":
+                correct += int((out.argmax(-1) == y.reshape(-1).long()).sum())
+            else:
+                y = y.reshape(out.shape).to(out.dtype)
+                s = ((out - y) ** 2).sum(0).double(), y.sum(0).double(), (y ** 2).sum(0).double()
+                sse, sum_y, sum_y2 = s if sse is None else (sse + s[0], sum_y + s[1], sum_y2 + s[2])
+        if n == 0:
+            raise DataError("the validation data yielded no batches")
+        if self.objective == "classification":
+            return loss_sum / n, correct / n
+        sst = (sum_y2 - sum_y ** 2 / n).clamp_min(1e-12)
+        return loss_sum / n, float((1 - sse / sst).mean())
 
     def _trouble(self, train_loss: float) -> str | None:
         if not math.isfinite(train_loss):

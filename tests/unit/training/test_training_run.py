@@ -185,9 +185,9 @@ def test_tamiyo_asks_for_an_emergency_rollback_when_the_loss_blows_up(library, p
     original = trainer.evaluate
     state = {"done": False}
 
-    def evaluate(x=None, y=None):
-        loss, acc = original(x, y)
-        if tamiyo.in_flight and not state["done"] and x is None:
+    def evaluate(data=None):
+        loss, acc = original(data)
+        if tamiyo.in_flight and not state["done"] and data is None:
             state["done"] = True
             return loss * 100, acc  # what a harmful graft looks like from the validation set
         return loss, acc

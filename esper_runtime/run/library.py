@@ -1,0 +1,161 @@
+"""Kernels for the widths a run needs: what Urza has, else the starter library compiled and measured now.
+
+A width is *settled* for a blueprint when Urza shows how it ended there: a kernel validated or rejected by Urabrask,
+a compilation that failed at that width, or the blueprint rejected outright. Missing widths are submitted; a
+Tezzeret and an Urabrask worker run in their own processes (their output goes to log files under
+``$ESPER_HOME/logs``) with no idle timeout — a cold compile can take longer than any guess — and are stopped once
+every blueprint is settled at every width. A width left with no validated kernel is an error naming the cause and
+the logs: a run never trains on a library that cannot grow it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams import Backbone
+from streams.exceptions import EsperError
+
+__all__ = ["LibraryError", "WidthStatus", "library_status", "ensure_library"]
+
+ENDED = ("VALIDATED", "REJECTED", "RETIRED")
+
+
+class LibraryError(EsperError):
+    """No validated kernel for a width a run needs, or a worker that stopped before the library was ready."""
+
+
+@dataclass
+class WidthStatus:
+    width: int
+    validated: int = 0
+    rejected: int = 0  # by Urabrask, or the blueprint by Tezzeret
+    failed: int = 0  # compilation failed at this width
+    pending: int = 0  # submitted or compiled, not settled yet
+
+    @property
+    def settled(self) -> bool:
+        return self.pending == 0
+
+    def as_dict(self) -> dict:
+        return {"width": self.width, "validated": self.validated, "rejected": self.rejected, "failed": self.failed,
+                "pending": self.pending}
+
+
+def library_status(view, blueprint_ids: list[str], width: int) -> WidthStatus:
+    status = WidthStatus(width)
+    by_blueprint: dict[str, list] = {}
+    for k in view.kernels.values():
+        if k.features == width:
+            by_blueprint.setdefault(k.blueprint_id, []).append(k)
+    for bid in blueprint_ids:
+        kernels = by_blueprint.get(bid, [])
+        record = view.blueprints.get(bid)
+        if any(k.status == "VALIDATED" for k in kernels):
+            status.validated += 1
+        elif any(k.status in ENDED for k in kernels) or (record is not None and record.status == "REJECTED"):
+            status.rejected += 1
+        elif record is not None and width in record.failed_widths:
+            status.failed += 1
+        else:
+            status.pending += 1
+    return status
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def ensure_library(bb: Backbone, widths: set[int] | list[int], echo=print, progress=None,
+                   timeout_s: float = 3600) -> dict[int, WidthStatus]:
+    """Make sure Urza has validated kernels for every chunk width in ``widths``; returns each width's status.
+    Raises LibraryError when a width ends with none."""
+    from esper_runtime.blueprints import starter_blueprints
+    from esper_runtime.urza.library import load_view, submit_blueprint
+    from streams.envelope import EnvelopeFactory
+
+    widths = sorted(set(widths))
+    starters = list(starter_blueprints())
+    ids = [bp.blueprint_id for bp in starters]
+    view = load_view(bb)
+    status = {w: library_status(view, ids, w) for w in widths}
+    missing = [w for w in widths if not status[w].settled]
+    if not missing:
+        echo("Urza has " + ", ".join(f"{s.validated} validated kernels for width {w}" for w, s in status.items()))
+        return _checked(status, None)
+    echo(f"compiling the starter library ({len(starters)} blueprints) for chunk width "
+         f"{', '.join(map(str, missing))}: Tezzeret and Urabrask in their own processes")
+    envs = EnvelopeFactory(f"library-{uuid.uuid4().hex[:6]}", "esper-run")
+    with bb.publisher() as pub:
+        for bp in starters:
+            todo = tuple(w for w in missing if library_status(view, [bp.blueprint_id], w).pending)
+            if todo:
+                submit_blueprint(pub, envs, bp, "esper-run", widths=todo, pipelines=("fast",))
+    logs = bb.settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    cmd = [sys.executable, "-m", "esper_runtime.cli.main"]
+    specs = {"tezzeret": ["tezzeret", "--widths", ",".join(map(str, missing))], "urabrask": ["urabrask"]}
+    workers: dict[str, tuple[subprocess.Popen, Path]] = {}
+    try:
+        for name, args in specs.items():
+            log = logs / f"{name}-{stamp}.log"
+            with log.open("ab") as fh:
+                workers[name] = (subprocess.Popen(cmd + args, stdout=fh, stderr=subprocess.STDOUT), log)
+        status = _wait(bb, ids, missing, workers, progress, timeout_s, status)
+    finally:
+        for proc, _ in workers.values():  # ours, by PID
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    return _checked(status, {name: log for name, (_, log) in workers.items()})
+
+
+def _wait(bb, ids, missing, workers, progress, timeout_s, status):
+    from contextlib import nullcontext
+
+    from esper_runtime.urza.library import load_view
+
+    total = len(ids) * len(missing)
+    deadline = time.monotonic() + timeout_s
+    with (progress() if progress else nullcontext()) as bar:
+        task = bar.add_task("kernels settled (compiled and measured)", total=total) if bar else None
+        while True:
+            view = load_view(bb)
+            status.update({w: library_status(view, ids, w) for w in missing})
+            settled = sum(len(ids) - status[w].pending for w in missing)
+            if bar:
+                bar.update(task, completed=settled)
+            if all(status[w].settled for w in missing):
+                return status
+            for name, (proc, log) in workers.items():
+                if proc.poll() is not None:
+                    raise LibraryError(f"the {name} worker stopped (exit {proc.returncode}) with {total - settled} "
+                                       f"kernels unsettled; its log: {log} ({_log_tail(log)})")
+            if time.monotonic() > deadline:
+                raise LibraryError(f"the library was not ready after {timeout_s:.0f} s ({total - settled} kernels "
+                                   f"unsettled); logs: {', '.join(str(log) for _, log in workers.values())}")
+            time.sleep(2)
+
+
+def _checked(status: dict[int, WidthStatus], logs: dict[str, Path] | None) -> dict[int, WidthStatus]:
+    empty = [s for s in status.values() if s.validated == 0]
+    if empty:
+        where = f"; logs: {', '.join(str(p) for p in logs.values())}" if logs else \
+            " (settled by earlier runs on this log; `esper blueprints list` shows why)"
+        raise LibraryError("no validated kernel for chunk width " + ", ".join(
+            f"{s.width} ({s.rejected} rejected, {s.failed} failed to compile)" for s in empty)
+            + f": no seed of that width could grow{where}")
+    return status
