@@ -10,7 +10,7 @@ __all__ = ["wrap", "KasminaConfig", "MorphableModel", "load_config", "TamiyoCont
            "load_model"]
 
 _LAZY = {
-    "wrap": "esper_runtime.kasmina",
+    "wrap": "esper_runtime.sdk",
     "KasminaConfig": "esper_runtime.kasmina",
     "MorphableModel": "esper_runtime.kasmina",
     "load_config": "esper_runtime.config",

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from esper_runtime.config import load_config
-from esper_runtime.kasmina import MorphableModel, wrap
+from esper_runtime.kasmina import KasminaConfig, MorphableModel
+from esper_runtime.kasmina import wrap as _wrap
 from esper_runtime.kasmina.lifecycle import Code
 from esper_runtime.tamiyo import TamiyoController
 from esper_runtime.tolaria import TolariaTrainer
@@ -63,6 +64,29 @@ class GrownLayer(nn.Module):
             else:
                 out[:, s:e] = blended
         return out
+
+
+def wrap(model: nn.Module, config: KasminaConfig | None = None, *, artifacts=None, publisher=None,
+         run_id: str | None = None) -> MorphableModel:
+    """Put seeds into ``model``'s Linear and Conv2d layers (in place) and return it wrapped (appendix F.2).
+
+    What is not given comes from Esper's own setup: kernels from the artifact store under ``ESPER_HOME`` and events
+    to the configured broker (the local one, started if it is not running), so ``wrap(model, config.kasmina)``
+    is all a script needs. Pass ``publisher`` (e.g. an ``InMemoryPublisher``) to keep a run off the broker."""
+    if artifacts is None or publisher is None:
+        from esper_runtime.urza.store import ArtifactStore
+        from streams import Backbone
+
+        backbone = Backbone()
+        if artifacts is None:
+            artifacts = ArtifactStore(backbone.settings.home / "artifacts")
+        if publisher is None:
+            from esper_runtime.infra import LocalKafka
+
+            LocalKafka(backbone.settings).up(echo=print)
+            backbone.ensure_topics()
+            publisher = backbone.publisher()
+    return _wrap(model, config, artifacts=artifacts, publisher=publisher, run_id=run_id)
 
 
 def _recipe_module(child: nn.Module) -> tuple[nn.Module, str]:

@@ -124,7 +124,11 @@ def query(
 
 
 def _serve(bb: Backbone, topic: str, group: str, name: str, work) -> None:
-    """Run ``work(consumer)`` as a consumer-group worker on ``topic`` until it returns or Ctrl-C; always close."""
+    """Run ``work(consumer)`` as a consumer-group worker on ``topic`` until it returns or Ctrl-C; always close.
+    The worker's own log lines (each compilation, each measurement) go to stderr with a timestamp."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         consumer = bb.consumer([bb.resolve_topic(topic)], group_id=group, name=name)
     except EsperError as exc:

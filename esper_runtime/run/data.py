@@ -205,26 +205,27 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return order[:cut], order[cut:]
 
 
+def _targets(path: Path, yr, texts, task: str, classes: list[str] | None):
+    if task == "regression":
+        return yr.astype(np.float32)[:, None], []
+    return _labels(path, texts, classes)
+
+
 def _from_files(cfg: DataConfig, task: str) -> RunData:
+    # Targets are checked before any split, so an error names the file's own line.
     x, yr, names, texts = _read_table(cfg.train, cfg, task)
+    y, classes = _targets(cfg.train, yr, texts, task, None)
     if cfg.val is not None:
         vx, vyr, vnames, vtexts = _read_table(cfg.val, cfg, task)
         if vnames != names:
             raise DataError(f"{cfg.val}: feature columns {vnames[:10]} differ from {cfg.train}'s {names[:10]}")
+        vy, _ = _targets(cfg.val, vyr, vtexts, task, classes)
     else:
         tr, va = _split(x.shape[0], cfg.val_fraction, cfg.split_seed)
-        vx, x = x[va], x[tr]
-        if task == "regression":
-            vyr, yr = yr[va], yr[tr]
-        else:
-            vtexts, texts = [texts[i] for i in va], [texts[i] for i in tr]
-    classes: list[str] = []
+        x, vx, y, vy = x[tr], x[va], y[tr], y[va]
     if task == "regression":
-        y, vy = yr.astype(np.float32)[:, None], vyr.astype(np.float32)[:, None]
         n_out = 1
     else:
-        y, classes = _labels(cfg.train, texts, None)
-        vy, _ = _labels(cfg.val or cfg.train, vtexts, classes)
         n_out = len(classes) if classes else int(max(y.max(), vy.max())) + 1
     source = f"{cfg.train}" + (f" / {cfg.val}" if cfg.val else f" (validation: {cfg.val_fraction:.0%} held out)")
     return _tensors(x, y, vx, vy, cfg.standardize, n_out, f"{source}: {len(y)} train, {len(vy)} validation rows, "

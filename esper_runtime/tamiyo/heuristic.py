@@ -66,18 +66,22 @@ def compute_reward(outcome: str, pre: float, post: float, report: dict | None) -
 class TamiyoController:
     def __init__(self, model: MorphableModel, config: TamiyoConfig, urza: UrzaView | None = None,
                  publisher: Publisher | None = None, run_id: str | None = None):
-        if urza is None:  # the SDK journey: fold the library from the configured log
+        if urza is None:  # the SDK journey: kernels for this model's chunk widths, then the library from the log
+            from esper_runtime.run.library import ensure_library
             from esper_runtime.urza.library import load_view
             from streams.backbone import Backbone
 
             backbone = Backbone()
-            urza = load_view(backbone)
-            backbone.close()
+            try:
+                ensure_library(backbone, {b - a for layer in model.kasmina.layers for a, b in layer.bounds})
+                urza = load_view(backbone)
+            finally:
+                backbone.close()
         self.model = model
         self.kasmina = model.kasmina
         self.config = config
         self.urza = urza
-        self.publisher = publisher
+        self.publisher = publisher if publisher is not None else self.kasmina.publisher
         self.run_id = run_id or self.kasmina.run_id
         self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
         self.best_val_loss = float("inf")
