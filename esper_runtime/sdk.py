@@ -89,6 +89,19 @@ def wrap(model: nn.Module, config: KasminaConfig | None = None, *, artifacts=Non
     return _wrap(model, config, artifacts=artifacts, publisher=publisher, run_id=run_id)
 
 
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the training split's statistics, so a model saved by ``esper run`` takes the raw
+    features its data files had."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def _recipe_module(child: nn.Module) -> tuple[nn.Module, str]:
     """The module that owns a child's weights and knows its recipe, and its prefix inside the child."""
     if hasattr(child, "esper_recipe"):
@@ -139,7 +152,9 @@ def save_model(model: MorphableModel, path: str | Path, lineage: list[dict] | No
 def load_model(path: str | Path, host: nn.Module | None = None) -> nn.Module:
     """The grown network saved by ``save_model`` as a plain ``nn.Module`` (in eval mode): the host with each seeded
     layer replaced by a ``GrownLayer`` holding its children. ``host`` is a fresh instance of the model you wrapped;
-    a model saved by ``esper run`` rebuilds its own host when ``host`` is None."""
+    a model saved by ``esper run`` rebuilds its own host when ``host`` is None, and takes raw features: when the
+    run standardized them, the result is ``Sequential(Standardize, grown host)`` (``.classes`` names string
+    labels, in the order of the outputs)."""
     from esper_runtime.kasmina.kernels import module_from_recipe
 
     path = Path(path)
@@ -183,4 +198,8 @@ def load_model(path: str | Path, host: nn.Module | None = None) -> nn.Module:
             raise ModelFileError(f"{path}/model.pt has no {saved!r}: the host is not the model that was saved")
         new_state[key] = state[saved]
     host.load_state_dict(new_state)
+    spec = doc.get("host") or {}
+    if spec.get("scaling"):
+        host = nn.Sequential(Standardize(spec["scaling"]["mean"], spec["scaling"]["std"]), host)
+    host.classes = list(spec.get("classes") or [])
     return host.eval()

@@ -7,6 +7,7 @@ duplicates are skipped and counted, a version that skips ahead is a gap, reporte
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class RunView:
     final_params: int | None = None
     status: str | None = None
     failure: str | None = None
+    config: dict | None = None  # the run's resolved configuration, as RunStarted recorded it
     waits: dict[str, int] = field(default_factory=dict)  # Tamiyo's reasons for not acting, epochs each
 
     def apply(self, ev: Any, position: str = "") -> None:
@@ -107,6 +109,10 @@ class RunView:
 
     def _on_RunStarted(self, ev, position) -> None:
         self.task, self.host_params = ev.task, ev.host_params
+        try:
+            self.config = json.loads(ev.config_json) if ev.config_json else None
+        except ValueError:
+            self.config = None
         self._tell(ev, position, "run", f"run started: {ev.task}, {ev.host_params} parameters, "
                    f"{ev.epochs_planned} epochs planned")
 
@@ -150,7 +156,7 @@ class RunView:
     def summary(self) -> dict:
         return {"run_id": self.run_id, "task": self.task, "host_params": self.host_params,
                 "final_params": self.final_params, "final_accuracy": self.final_accuracy, "status": self.status,
-                "failure": self.failure, "no_growth_reason": self.no_growth_reason(),
+                "failure": self.failure, "no_growth_reason": self.no_growth_reason(), "config": self.config,
                 "epochs": len(self.epochs), "events": self.events, "seeds_germinated": self.germinated,
                 "seeds_fossilized": self.fossilized, "seeds_culled": self.culled, "field_reports": self.field_reports,
                 "seeds": dict(sorted(self.seeds.items())), "gaps": self.gaps, "duplicates": self.duplicates}

@@ -43,7 +43,7 @@ def _run_pipeline(console, make_prepared, options) -> dict:
     its data, 4 if nothing grew), and print the headline. Errors are one line, never a stack trace."""
     from esper_runtime.kasmina.exceptions import KernelLoadError
     from esper_runtime.run.data import DataError
-    from esper_runtime.run.pipeline import NoGrowth, run
+    from esper_runtime.run.pipeline import NoGrowth, RunBroke, run
     from esper_runtime.tamiyo.hierarchical import DomainError
     from esper_runtime.tamiyo.policy import PolicyError
     from streams import EsperError
@@ -62,8 +62,8 @@ def _run_pipeline(console, make_prepared, options) -> dict:
                       progress=_progress(console))
     except NoGrowth as exc:
         fail(4, exc)
-    except (DataError, DomainError, KernelLoadError) as exc:
-        fail(2, f"the run failed (a RunFailed event is on the log): {exc}")
+    except RunBroke as exc:
+        fail(2 if isinstance(exc.cause, (DataError, DomainError, KernelLoadError)) else 1, exc)
     except (EsperError, PolicyError) as exc:
         fail(1, exc)
     o = summary["over_seeds"]

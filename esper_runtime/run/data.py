@@ -37,6 +37,7 @@ class RunData:
     description: str
     classes: list[str] = field(default_factory=list)  # class names when the labels were strings
     checked: bool = True  # every value was checked finite on load (files, built-ins)
+    scaling: dict | None = None  # {"mean": [...], "std": [...]}: how raw features were standardized
 
 
 def import_factory(path: str, what: str):
@@ -233,14 +234,16 @@ def _from_files(cfg: DataConfig, task: str) -> RunData:
 
 
 def _tensors(x, y, vx, vy, standardize: bool, n_out: int, description: str, classes=()) -> RunData:
+    scaling = None
     if standardize:
         mean, std = x.mean(0), x.std(0)
         std = np.where(std > 0, std, 1.0)
         x, vx = (x - mean) / std, (vx - mean) / std
+        scaling = {"mean": mean.astype(float).tolist(), "std": std.astype(float).tolist()}
     as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a))  # noqa: E731
     return RunData(TensorDataset(as_t(x.astype(np.float32)), as_t(y)),
                    TensorDataset(as_t(vx.astype(np.float32)), as_t(vy)),
-                   int(x.shape[1]), n_out, description, list(classes))
+                   int(x.shape[1]), n_out, description, list(classes), scaling=scaling)
 
 
 def _builtin(cfg: DataConfig, task: str) -> RunData:

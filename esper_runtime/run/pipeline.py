@@ -27,7 +27,15 @@ from esper_runtime.run.config import ModelConfig, RunConfig
 from esper_runtime.run.data import DataError, RunData, call_factory, import_factory, load_data, make_loader
 from streams.exceptions import EsperError
 
-__all__ = ["RunOptions", "Prepared", "prepare", "run", "build_host", "NoGrowth"]
+__all__ = ["RunOptions", "Prepared", "prepare", "run", "build_host", "NoGrowth", "RunBroke"]
+
+
+class RunBroke(EsperError):
+    """A run failed after it started; its RunFailed event is on the log. ``cause`` is the original error."""
+
+    def __init__(self, run_id: str, cause: BaseException):
+        super().__init__(f"run {run_id} failed (a RunFailed event is on the log): {cause}")
+        self.run_id, self.cause = run_id, cause
 
 
 class NoGrowth(EsperError):
@@ -205,9 +213,16 @@ def _baseline(prep: Prepared, model_cfg: ModelConfig, seed: int, kind: str, publ
 
     model = build_host(model_cfg, prep.in_features, prep.n_outputs, seed).to(prep.device)
     run_id = f"{prep.cfg.name}-baseline-{kind}-{uuid.uuid4().hex[:8]}-s{seed}"
-    _, hist = _trainer(prep, model, None, publisher, run_id, f"{prep.cfg.name}-baseline-{kind}", seed).train()
+    _, hist = _train(_trainer(prep, model, None, publisher, run_id, f"{prep.cfg.name}-baseline-{kind}", seed))
     return {"accuracy": hist.epochs[-1]["val_accuracy"], "params": count_params(model), "run_id": run_id,
             "curve": [e["val_accuracy"] for e in hist.epochs]}
+
+
+def _train(trainer):
+    try:
+        return trainer.train()
+    except Exception as exc:  # noqa: BLE001 - Tolaria published RunFailed; say which run it was
+        raise RunBroke(trainer.run_id, exc) from exc
 
 
 def _policy(prep: Prepared, opts: RunOptions, bb, view, store, publisher, echo):
@@ -236,7 +251,7 @@ def _policy(prep: Prepared, opts: RunOptions, bb, view, store, publisher, echo):
         run_id = f"experience-{uuid.uuid4().hex[:8]}-s{seed}"
         _, _, trainer = _grown(experience, seed, run_id, store, view, publisher, None)
         trainer.task = f"{prep.cfg.name}-experience"
-        trainer.train()
+        _train(trainer)
     publisher.flush()
     result = train_from_log(bb, echo=echo)
     held = result.metrics["held_out"] or result.metrics["train"]
@@ -272,7 +287,8 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
                                         opts.out / "checkpoints" if seed == 0 else None)
         host_params = count_params(model)
         t0 = time.perf_counter()
-        model, history = trainer.train()
+        echo(f"seed {seed}: run {run_id}")
+        model, history = _train(trainer)
         grown_s = time.perf_counter() - t0
         frozen = _baseline(prep, cfg.model, seed, "frozen", publisher) if cfg.baselines.frozen else None
         large = _baseline(prep, prep.large, seed, "large", publisher) if prep.large is not None else None
@@ -364,7 +380,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     save_model(primary["model"], opts.out / "model", lineage=primary["tamiyo"].lineage,
                extra={"run_id": primary["run_id"], "task": cfg.name},
                host={"model": cfg.model.model_dump(mode="json"), "in_features": prep.in_features,
-                     "out_features": prep.n_outputs})
+                     "out_features": prep.n_outputs, "scaling": prep.data.scaling, "classes": prep.data.classes})
     (opts.out / "lineage.json").write_text((opts.out / "model" / "lineage.json").read_text())
     write_report(opts.out, summary, runs)
     if opts.require_growth and not any(germinated):

@@ -1,0 +1,138 @@
+"""The SDK's save/load round trip, the run's configuration and failure on the log, regression, and why nothing grew."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from esper_runtime.config import EsperConfig
+from esper_runtime.kasmina import wrap
+from esper_runtime.run.data import DataError
+from esper_runtime.sdk import load_model, save_model
+from esper_runtime.tamiyo import TamiyoController
+from esper_runtime.tolaria import TolariaTrainer
+from processors.run_view import RunView
+from processors.urza_view import UrzaView
+from streams.replay import MemorySource, ReplayReader
+
+from .conftest import host, spirals_small
+from .test_training_run import CFG, _run
+
+
+def _run_events(publisher, run_id):
+    view = RunView(run_id)
+    events = [e.decoded.typed() for e in ReplayReader(MemorySource(publisher.log), publisher.serde).events(
+        ["tolaria.run.events", "tamiyo.decisions", "kasmina.lifecycle.transitions", "innovation.field_reports"])]
+    for ev in events:
+        view.apply(ev)
+    return view, [ev for ev in events if ev.envelope.run_id == run_id]
+
+
+def test_a_grown_model_comes_back_without_the_runtime(library, publisher, tmp_path):
+    model, tamiyo, trainer = _run(library, publisher)
+    model, _ = trainer.train()
+    assert any(item["outcome"] == "FOSSILIZED" for item in tamiyo.lineage)
+    save_model(model, tmp_path / "model")  # no lineage given: the controller's
+    lineage = json.loads((tmp_path / "model" / "lineage.json").read_text())
+    assert lineage["adaptations"] == tamiyo.lineage and lineage["adaptations"]
+    grown = load_model(tmp_path / "model", host=host())
+    assert not hasattr(grown, "kasmina") and type(grown).__name__ == "Sequential"
+    x = spirals_small()[1][0]
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(grown(x), model(x), atol=1e-6)
+    children = sum(p.numel() for m in grown.modules() if hasattr(m, "children_") for p in m.children_.parameters())
+    assert children > 0 and sum(p.numel() for p in grown.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_load_model_refuses_a_host_that_is_not_the_saved_one(library, publisher, tmp_path):
+    model, _, trainer = _run(library, publisher)
+    model, _ = trainer.train()
+    save_model(model, tmp_path / "model")
+    with pytest.raises(Exception, match="not the model that was saved"):
+        load_model(tmp_path / "model", host=torch.nn.Sequential(torch.nn.Linear(2, 4)))
+    with pytest.raises(Exception, match="pass host="):
+        load_model(tmp_path / "model")
+
+
+def test_run_started_carries_the_configuration(library, publisher):
+    model, _, trainer = _run(library, publisher, epochs=2)
+    trainer.train()
+    _, events = _run_events(publisher, trainer.run_id)
+    config = json.loads(events[0].config_json)
+    assert config["tolaria"]["epochs"] == 2 and config["kasmina"]["chunk_size"] == 8
+    assert config["tamiyo"]["patience"] == CFG["tamiyo"]["patience"]
+
+
+class _Poisoned(Dataset):
+    """Finite rows except one, which a batch carries into training mid-epoch."""
+
+    def __init__(self, bad: int):
+        self.x, self.y = spirals_small()[0]
+        self.bad = bad
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i].clone()
+        if i == self.bad:
+            x[0] = float("nan")
+        return x, self.y[i]
+
+
+def test_a_run_that_fails_after_it_started_ends_with_run_failed(library, publisher):
+    store, view = library
+    config = EsperConfig.model_validate(CFG)
+    model = wrap(host(), config.kasmina, artifacts=store, publisher=publisher, run_id="run-bad")
+    trainer = TolariaTrainer(model, TamiyoController(model, config.tamiyo, view, publisher), config.tolaria,
+                             _Poisoned(bad=123), spirals_small()[1], publisher=publisher)
+    with pytest.raises(DataError, match="training batch .*NaN or infinity"):
+        trainer.train()
+    folded, events = _run_events(publisher, "run-bad")
+    assert type(events[-1]).__name__ == "RunFailed" and events[-1].error_type == "DataError"
+    assert folded.status == "failed" and "NaN" in folded.failure
+
+
+def test_labels_beyond_the_outputs_fail_the_run_with_the_batch_named(publisher):
+    (x, y), val = spirals_small()
+    trainer = TolariaTrainer(host(), None, EsperConfig().tolaria, (x, y + 5), val, publisher=publisher,
+                             run_id="run-labels")
+    with pytest.raises(DataError, match="training batch 0: label .* out of range for a model with 2 outputs"):
+        trainer.train()
+    assert _run_events(publisher, "run-labels")[0].status == "failed"
+
+
+def test_regression_reports_r2_and_rmse(publisher):
+    from sklearn.metrics import r2_score
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g)
+    y = (x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(400, 1, generator=g))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    cfg = EsperConfig.model_validate({"tolaria": {"epochs": 30, "batch_size": 32}}).tolaria
+    trainer = TolariaTrainer(net, None, cfg, (x[:300], y[:300]), (x[300:], y[300:]), publisher=publisher,
+                             objective="regression", run_id="run-reg")
+    _, history = trainer.train()
+    last = history.epochs[-1]
+    with torch.no_grad():
+        pred = net(x[300:])
+    assert last["val_r2"] == pytest.approx(r2_score(y[300:].numpy(), pred.numpy()), abs=1e-5)
+    assert last["val_rmse"] == pytest.approx(float(((pred - y[300:]) ** 2).mean().sqrt()), rel=1e-4)
+    assert last["val_accuracy"] == last["val_r2"] > 0.9
+
+
+def test_a_run_with_no_kernel_for_its_width_says_so(library, publisher):
+    store, _ = library
+    config = EsperConfig.model_validate(CFG)
+    model = wrap(host(), config.kasmina, artifacts=store, publisher=publisher, run_id="run-empty")
+    trainer = TolariaTrainer(model, TamiyoController(model, config.tamiyo, UrzaView(), publisher), config.tolaria,
+                             *spirals_small(), publisher=publisher)
+    trainer.train()
+    folded, _ = _run_events(publisher, "run-empty")
+    assert folded.germinated == 0
+    assert folded.no_growth_reason().startswith("no candidate: no validated kernel in Urza for chunk width 8")
+    assert any("nothing grew" in line["text"] for line in folded.story)
