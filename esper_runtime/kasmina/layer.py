@@ -68,6 +68,9 @@ class KasminaLayer(nn.Module):
         self._optimizers: dict[int, torch.optim.Optimizer] = {}
         self._step = 0
         self._samples = 0
+        # The first training step after a health reset is always sampled, so an epoch shorter than stats_every
+        # steps still tells Tamiyo how every chunk is doing.
+        self._sample_due = True
         # Phases that last a fixed number of training steps before the seed signals it is ready.
         self._fixed_phases = {Code.STABILIZATION: config.stabilize_steps, Code.EVALUATING: config.evaluate_steps,
                               Code.FINE_TUNING: config.evaluate_steps}
@@ -78,7 +81,7 @@ class KasminaLayer(nn.Module):
         y = self.base_layer(x)
         if self.training:
             self._step += 1
-            if self._step % self.config.stats_every == 0:
+            if self._sample_due or self._step % self.config.stats_every == 0:
                 self._observe(y)
         if not self._active:
             return y
@@ -164,6 +167,7 @@ class KasminaLayer(nn.Module):
     @torch.no_grad()
     def _observe(self, y: torch.Tensor) -> None:
         """Accumulate chunk statistics from a sample of at most ``stats_rows`` rows of this step's output."""
+        self._sample_due = False
         y = y.detach()
         if self.channel_dim == 1 and y.dim() == 4:
             # (B, C, H, W): a strided grid of pixels, so only the sample is copied
@@ -218,6 +222,7 @@ class KasminaLayer(nn.Module):
         recon = self.health_accumulator[:, HEALTH["recon_error"]].clone()
         self.health_accumulator.zero_()
         self.health_accumulator[:, HEALTH["recon_error"]] = recon
+        self._sample_due = True
 
     # ------------------------------------------------------------------ state changes (called by the controller)
     def set_state(self, i: int, code: Code, epoch: int) -> None:
