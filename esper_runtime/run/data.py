@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
 
 from esper_runtime.run.config import DataConfig
 from streams.exceptions import EsperError
@@ -288,6 +288,20 @@ def load_data(cfg: DataConfig, task: str) -> RunData:
     return _from_files(cfg, task)
 
 
+class Shuffled(Sampler):
+    """One permutation of the rows per epoch from the run's generator, and nothing else drawn from it (torch's
+    RandomSampler draws a second permutation at the end of each pass), so a run's batches follow from its seed."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def make_loader(data, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
                 num_workers: int = 0) -> DataLoader:
     """Mini-batches of a Dataset (or a ``(x, y)`` pair of tensors). In-memory tensors are sliced a batch at a time
@@ -296,9 +310,12 @@ def make_loader(data, batch_size: int, shuffle: bool, generator: torch.Generator
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         data = TensorDataset(*data)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    sampler = Shuffled(len(data), generator) if shuffle else SequentialSampler(data)
+    # The loader's own generator only seeds worker processes; without one it would draw from torch's global RNG
+    # every epoch, which seeds use (a TRAINING child's noise): runs would differ by how they load data.
+    own = torch.Generator().manual_seed(0)
     if isinstance(data, TensorDataset):
-        sampler = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
         return DataLoader(data, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                          num_workers=num_workers)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator if shuffle else None,
-                      num_workers=num_workers)
+                          num_workers=num_workers, generator=own)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=own)

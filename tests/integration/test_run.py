@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 def _free_port() -> int:
