@@ -16,7 +16,7 @@ from processors.urza_view import URZA_TOPICS, UrzaView
 from streams.backbone import Backbone
 from streams.exceptions import DecodeError
 
-__all__ = ["fold_run", "fold_runs", "fold_library", "verify", "RUN_TOPICS"]
+__all__ = ["fold_run", "fold_runs", "fold_library", "verify", "last_versions", "RUN_TOPICS"]
 
 RUN_TOPICS = ("kasmina.lifecycle.transitions", "tolaria.run.events", "innovation.field_reports", "tamiyo.decisions",
               "control.kasmina.commands", "kasmina.telemetry.seeds", "tolaria.system.state",
@@ -50,6 +50,21 @@ def fold_run(backbone: Backbone, run_id: str, **bounds) -> tuple[RunView, int]:
     """One run folded from the log (see ``fold_runs``)."""
     views, bad = fold_runs(backbone, [run_id], **bounds)
     return views[run_id], bad
+
+
+def last_versions(backbone: Backbone, run_id: str) -> dict[str, int]:
+    """Each originator's highest ``originator_version`` among the run's events: where a resumed run numbers on."""
+    versions: dict[str, int] = {}
+    serde = backbone.serde
+    for rec in backbone.replay_reader().records([backbone.resolve_topic(t) for t in RUN_TOPICS]):
+        try:
+            _, envelope = serde.peek(rec.value, rec.topic)
+        except DecodeError:
+            continue
+        if envelope["run_id"] == run_id:
+            origin = envelope["originator_id"]
+            versions[origin] = max(versions.get(origin, 0), int(envelope["originator_version"]))
+    return versions
 
 
 def fold_library(backbone: Backbone, **bounds) -> UrzaView:

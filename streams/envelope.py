@@ -39,5 +39,11 @@ class EnvelopeFactory:
             producer=self.producer,
         )
 
+    def continue_from(self, versions: dict[str, int]) -> None:
+        """Number on from ``versions`` (each originator's last version, e.g. folded from the log), never back."""
+        for originator, version in versions.items():
+            if version > self._versions.get(originator, 0):
+                self._versions[originator] = version
+
     def version(self, originator_id: str) -> int:
         return self._versions.get(originator_id, 0)

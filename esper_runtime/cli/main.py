@@ -64,6 +64,8 @@ def _run_pipeline(console, make_prepared, options) -> dict:
         fail(4, exc)
     except RunBroke as exc:
         fail(2 if isinstance(exc.cause, (DataError, DomainError, KernelLoadError)) else 1, exc)
+    except DataError as exc:  # e.g. --resume with a changed configuration
+        fail(2, exc)
     except (EsperError, PolicyError) as exc:
         fail(1, exc)
     o = summary["over_seeds"]
@@ -92,6 +94,8 @@ def run_command(
                                "baselines (see the guide's config reference)."),
     out: str = typer.Option("out/run", help="Where summary.json, report.md, lineage.json, model/ and checkpoints/ go."),
     policy: str = typer.Option(None, help="With controller: gnn, a policy directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue each seed's grown run from its checkpoint under "
+                                "OUT/checkpoints/ (same config) instead of starting new runs."),
 ) -> None:
     """Grow your own model on your own data, with the same outputs and baselines as the demo."""
     from pathlib import Path
@@ -100,7 +104,7 @@ def run_command(
     from esper_runtime.run.pipeline import RunOptions, prepare
 
     _run_pipeline(_console(), lambda: prepare(load_run_config(config)),
-                  RunOptions(out=Path(out), policy=Path(policy) if policy else None))
+                  RunOptions(out=Path(out), policy=Path(policy) if policy else None, resume=resume))
 
 
 @app.command()

@@ -48,6 +48,7 @@ class RunOptions:
     policy: Path | None = None  # gnn: a policy directory (default: the latest Simic trained)
     experience_runs: int = 4  # gnn without a policy: heuristic runs logged first, for Simic to learn from
     require_growth: bool = True  # finishing with nothing germinated is an error (NoGrowth)
+    resume: bool = False  # continue each seed's grown run from its checkpoint in out/checkpoints/s<seed>/
 
 
 @dataclass
@@ -225,6 +226,37 @@ def _train(trainer):
         raise RunBroke(trainer.run_id, exc) from exc
 
 
+def _previous(checkpoints: Path, cfg: RunConfig, seed: int) -> str | None:
+    """The run id of a seed's checkpointed run, if its configuration is this one (None: no checkpoint)."""
+    try:
+        meta = json.loads((checkpoints / "last.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--resume: {checkpoints / 'last.json'} is unreadable: {exc}") from None
+    wanted = cfg.model_dump(mode="json") | {"random_seed": seed}
+    if meta.get("config") != wanted:
+        changed = sorted(k for k in set(wanted) | set(meta.get("config") or {})
+                         if wanted.get(k) != (meta.get("config") or {}).get(k))
+        raise DataError(f"--resume: the configuration changed since {checkpoints} was written "
+                        f"(sections: {', '.join(changed)}); resume with the same config, or start a new --out")
+    return meta["run_id"]
+
+
+def _resume(bb, trainer, checkpoints: Path, echo):
+    """Continue a seed's grown run from its checkpoint, numbering its events on from what the log already holds;
+    a run the log shows completed is only restored."""
+    from processors.verify import fold_run, last_versions
+
+    fold, _ = fold_run(bb, trainer.run_id)
+    epoch = trainer.resume(checkpoints, last_versions(bb, trainer.run_id), max(fold.epochs, default=0), fold.seeds)
+    if fold.status == "completed" and epoch >= trainer.config.epochs:
+        echo(f"{trainer.run_id}: completed on the log; restored from its last checkpoint")
+        return trainer.model, trainer.history
+    echo(f"{trainer.run_id}: resuming after epoch {epoch} (the log had {max(fold.epochs, default=0)})")
+    return _train(trainer)
+
+
 def _policy(prep: Prepared, opts: RunOptions, bb, view, store, publisher, echo):
     """The GNN policy: the one given, else the latest Simic trained, else one trained now from heuristic runs
     logged first (the policy only ever learns from events on the log)."""
@@ -282,13 +314,17 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     policy = _policy(prep, opts, bb, view, store, publisher, echo) if cfg.controller == "gnn" else None
     runs = []
     for seed in range(cfg.seeds):
-        run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}-s{seed}"
-        model, tamiyo, trainer = _grown(prep, seed, run_id, store, view, publisher, policy,
-                                        opts.out / "checkpoints" if seed == 0 else None)
+        checkpoints = opts.out / "checkpoints" / f"s{seed}"
+        previous = _previous(checkpoints, cfg, seed) if opts.resume else None
+        run_id = previous or f"{cfg.name}-{uuid.uuid4().hex[:8]}-s{seed}"
+        model, tamiyo, trainer = _grown(prep, seed, run_id, store, view, publisher, policy, checkpoints)
         host_params = count_params(model)
         t0 = time.perf_counter()
-        echo(f"seed {seed}: run {run_id}")
-        model, history = _train(trainer)
+        if previous:
+            model, history = _resume(bb, trainer, checkpoints, echo)
+        else:
+            echo(f"seed {seed}: run {run_id}")
+            model, history = _train(trainer)
         grown_s = time.perf_counter() - t0
         frozen = _baseline(prep, cfg.model, seed, "frozen", publisher) if cfg.baselines.frozen else None
         large = _baseline(prep, prep.large, seed, "large", publisher) if prep.large is not None else None

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import statistics
 import time
 import uuid
@@ -74,6 +75,29 @@ class Checkpoint:
     checkpoint_id: str
 
 
+def _write_tensors(path: Path, obj) -> str:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_tensors(path: Path, sha256: str):
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path.name}: its SHA-256 does not match the checkpoint's record")
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -125,6 +149,7 @@ class TolariaTrainer:
         self.optimizer = self._new_optimizer()
         self._last_good: Checkpoint | None = None
         self._recent_losses: list[float] = []
+        self._resumed: int | None = None  # the checkpoint epoch this trainer continues after (resume())
 
     @property
     def device(self) -> torch.device:
@@ -181,9 +206,10 @@ class TolariaTrainer:
         The run is on the log from ``RunStarted`` to ``RunCompleted``; if anything goes wrong once it has started
         (bad data in a batch, an error in the model, Ctrl-C) a ``RunFailed`` says why before the error propagates,
         so no run stays open on the log."""
-        self._publish(RunStarted(envelope=self._env(), task=self.task,
-                                 config_json=json.dumps(self.resolved_config(), sort_keys=True, default=str),
-                                 host_params=count_params(self.model), epochs_planned=self.config.epochs))
+        if self._resumed is None:
+            self._publish(RunStarted(envelope=self._env(), task=self.task,
+                                     config_json=json.dumps(self.resolved_config(), sort_keys=True, default=str),
+                                     host_params=count_params(self.model), epochs_planned=self.config.epochs))
         try:
             status = self._loop()
         except BaseException as exc:
@@ -203,9 +229,12 @@ class TolariaTrainer:
 
     def _loop(self) -> str:
         cfg = self.config
-        torch.manual_seed(cfg.seed)
-        self._checkpoint(0)
-        epoch = 1
+        if self._resumed is None:
+            torch.manual_seed(cfg.seed)
+            self._checkpoint(0)
+            epoch = 1
+        else:
+            epoch = self._resumed + 1
         while epoch <= cfg.epochs:
             self.epoch = epoch
             t0 = time.perf_counter()
@@ -243,7 +272,7 @@ class TolariaTrainer:
             self.history.epochs.append(record)
             if self.on_epoch is not None:
                 self.on_epoch(self.history.epochs[-1])
-            if epoch % cfg.checkpoint_every == 0:
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:  # the last one always: resume finds the end
                 self._checkpoint(epoch)
             epoch += 1
         return "completed"
@@ -375,21 +404,87 @@ class TolariaTrainer:
         path, digest = "", ""
         if self.checkpoint_dir is not None:
             # Tensors in a weights-only loadable file; everything else beside it as JSON (nothing to unpickle).
+            # Each file is written aside and renamed, the JSON last: a crash mid-checkpoint leaves the previous one.
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            torch.save(ckpt.model_state, buf)
-            data = buf.getvalue()
-            digest = hashlib.sha256(data).hexdigest()
-            target = self.checkpoint_dir / "last.pt"
-            target.write_bytes(data)
-            (self.checkpoint_dir / "last.json").write_text(json.dumps({
-                "checkpoint_id": ckpt.checkpoint_id, "epoch": epoch, "run_id": self.run_id, "model_sha256": digest,
-                "kasmina": ckpt.structure, "tamiyo": ckpt.tamiyo_state,
+            digest = _write_tensors(self.checkpoint_dir / "last.pt", ckpt.model_state)
+            resume_digest = _write_tensors(self.checkpoint_dir / "resume.pt", {
+                "optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state(),
+                "torch_rng": torch.get_rng_state()})
+            names = {p: n for n, p in self.model.named_parameters()}
+            _write_text(self.checkpoint_dir / "last.json", json.dumps({
+                "checkpoint_id": ckpt.checkpoint_id, "epoch": epoch, "run_id": self.run_id, "task": self.task,
+                "model_sha256": digest, "resume_sha256": resume_digest, "kasmina": ckpt.structure,
+                "tamiyo": ckpt.tamiyo_state, "lineage": self.kasmina.lineage if self.kasmina is not None else [],
+                "config": self.resolved_config(), "global_step": self.global_step,
+                "born": {names[p]: b for p, b in self._born.items() if p in names},
+                "recent_losses": self._recent_losses, "history": {"epochs": self.history.epochs,
+                                                                  "rollbacks": self.history.rollbacks},
                 "offsets": [{"topic": t, "partition": p, "offset": o} for t, p, o in ckpt.offsets]}, indent=1))
-            path = str(target)
+            path = str(self.checkpoint_dir / "last.pt")
         self._publish(CheckpointSaved(envelope=self._env(), epoch=epoch, checkpoint_id=ckpt.checkpoint_id, path=path,
                                       sha256=digest, offsets=[TopicOffset(topic=t, partition=p, offset=o)
                                                               for t, p, o in ckpt.offsets]))
+
+    def resume(self, checkpoint_dir: str | Path | None = None, log_versions: dict[str, int] | None = None,
+               log_epoch: int = 0, log_seeds: dict[str, str] | None = None) -> int:
+        """Continue this run from the checkpoint ``checkpoint_dir`` holds (default: the trainer's own) instead of
+        starting it: the model, seeds, Tamiyo, optimizer, random state and history come back as they were at that
+        epoch boundary; ``train()`` then goes on from the next epoch. ``log_versions`` (each originator's last
+        version on the log) keeps every event sequence gapless; epochs the log has past the checkpoint
+        (``log_epoch``) are taken back with a ``RollbackPerformed``; if the log's seed states (``log_seeds``) moved
+        past the checkpoint's, resuming would contradict them and is refused. Returns the checkpoint's epoch."""
+        folder = Path(checkpoint_dir) if checkpoint_dir is not None else self.checkpoint_dir
+        if folder is None:
+            raise TrainingError("resume: no checkpoint folder")
+        try:
+            meta = json.loads((folder / "last.json").read_text())
+            model_state = _read_tensors(folder / "last.pt", meta["model_sha256"])
+            extra = _read_tensors(folder / "resume.pt", meta["resume_sha256"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise TrainingError(f"resume: {folder} holds no usable checkpoint: {exc}") from None
+        if meta["run_id"] != self.run_id:
+            raise TrainingError(f"resume: {folder} is run {meta['run_id']}'s checkpoint, not {self.run_id}'s")
+        if log_seeds is not None and self.kasmina is not None:
+            moved = [f"seed/{e['layer']}/{e['seed']}" for e in meta["kasmina"]
+                     if log_seeds.get(f"seed/{e['layer']}/{e['seed']}", "DORMANT") != Code(e["code"]).name]
+            if moved:
+                raise TrainingError(f"resume: the log has seeds past the checkpoint of epoch {meta['epoch']} "
+                                    f"({', '.join(moved[:5])}); resuming would contradict it")
+        if self.kasmina is not None:
+            self.kasmina.restore(meta["kasmina"])
+        self.model.load_state_dict(model_state)
+        if self.kasmina is not None:
+            self.kasmina.reseal()
+            self.kasmina.lineage[:] = meta.get("lineage", [])
+        if self.controller is not None:
+            self.controller.load_state_dict(meta["tamiyo"])
+        params = dict(self.model.named_parameters())
+        self._born = {params[n]: b for n, b in meta["born"].items() if n in params}
+        self.optimizer = self._new_optimizer(epoch=meta["epoch"] + 1)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self._gen.set_state(extra["generator"])
+        torch.set_rng_state(extra["torch_rng"])
+        self.global_step = meta["global_step"]
+        self._recent_losses = list(meta["recent_losses"])
+        self.history = History(list(meta["history"]["epochs"]), list(meta["history"]["rollbacks"]))
+        for factory in self._envelope_factories():
+            factory.continue_from(log_versions or {})
+        self._resumed = meta["epoch"]
+        self._last_good = Checkpoint(meta["epoch"], {k: v.clone() for k, v in model_state.items()}, meta["kasmina"],
+                                     meta["tamiyo"], [], meta["checkpoint_id"])
+        if log_epoch > meta["epoch"]:
+            self._publish(RollbackPerformed(envelope=self._env(), from_epoch=log_epoch, to_epoch=meta["epoch"],
+                                            checkpoint_id=meta["checkpoint_id"], trigger="resume",
+                                            reason=f"resumed from the checkpoint of epoch {meta['epoch']}"))
+        return meta["epoch"]
+
+    def _envelope_factories(self):
+        yield self.envelopes
+        if self.kasmina is not None:
+            yield self.kasmina.envelopes
+            yield self.kasmina._command_envelopes
+        if self.controller is not None:
+            yield self.controller.envelopes
 
     def _rollback(self, epoch: int, trigger: str) -> int:
         ckpt = self._last_good

@@ -83,7 +83,7 @@ def test_a_user_grows_an_mlp_on_their_csv(user):
     assert summary["kernels_available"]["4"] >= 1 and summary["seeds_germinated"] >= 1
     assert summary["large_baseline_params"] == 2 * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2  # the 4x-wide rule
     for name in ("report.md", "accuracy.png", "lineage.json", "model/model.pt", "model/grown.json",
-                 "checkpoints/last.pt"):
+                 "checkpoints/s0/last.pt"):
         assert (out / name).exists(), name
     # the processors ran beside it: the run is in SQL with no manual sink
     res = _esper(env, "sql", "--format", "json",
@@ -115,3 +115,54 @@ def test_a_run_that_breaks_mid_way_says_why_and_closes_on_the_log(user):
     run_id = next(w for w in res.stderr.split() if w.startswith("poisoned-"))
     state = _replayed(env, run_id)
     assert state["status"] == "failed" and "NaN" in state["failure"]
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(user):
+    import signal
+    import time
+
+    tmp, env = user
+    (tmp / "long.yaml").write_text((tmp / "run.yaml").read_text().replace("epochs: 40", "epochs: 400")
+                                   .replace("name: rings", "name: long-rings"))
+    out = tmp / "long"
+    log = (tmp / "long.err").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "run", "--config", str(tmp / "long.yaml"),
+                             "--out", str(out)], stderr=log, stdout=subprocess.DEVNULL, env=env)
+    orphans = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((out / "checkpoints" / "s0" / "last.json").read_text())["epoch"] >= 30:
+                    break
+            except (OSError, ValueError):
+                pass
+            assert proc.poll() is None, (tmp / "long.err").read_text()[-2000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)  # no RunFailed, no clean-up: a machine that went away
+        proc.wait()
+        log.close()
+        orphans = [int(w.strip("(,")) for line in (tmp / "long.err").read_text().splitlines()
+                   if "processors started (pid" in line for w in line.split()[3:4]]
+        res = _esper(env, "run", "--config", str(tmp / "long.yaml"), "--out", str(out), "--resume")
+        assert res.returncode in (0, 4), res.stderr[-3000:]
+        assert "resuming after epoch" in res.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        state = _replayed(env, summary["run_id"])
+        assert state["status"] == "completed" and state["epochs"] == 400 and state["gaps"] == []
+        assert summary["replay_matches"] is True
+        res = _esper(env, "run", "--config", str(tmp / "long.yaml"), "--out", str(out), "--resume")
+        assert "completed on the log" in res.stderr and json.loads((out / "summary.json").read_text())[
+            "final_accuracy"] == summary["final_accuracy"]
+        changed = (tmp / "long.yaml").read_text().replace("epochs: 400", "epochs: 401")
+        (tmp / "changed.yaml").write_text(changed)
+        res = _esper(env, "run", "--config", str(tmp / "changed.yaml"), "--out", str(out), "--resume")
+        assert res.returncode == 2 and "configuration changed" in res.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in orphans:  # the killed run's processors, by the PID it printed
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

@@ -136,3 +136,45 @@ def test_a_run_with_no_kernel_for_its_width_says_so(library, publisher):
     assert folded.germinated == 0
     assert folded.no_growth_reason().startswith("no candidate: no validated kernel in Urza for chunk width 8")
     assert any("nothing grew" in line["text"] for line in folded.story)
+
+
+def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publisher, tmp_path):
+    def make(run_id, checkpoints):
+        store, view = library
+        config = EsperConfig.model_validate(CFG)
+        model = wrap(host(), config.kasmina, artifacts=store, publisher=publisher, run_id=run_id)
+        tamiyo = TamiyoController(model, config.tamiyo, view, publisher)
+        return TolariaTrainer(model, tamiyo, config.tolaria, *spirals_small(), publisher=publisher,
+                              checkpoint_dir=checkpoints)
+
+    _, straight = make("run-straight", tmp_path / "a").train()
+
+    def stop_at_9(record):
+        if record["epoch"] == 9:
+            raise KeyboardInterrupt  # after epoch 9's events, before its checkpoint: the log is ahead by one
+    first = make("run-resumed", tmp_path / "b")
+    first.on_epoch = stop_at_9
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    folded, _ = _run_events(publisher, "run-resumed")
+    assert folded.status == "failed" and max(folded.epochs) == 9
+
+    versions = {}
+    from processors.verify import RUN_TOPICS
+
+    for item in ReplayReader(MemorySource(publisher.log), publisher.serde).events(list(RUN_TOPICS)):
+        env = item.decoded.typed().envelope
+        if env.run_id == "run-resumed":
+            versions[env.originator_id] = max(versions.get(env.originator_id, 0), env.originator_version)
+    second = make("run-resumed", tmp_path / "b")
+    assert second.resume(log_versions=versions, log_epoch=9, log_seeds=folded.seeds) == 8
+    assert second.controller.in_flight or second.kasmina.lineage  # growth was under way: the seeds came back too
+    _, history = second.train()
+    assert [e["epoch"] for e in history.epochs] == list(range(1, 15))
+    assert history.epochs[-1]["val_accuracy"] == straight.epochs[-1]["val_accuracy"]
+    assert history.epochs[-1]["params"] == straight.epochs[-1]["params"]
+    folded, _ = _run_events(publisher, "run-resumed")
+    assert folded.status == "completed" and folded.gaps == [] and folded.duplicates == 0
+    assert sorted(folded.epochs) == list(range(1, 15))
+    with pytest.raises(Exception, match="not run-other's"):
+        make("run-other", tmp_path / "c").resume(tmp_path / "b")
