@@ -152,3 +152,28 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path):
 def test_the_cli_refuses_a_missing_config(tmp_path):
     res = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "none.yaml")])
     assert res.exit_code == 2 and "cannot read" in res.output
+
+
+def test_npz_and_parquet_files_and_a_regression_target(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    y = x @ np.array([1.0, -1.0, 0.5]) + 0.1
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    cfg = _config(tmp_path, "data: {train: train.npz, target: y}\nmodel: {mlp: [4]}\ntask: regression\n", None)
+    prep = prepare(load_run_config(cfg))
+    assert (prep.in_features, prep.n_outputs) == (3, 1) and prep.data.train.tensors[1].shape[1] == 1
+    x[7, 2] = np.inf
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"x\[7, 2\] is inf"):
+        prepare(load_run_config(cfg))
+
+    frame = pd.DataFrame({"f1": rng.normal(size=40), "f2": rng.normal(size=40), "label": rng.integers(0, 4, 40)})
+    frame.to_parquet(tmp_path / "train.parquet")
+    prep = prepare(load_run_config(_config(tmp_path, "data: {train: train.parquet}\nmodel: {mlp: [4]}\n", None)))
+    assert (prep.in_features, prep.n_outputs) == (2, 4)
+    frame.loc[3, "f2"] = np.nan
+    frame.to_parquet(tmp_path / "train.parquet")
+    assert "row 3, column 'f2': is NaN" in _refused(tmp_path, "data: {train: train.parquet}\nmodel: {mlp: [4]}\n", None)
