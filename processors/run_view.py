@@ -118,7 +118,7 @@ class RunView:
 
     def _on_EpochCompleted(self, ev, position) -> None:
         self.epochs[ev.epoch] = {"val_accuracy": ev.val_accuracy, "val_loss": ev.val_loss, "params": ev.params,
-                                 "train_loss": ev.train_loss}
+                                 "train_loss": ev.train_loss, "train_flops": ev.train_flops}
 
     def _on_RollbackPerformed(self, ev, position) -> None:
         for epoch in [e for e in self.epochs if e > ev.to_epoch]:

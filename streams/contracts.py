@@ -553,6 +553,7 @@ class EpochCompleted:
     params: int
     learning_rate: float
     duration_ms: float
+    train_flops: int = 0
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -564,6 +565,7 @@ class EpochCompleted:
             "params": self.params,
             "learning_rate": self.learning_rate,
             "duration_ms": self.duration_ms,
+            "train_flops": self.train_flops,
         }
 
     @classmethod
@@ -577,6 +579,7 @@ class EpochCompleted:
             params=d["params"],
             learning_rate=d["learning_rate"],
             duration_ms=d["duration_ms"],
+            train_flops=d.get("train_flops", 0),
         )
 
 

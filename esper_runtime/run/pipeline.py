@@ -214,9 +214,10 @@ def _baseline(prep: Prepared, model_cfg: ModelConfig, seed: int, kind: str, publ
 
     model = build_host(model_cfg, prep.in_features, prep.n_outputs, seed).to(prep.device)
     run_id = f"{prep.cfg.name}-baseline-{kind}-{uuid.uuid4().hex[:8]}-s{seed}"
-    _, hist = _train(_trainer(prep, model, None, publisher, run_id, f"{prep.cfg.name}-baseline-{kind}", seed))
+    trainer = _trainer(prep, model, None, publisher, run_id, f"{prep.cfg.name}-baseline-{kind}", seed)
+    _, hist = _train(trainer)
     return {"accuracy": hist.epochs[-1]["val_accuracy"], "params": count_params(model), "run_id": run_id,
-            "curve": [e["val_accuracy"] for e in hist.epochs]}
+            "curve": [e["val_accuracy"] for e in hist.epochs], "flops": trainer.flops_total}
 
 
 def _train(trainer):

@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +120,8 @@ class TolariaTrainer:
                  config: TolariaConfig | None = None, train_data=None, val_data=None,
                  publisher: Publisher | None = None, run_id: str | None = None, task: str = "",
                  loss_fn: nn.Module | None = None, checkpoint_dir: str | Path | None = None, on_epoch=None,
-                 objective: str = "classification", run_config: dict | None = None, num_workers: int = 0):
+                 objective: str = "classification", run_config: dict | None = None, num_workers: int = 0,
+                 count_flops: bool = True):
         if train_data is None or val_data is None:
             raise TrainingError("TolariaTrainer needs train_data and val_data: torch Datasets of (features, target), "
                                 "DataLoaders or (x, y) tensor pairs")
@@ -150,6 +152,9 @@ class TolariaTrainer:
         self._last_good: Checkpoint | None = None
         self._recent_losses: list[float] = []
         self._resumed: int | None = None  # the checkpoint epoch this trainer continues after (resume())
+        self.count_flops = count_flops
+        self.epoch_flops = 0
+        self.flops_total = 0  # every published epoch's train_flops, re-trained epochs included (as SQL sums them)
 
     @property
     def device(self) -> torch.device:
@@ -249,7 +254,9 @@ class TolariaTrainer:
                 state = EpochState(epoch, train_loss, val_loss, val_acc)
                 self._publish(EpochCompleted(envelope=self._env(), epoch=epoch, train_loss=train_loss,
                                              val_loss=val_loss, val_accuracy=val_acc, params=count_params(self.model),
-                                             learning_rate=lr, duration_ms=(time.perf_counter() - t0) * 1000))
+                                             learning_rate=lr, duration_ms=(time.perf_counter() - t0) * 1000,
+                                             train_flops=self.epoch_flops))
+                self.flops_total += self.epoch_flops
                 self._publish(SystemStatePacket(
                     envelope=self._env(), epoch=epoch, global_step=self.global_step, train_loss=train_loss,
                     val_loss=val_loss, val_accuracy=val_acc,
@@ -266,7 +273,7 @@ class TolariaTrainer:
                 epoch = self._rollback(epoch, trigger)
                 continue
             record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
-                      "params": count_params(self.model), "lr": lr}
+                      "params": count_params(self.model), "lr": lr, "train_flops": self.epoch_flops}
             if self.objective == "regression":
                 record |= {"val_r2": val_acc, "val_rmse": math.sqrt(max(val_loss, 0.0))}
             self.history.epochs.append(record)
@@ -308,19 +315,30 @@ class TolariaTrainer:
         return self.loss_fn(out, y.to(out.dtype))
 
     def _train_epoch(self) -> float:
+        """One pass over the training data; ``self.epoch_flops`` gets the pass's counted FLOPs: the first step runs
+        under torch's FlopCounterMode (forward, backward, a seed's own TRAINING step; the optimizer's elementwise
+        update is not counted) and the rest are scaled from it by rows."""
+        from torch.utils.flop_counter import FlopCounterMode
+
         self.model.train()
         total, count = 0.0, 0
+        first_flops, first_rows = 0, 0
         for index, batch in enumerate(self.train_loader):
             x, y = self._batch(batch, index, "training")
-            loss = self._loss(self.model(x), y, index, "training")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            counter = FlopCounterMode(display=False) if index == 0 and self.count_flops else None
+            with counter if counter is not None else nullcontext():
+                loss = self._loss(self.model(x), y, index, "training")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            if counter is not None:
+                first_flops, first_rows = counter.get_total_flops(), len(x)
             self.optimizer.step()
             total += loss.item() * len(x)
             count += len(x)
             self.global_step += 1
         if count == 0:
             raise DataError("the training data yielded no batches")
+        self.epoch_flops = int(first_flops * count / first_rows) if first_rows else 0
         return total / count
 
     @torch.no_grad()

@@ -7,8 +7,10 @@ CREATE DATABASE IF NOT EXISTS esper;
 CREATE TABLE IF NOT EXISTS esper.epochs (
     run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'),
     train_loss Float64, val_loss Float64, val_accuracy Float64, params UInt64, learning_rate Float64,
-    duration_ms Float64, event_id String
+    duration_ms Float64, event_id String, train_flops UInt64 DEFAULT 0
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
+-- stores made before training FLOPs were counted
+ALTER TABLE esper.epochs ADD COLUMN IF NOT EXISTS train_flops UInt64 DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS esper.seed_telemetry (
     run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), layer_id UInt32, layer_name String,

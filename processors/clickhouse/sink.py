@@ -29,7 +29,8 @@ def rows_for_record(name: str, r: dict) -> list[tuple[str, dict]]:
     if short == "EpochCompleted":
         return [("epochs", {**run, "epoch": r["epoch"], **_base(env), "train_loss": r["train_loss"],
                             "val_loss": r["val_loss"], "val_accuracy": r["val_accuracy"], "params": r["params"],
-                            "learning_rate": r["learning_rate"], "duration_ms": r["duration_ms"]})]
+                            "learning_rate": r["learning_rate"], "duration_ms": r["duration_ms"],
+                            "train_flops": r.get("train_flops", 0)})]
     if short == "SeedTelemetry":
         common = {**run, "epoch": r["epoch"], **_base(env), "layer_id": r["layer_id"], "layer_name": r["layer_name"]}
         return [("seed_telemetry", {**common, "seed_id": s["seed_id"], "state": s["state"], "alpha": s["alpha"],
