@@ -154,6 +154,7 @@ class TolariaTrainer:
         self._resumed: int | None = None  # the checkpoint epoch this trainer continues after (resume())
         self.count_flops = count_flops
         self.epoch_flops = 0
+        self._flops_per_row: dict[tuple, float] = {}
         self.flops_total = 0  # every published epoch's train_flops, re-trained epochs included (as SQL sums them)
 
     @property
@@ -314,31 +315,39 @@ class TolariaTrainer:
                             f"{tuple(y.shape)}")
         return self.loss_fn(out, y.to(out.dtype))
 
+    def _flops_key(self) -> tuple:
+        """What one step's FLOPs per row depend on: the parameters that exist and train, and each seed's phase."""
+        params = tuple((p.numel(), p.requires_grad) for p in self.model.parameters())
+        seeds = tuple(c for _, _, c in self.kasmina.seeds()) if self.kasmina is not None else ()
+        return params, seeds
+
     def _train_epoch(self) -> float:
-        """One pass over the training data; ``self.epoch_flops`` gets the pass's counted FLOPs: the first step runs
-        under torch's FlopCounterMode (forward, backward, a seed's own TRAINING step; the optimizer's elementwise
-        update is not counted) and the rest are scaled from it by rows."""
+        """One pass over the training data; ``self.epoch_flops`` gets the pass's counted FLOPs. Whenever the model's
+        shape or a seed's phase is new, the first step runs under torch's FlopCounterMode (forward, backward, a
+        seed's own TRAINING step; the optimizer's elementwise update is not counted); the epoch's FLOPs are that
+        step's per row times the rows trained."""
         from torch.utils.flop_counter import FlopCounterMode
 
         self.model.train()
         total, count = 0.0, 0
-        first_flops, first_rows = 0, 0
+        key = self._flops_key() if self.count_flops else None
+        per_row = self._flops_per_row.get(key) if key is not None else None
         for index, batch in enumerate(self.train_loader):
             x, y = self._batch(batch, index, "training")
-            counter = FlopCounterMode(display=False) if index == 0 and self.count_flops else None
+            counter = FlopCounterMode(display=False) if key is not None and per_row is None else None
             with counter if counter is not None else nullcontext():
                 loss = self._loss(self.model(x), y, index, "training")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             if counter is not None:
-                first_flops, first_rows = counter.get_total_flops(), len(x)
+                per_row = self._flops_per_row[key] = counter.get_total_flops() / len(x)
             self.optimizer.step()
             total += loss.item() * len(x)
             count += len(x)
             self.global_step += 1
         if count == 0:
             raise DataError("the training data yielded no batches")
-        self.epoch_flops = int(first_flops * count / first_rows) if first_rows else 0
+        self.epoch_flops = round(per_row * count) if per_row is not None else 0
         return total / count
 
     @torch.no_grad()
