@@ -22,7 +22,8 @@ class IRModule(nn.Module):
         self.esper_recipe = {"kind": "ir", "ir": ir.doc}  # how save_model / load_model rebuild it
         self.features = ir.features
         order = topo_order(ir.doc)
-        widths = {"x": ir.features}
+        widths = {"x": ir.features, **({"u": ir.in_features} if ir.in_features is not None else {})}
+        self.in_features = ir.in_features  # None: the module reads only the chunk
         self.steps: list[tuple[str, tuple[str, ...]]] = []
         self.nodes = nn.ModuleDict()
         for node in order:
@@ -34,8 +35,11 @@ class IRModule(nn.Module):
             self.steps.append((node["id"], tuple(node["inputs"])))
         self.output = ir.doc["output"]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values = {"x": x}
+    def forward(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: the chunk (batch, F); ``u``: the layer's input (batch, D), for a design that reads it."""
+        if self.in_features is not None and u is None:
+            raise ValueError("this module reads the layer's input: call it with (chunk, layer_input)")
+        values = {"x": x, "u": u}
         for nid, inputs in self.steps:
             values[nid] = self.nodes[nid](*(values[s] for s in inputs))
         return values[self.output]

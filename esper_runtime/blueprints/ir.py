@@ -1,8 +1,10 @@
 """BlueprintIR: a declarative, versioned description of a seed's child module.
 
-A blueprint is a small graph of typed ops over one input, ``x``: the seed's chunk, shape ``(batch, F)``. Sizes in
-ops may be integers or relative to ``F`` (``{"F": 0.25}`` means ``max(1, round(F * 0.25))``), so one blueprint fits
-every chunk width; ``instantiate(F)`` resolves them. The IR is data only: it is interpreted through a fixed table
+A blueprint is a small graph of typed ops over the seed's chunk ``x``, shape ``(batch, F)``, and, for designs that
+add capacity beside the layer, ``u``: the whole input of the seed's layer, shape ``(batch, D)``. Its output is the
+chunk's new value, width ``F``. Sizes in ops may be integers or relative to ``F`` or ``D`` (``{"F": 0.25}`` means
+``max(1, round(F * 0.25))``), so one blueprint fits every chunk width; ``instantiate(F, D)`` resolves them (``D``
+only for a design that reads ``u``). The IR is data only: it is interpreted through a fixed table
 of ops (``ops.py``) and never executes code of its own.
 
 Canonical form: JSON with sorted keys and no whitespace, of the normalized document. Its SHA-256 (hex) is the
@@ -18,7 +20,7 @@ from typing import Any
 
 from esper_runtime.blueprints.exceptions import BlueprintInvalid
 
-__all__ = ["IR_VERSION", "Blueprint", "ConcreteIR", "canonical_json", "resolve_dim"]
+__all__ = ["IR_VERSION", "Blueprint", "ConcreteIR", "canonical_json", "resolve_dim", "reads_input"]
 
 IR_VERSION = 1
 MAX_DOCUMENT_BYTES = 64_000
@@ -28,21 +30,35 @@ def canonical_json(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-def resolve_dim(spec: Any, features: int, where: str) -> int:
-    """An op size: an int, "F", or {"F": ratio}."""
+def resolve_dim(spec: Any, features: int, where: str, in_features: int | None = None) -> int:
+    """An op size: an int, "F", {"F": ratio}, or (for a design that reads the layer's input) "D", {"D": ratio}."""
+    def bad():
+        return BlueprintInvalid("shapes", f"{where}: size must be an int, 'F', 'D', {{'F': ratio}} or "
+                                          f"{{'D': ratio}}, not {spec!r}")
+
     if isinstance(spec, bool):
-        raise BlueprintInvalid("shapes", f"{where}: size must be an int, 'F' or {{'F': ratio}}, not {spec!r}")
+        raise bad()
     if isinstance(spec, int):
         return spec
-    if spec == "F":
-        return features
-    if isinstance(spec, dict) and set(spec) == {"F"} and isinstance(spec["F"], (int, float)) and not isinstance(
-            spec["F"], bool):
-        ratio = float(spec["F"])
-        if not 0 < ratio <= 64:
+    dims = {"F": features, "D": in_features}
+    key = spec if isinstance(spec, str) else next(iter(spec), None) if isinstance(spec, dict) else None
+    if key == "D" and in_features is None:
+        raise BlueprintInvalid("shapes", f"{where}: a size in D needs a design that reads 'u' (the layer's input)")
+    if isinstance(spec, str) and spec in dims:
+        return dims[spec]
+    if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in dims:
+        (dim, ratio), = spec.items()
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool):
+            raise bad()
+        if not 0 < float(ratio) <= 64:
             raise BlueprintInvalid("size", f"{where}: ratio {ratio} outside (0, 64]")
-        return max(1, round(features * ratio))
-    raise BlueprintInvalid("shapes", f"{where}: size must be an int, 'F' or {{'F': ratio}}, not {spec!r}")
+        return max(1, round(dims[dim] * float(ratio)))
+    raise bad()
+
+
+def reads_input(doc: dict[str, Any]) -> bool:
+    """Whether a design reads ``u``, the seed layer's whole input."""
+    return any("u" in (node.get("inputs") or []) for node in doc.get("nodes") or [] if isinstance(node, dict))
 
 
 @dataclass(frozen=True)
@@ -97,20 +113,32 @@ class Blueprint:
     def trainable(self) -> bool:
         return bool(self.doc["trainable"])
 
-    def instantiate(self, features: int) -> "ConcreteIR":
-        """Resolve every size for chunk width ``features``. Validate first (``validate(blueprint)``)."""
+    @property
+    def reads_input(self) -> bool:
+        return reads_input(self.doc)
+
+    def instantiate(self, features: int, in_features: int | None = None) -> "ConcreteIR":
+        """Resolve every size for chunk width ``features`` (and, for a design that reads the layer's input, that
+        input's width ``in_features``). Validate first (``validate(blueprint)``)."""
         from esper_runtime.blueprints.validate import validate_concrete
 
-        if isinstance(features, bool) or not isinstance(features, int) or not 1 <= features <= 65536:
-            raise BlueprintInvalid("size", f"chunk width {features!r} outside 1..65536")
+        for name, value in (("chunk width", features), ("input width", in_features)):
+            if value is None and name == "input width":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+                raise BlueprintInvalid("size", f"{name} {value!r} outside 1..65536")
+        if self.reads_input and in_features is None:
+            raise BlueprintInvalid("shapes", f"{self.name} reads the layer's input: give its width D")
         nodes = []
         for node in self.doc["nodes"]:
             attrs = dict(node.get("attrs", {}))
             for key in ("out", "hidden"):
                 if key in attrs:
-                    attrs[key] = resolve_dim(attrs[key], features, f"node {node.get('id')!r}.{key}")
+                    attrs[key] = resolve_dim(attrs[key], features, f"node {node.get('id')!r}.{key}", in_features)
             nodes.append({**node, "attrs": attrs})
-        concrete = ConcreteIR({**self.doc, "features": features, "nodes": nodes, "blueprint_id": self.blueprint_id})
+        extra = {"in_features": in_features} if self.reads_input else {}
+        concrete = ConcreteIR({**self.doc, "features": features, **extra, "nodes": nodes,
+                               "blueprint_id": self.blueprint_id})
         validate_concrete(concrete)
         return concrete
 
@@ -124,6 +152,11 @@ class ConcreteIR:
     @property
     def features(self) -> int:
         return self.doc["features"]
+
+    @property
+    def in_features(self) -> int | None:
+        """The width of ``u`` (the layer's input) for a design that reads it, else None."""
+        return self.doc.get("in_features")
 
     @property
     def name(self) -> str:
