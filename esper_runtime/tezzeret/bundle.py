@@ -34,10 +34,12 @@ MAX_MEMBER_BYTES = 256 << 20
 class CompiledChild(nn.Module):
     """The eager module (which owns the weights) plus the compiled program that runs them without autograd."""
 
-    def __init__(self, module: nn.Module, package_path: Path | None, features: int, batch_range: tuple[int, int]):
+    def __init__(self, module: nn.Module, package_path: Path | None, features: int, batch_range: tuple[int, int],
+                 in_features: int | None = None):
         super().__init__()
         self.module = module
         self.features = features
+        self.in_features = in_features  # the width of u for a design that reads the layer's input
         self.batch_range = batch_range
         self._package_path = package_path
         self._runner = None
@@ -48,24 +50,29 @@ class CompiledChild(nn.Module):
             self._runner = torch._inductor.aoti_load_package(str(self._package_path))
         return self._runner
 
-    def _fits(self, x: torch.Tensor) -> bool:
+    def _fits(self, x: torch.Tensor, width: int) -> bool:
         lo, hi = self.batch_range
-        return (x.dim() == 2 and x.shape[1] == self.features and lo <= x.shape[0] <= hi
+        return (x.dim() == 2 and x.shape[1] == width and lo <= x.shape[0] <= hi
                 and x.dtype == torch.float32 and x.device.type == "cpu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if needs_grad or not self._fits(x) or self._package_path is None:
-            return self.module(x)
+    def forward(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = (x,) if self.in_features is None else (x, u)
+        needs_grad = torch.is_grad_enabled() and (any(t is not None and t.requires_grad for t in inputs)
+                                                  or any(p.requires_grad for p in self.parameters()))
+        fits = self._fits(x, self.features) and (u is None if self.in_features is None else
+                                                 (u is not None and self._fits(u, self.in_features)
+                                                  and u.shape[0] == x.shape[0]))
+        if needs_grad or not fits or self._package_path is None:
+            return self.module(*inputs)
         runner = self._compiled()
         self.compiled_calls += 1
-        return runner(x.contiguous(), *[p.detach() for p in self.module.parameters()])
+        return runner(*(t.contiguous() for t in inputs), *[p.detach() for p in self.module.parameters()])
 
     def __deepcopy__(self, memo):
         import copy
 
-        clone = CompiledChild(copy.deepcopy(self.module, memo), self._package_path, self.features, self.batch_range)
-        return clone
+        return CompiledChild(copy.deepcopy(self.module, memo), self._package_path, self.features, self.batch_range,
+                             self.in_features)
 
 
 def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> LoadedKernel:
@@ -107,7 +114,7 @@ def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> Load
         tmp.write_bytes(pt2)
         os.replace(tmp, package)
     dyn = manifest["signature"]["inputs"][0]["dynamic"]["0"]
-    child = CompiledChild(module, package, ir.features, (int(dyn[0]), int(dyn[1])))
+    child = CompiledChild(module, package, ir.features, (int(dyn[0]), int(dyn[1])), ir.in_features)
     return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, ir.trainable, child,
                         {"blueprint_id": ir.blueprint_id, "name": ir.name, "pipeline": manifest.get("pipeline")})
 

@@ -90,21 +90,27 @@ def artifact_id(ir: ConcreteIR, hardware: str, pipeline: str) -> str:
 
 
 class _Functional(nn.Module):
-    """forward(x, *params): the blueprint's module with its weights passed in."""
+    """forward(x, *params) — or forward(x, u, *params) for a design that reads the layer's input: the blueprint's
+    module with its weights passed in."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, reads_input: bool):
         super().__init__()
         self.module = module
+        self.inputs = 2 if reads_input else 1
         self.names = [n for n, _ in module.named_parameters()]
 
-    def forward(self, x, *params):
-        return torch.func.functional_call(self.module, dict(zip(self.names, params)), (x,))
+    def forward(self, x, *rest):
+        inputs, params = (x, *rest[:self.inputs - 1]), rest[self.inputs - 1:]
+        return torch.func.functional_call(self.module, dict(zip(self.names, params)), inputs)
 
 
 def signature_of(ir: ConcreteIR, module: nn.Module) -> dict:
+    dynamic = {"0": [BATCH_MIN, BATCH_MAX]}
+    inputs = [{"name": "x", "shape": [None, ir.features], "dtype": "float32", "dynamic": dynamic}]
+    if ir.in_features is not None:
+        inputs.append({"name": "u", "shape": [None, ir.in_features], "dtype": "float32", "dynamic": dynamic})
     return {
-        "inputs": [{"name": "x", "shape": [None, ir.features], "dtype": "float32",
-                    "dynamic": {"0": [BATCH_MIN, BATCH_MAX]}}],
+        "inputs": inputs,
         "params": [{"name": n, "shape": list(p.shape), "dtype": "float32"} for n, p in module.named_parameters()],
         "outputs": [{"shape": [None, ir.features], "dtype": "float32"}],
     }
@@ -120,9 +126,11 @@ def compile_ir(ir: ConcreteIR, pipeline: str = "fast", seed: int = 0) -> Compile
     t0 = time.perf_counter()
     try:
         batch = torch.export.Dim("batch", min=BATCH_MIN, max=BATCH_MAX)
-        example = torch.randn(8, ir.features)
-        dynamic = ({0: batch}, tuple(None for _ in params)) if params else ({0: batch},)
-        program = torch.export.export(_Functional(module), (example, *params), dynamic_shapes=dynamic)
+        extra = [torch.randn(8, ir.in_features)] if ir.in_features is not None else []
+        rest = tuple({0: batch} for _ in extra) + tuple(None for _ in params)
+        dynamic = ({0: batch}, rest) if rest else ({0: batch},)
+        program = torch.export.export(_Functional(module, bool(extra)), (torch.randn(8, ir.features), *extra, *params),
+                                      dynamic_shapes=dynamic)
         with tempfile.TemporaryDirectory(prefix="tezzeret-") as tmp:
             package = Path(tmp) / "kernel.pt2"
             torch._inductor.aoti_compile_and_package(program, package_path=str(package),

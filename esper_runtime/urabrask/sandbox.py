@@ -17,14 +17,14 @@ import sys
 import time
 
 
-def _working_set_mb(module, x) -> float:
+def _working_set_mb(module, *inputs) -> float:
     """Parameters plus the peak of tensor allocations during one forward of the design, from torch.profiler's
     memory events. (The compiled program allocates inside its own runtime, where the profiler cannot see; its
     fused kernels need at most what the eager design does.)"""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        module(x)
+        module(*inputs)
     current = peak = 0
     for event in sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start):
         current += event.cpu_memory_usage
@@ -47,26 +47,28 @@ def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, ite
     child = kernel.prototype
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, kernel.features, generator=gen)
+    in_features = getattr(child, "in_features", None)
+    inputs = (x,) if in_features is None else (x, torch.randn(batch, in_features, generator=gen))
     with torch.no_grad():
         for p in child.parameters():  # weights the artifact has never seen, as after training
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        out = child(x)
+        out = child(*inputs)
         if child._package_path is not None and child.compiled_calls != 1:
             return {"passed": False, "failure": "the compiled program did not run"}
         if tuple(out.shape) != (batch, kernel.features):
             return {"passed": False, "failure": f"output shape {tuple(out.shape)} != {(batch, kernel.features)}"}
         if not torch.isfinite(out).all():
             return {"passed": False, "failure": "non-finite output"}
-        reference = child.module.double()(x.double())
+        reference = child.module.double()(*(t.double() for t in inputs))
         child.module.float()
         drift = float((out.double() - reference).abs().max() / (reference.abs().max() + 1e-12))
-        memory_mb = _working_set_mb(child.module, x)
+        memory_mb = _working_set_mb(child.module, *inputs)
         per_run = []
         for _ in range(runs):
             samples = []
             for _ in range(iters):
                 t0 = time.perf_counter()
-                child(x)
+                child(*inputs)
                 samples.append((time.perf_counter() - t0) * 1000)
             samples.sort()
             per_run.append({"mean": statistics.fmean(samples), "p99": samples[int(0.99 * (len(samples) - 1))]})
@@ -90,6 +92,7 @@ def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, ite
         "spread": {"latency_ms_mean": spread(means), "latency_ms_p99": spread(p99s)},
         "params": sum(p.numel() for p in child.parameters()),
         "features": kernel.features,
+        **({"in_features": in_features} if in_features is not None else {}),
         "batch": batch,
     }
 
