@@ -52,7 +52,10 @@ class GrownLayer(nn.Module):
         out = y.clone()
         for c in self.chunks:
             s, e, child = c["start"], c["end"], self.children_[str(c["seed"])]
-            if self.channel_dim == -1:
+            if getattr(child, "in_features", None) is not None:  # it reads the layer's input beside its chunk
+                chunk = y[..., s:e]
+                new = child(chunk, x)
+            elif self.channel_dim == -1:
                 chunk = y[..., s:e]
                 new = child(chunk)
             else:  # (B, c, H, W) -> (B, H, W, c): the child maps channel vectors pixel by pixel

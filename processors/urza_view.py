@@ -59,8 +59,17 @@ class KernelRecord:
         except (KeyError, IndexError, TypeError, ValueError):
             return None
 
+    @property
+    def in_features(self) -> int | None:
+        """The width of the layer input a design reads beside its chunk (None: it reads only the chunk)."""
+        try:
+            second = self.signature["inputs"][1]
+            return int(second["shape"][1]) if second.get("name") == "u" else None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            return None
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()} | {"features": self.features}
+        return {k: v for k, v in self.__dict__.items()} | {"features": self.features, "in_features": self.in_features}
 
 
 @dataclass
@@ -249,14 +258,18 @@ class UrzaView:
 
     # ------------------------------------------------------------------ queries
     def query(self, tags: Iterable[str] = (), hardware: str | None = None, features: int | None = None,
-              blueprint_id: str | None = None, status: str = "VALIDATED", limit: int = 50) -> list[KernelRecord]:
+              blueprint_id: str | None = None, status: str = "VALIDATED", limit: int = 50,
+              in_features: int | None = None) -> list[KernelRecord]:
         """Artifacts with every tag in ``tags`` (and the given hardware / chunk width / blueprint), lowest risk
-        first. Only VALIDATED artifacts unless asked otherwise: a stale or unvalidated kernel is never offered."""
+        first. Only VALIDATED artifacts unless asked otherwise: a stale or unvalidated kernel is never offered.
+        With ``in_features`` (the seed layer's input width), designs that read the layer's input are offered too,
+        but only those built for that width; without it, only designs that read the chunk alone."""
         wanted = set(tags)
         out = [
             k for k in self.kernels.values()
             if k.status == status and wanted <= set(k.tags) and (hardware is None or k.hardware == hardware)
             and (features is None or k.features == features) and (blueprint_id is None or k.blueprint_id == blueprint_id)
+            and k.in_features in (None, in_features)
         ]
         out.sort(key=lambda k: (k.risk_score if k.risk_score is not None else 1.0, k.artifact_id))
         return out[:limit]

@@ -900,6 +900,7 @@ class BlueprintSubmitted:
     parent_ids: list[str] = field(default_factory=list)
     chunk_widths: list[int] = field(default_factory=list)
     pipelines: list[str] = field(default_factory=list)
+    input_widths: list[int] = field(default_factory=list)
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -913,6 +914,7 @@ class BlueprintSubmitted:
             "parent_ids": self.parent_ids,
             "chunk_widths": self.chunk_widths,
             "pipelines": self.pipelines,
+            "input_widths": self.input_widths,
         }
 
     @classmethod
@@ -928,6 +930,7 @@ class BlueprintSubmitted:
             parent_ids=list(d.get("parent_ids", [])),
             chunk_widths=list(d.get("chunk_widths", [])),
             pipelines=list(d.get("pipelines", [])),
+            input_widths=list(d.get("input_widths", [])),
         )
 
 

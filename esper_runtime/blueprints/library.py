@@ -1,7 +1,9 @@
 """The starter library: human-designed blueprints, each sized by the seed's chunk width F.
 
 Trainable ones are residual with a zero-initialized last layer, so a freshly grafted child starts as the identity
-and the alpha ramp blends in only what it has learned.
+and the alpha ramp blends in only what it has learned. The ``input_branch`` designs read ``u``, the seed layer's
+whole input, and add a hidden layer of new units beside the host's layer that writes into the chunk: capacity a
+design that sees only its chunk cannot add (issue #12).
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ STARTER_LIBRARY = [
     {"name": "norm_mlp", "trainable": True, "tags": ["mlp", "norm", "residual"],
      "description": "x + W2·gelu(W1·layernorm(x)), hidden 2F",
      "nodes": [_n("n", "layernorm", ["x"]), _n("h", "linear", ["n"], out={"F": 2}), _n("a", "gelu", ["h"]),
+               _n("d", "linear", ["a"], out="F", init="zeros"), _n("y", "add", ["x", "d"])], "output": "y"},
+    {"name": "input_branch", "trainable": True, "tags": ["branch", "mlp", "residual"],
+     "description": "x + W2·relu(W1·u): 2F new units reading the layer's whole input u",
+     "nodes": [_n("h", "linear", ["u"], out={"F": 2}), _n("a", "relu", ["h"]),
+               _n("d", "linear", ["a"], out="F", init="zeros"), _n("y", "add", ["x", "d"])], "output": "y"},
+    {"name": "wide_input_branch", "trainable": True, "tags": ["branch", "mlp", "residual", "wide"],
+     "description": "x + W2·relu(W1·u): 4F new units reading the layer's whole input u",
+     "nodes": [_n("h", "linear", ["u"], out={"F": 4}), _n("a", "relu", ["h"]),
                _n("d", "linear", ["a"], out="F", init="zeros"), _n("y", "add", ["x", "d"])], "output": "y"},
     {"name": "fixed_swish", "trainable": False, "tags": ["fixed_function", "activation"],
      "description": "x + 0.1·silu(x): no parameters",

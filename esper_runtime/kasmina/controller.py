@@ -102,6 +102,12 @@ class Kasmina:
             for i in range(layer.num_seeds):
                 yield layer.layer_id, i, layer._codes[i]
 
+    def seed_shapes(self) -> set[tuple[int, int | None]]:
+        """(chunk width, the layer's input width) of every seed — what kernels must be built for. The input width
+        is None for a Conv2d layer, where designs that read the layer's input do not fit."""
+        return {(b - a, layer.base_layer.in_features if layer.channel_dim == -1 else None)
+                for layer in self.layers for a, b in layer.bounds}
+
     def num_seeds(self) -> int:
         return sum(l.num_seeds for l in self.layers)
 
@@ -193,6 +199,10 @@ class Kasmina:
             if kernel.features != width:
                 raise KernelLoadError(f"kernel {kernel.artifact_id} is built for {kernel.features} features, "
                                       f"the seed's chunk has {width}")
+            reads = getattr(kernel.prototype, "in_features", None)
+            if reads is not None and (layer.channel_dim != -1 or reads != layer.base_layer.in_features):
+                raise KernelLoadError(f"kernel {kernel.artifact_id} reads a layer input of {reads} features; "
+                                      f"{layer.path} is not a Linear layer with that many inputs")
         except KernelLoadError as exc:
             self._transition(layer, i, Code.CULLED, epoch, command_id, reason=f"load failed: {exc}")
             return

@@ -85,19 +85,21 @@ class KasminaLayer(nn.Module):
                 self._observe(y)
         if not self._active:
             return y
-        return self._forward_seeds(y)
+        return self._forward_seeds(y, x)
 
     def _chunk(self, y: torch.Tensor, i: int) -> torch.Tensor:
         s, e = self.bounds[i]
         return y[..., s:e] if self.channel_dim == -1 else y[:, s:e]
 
-    def _run_child(self, child: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
+    def _run_child(self, child: nn.Module, chunk: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        if getattr(child, "in_features", None) is not None:  # it reads the layer's input beside its chunk
+            return child(chunk, u)
         if self.channel_dim == -1:
             return child(chunk)
         # (B, c, H, W) -> (B, H, W, c): the child maps channel vectors pixel by pixel
         return child(chunk.movedim(1, -1)).movedim(-1, 1)
 
-    def _forward_seeds(self, y: torch.Tensor) -> torch.Tensor:
+    def _forward_seeds(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = None
         training = self.training
         for i in list(self._active):
@@ -105,13 +107,13 @@ class KasminaLayer(nn.Module):
             chunk = self._chunk(y, i)
             if code == Code.TRAINING:
                 if training and torch.is_grad_enabled():
-                    self._train_reconstruction(i, chunk)
+                    self._train_reconstruction(i, chunk, x)
                 continue  # the host path stays the identity
             child = self.seeds[str(i)]
             sample = training and self._step % self.config.stats_every == 0
             try:
                 t0 = time.perf_counter() if sample else 0.0
-                child_out = self._run_child(child, chunk)
+                child_out = self._run_child(child, chunk, x)
                 if sample:
                     self.health_accumulator[i, HEALTH["latency_us"]] += (time.perf_counter() - t0) * 1e6
                     self.health_accumulator[i, HEALTH["latency_samples"]] += 1
@@ -146,20 +148,21 @@ class KasminaLayer(nn.Module):
             self.ready[i] = True
         return alpha
 
-    def _train_reconstruction(self, i: int, chunk: torch.Tensor) -> None:
+    def _train_reconstruction(self, i: int, chunk: torch.Tensor, x: torch.Tensor) -> None:
         child = self.seeds[str(i)]
         opt = self._optimizers[i]
         target = chunk.detach()
+        u = x.detach()
         with torch.enable_grad():
             noisy = target + _NOISE * target.std() * torch.randn_like(target)
-            loss = F.mse_loss(self._run_child(child, noisy), target)
+            loss = F.mse_loss(self._run_child(child, noisy, u), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         self._phase_steps[i] += 1
         if self._phase_steps[i] >= self.config.reconstruction_steps:
             with torch.no_grad():
-                err = F.mse_loss(self._run_child(child, target), target) / (target.var() + 1e-8)
+                err = F.mse_loss(self._run_child(child, target, u), target) / (target.var() + 1e-8)
             self.health_accumulator[i, HEALTH["recon_error"]] = err
             self.ready[i] = bool(torch.isfinite(err)) and float(err) <= self.config.reconstruction_tolerance
 

@@ -32,6 +32,7 @@ class LibraryError(EsperError):
 @dataclass
 class WidthStatus:
     width: int
+    in_features: int | None = None  # the seed layer's input width (designs that read it are built per width)
     validated: int = 0
     rejected: int = 0  # by Urabrask, or the blueprint by Tezzeret
     failed: int = 0  # compilation failed at this width
@@ -42,18 +43,23 @@ class WidthStatus:
         return self.pending == 0
 
     def as_dict(self) -> dict:
-        return {"width": self.width, "validated": self.validated, "rejected": self.rejected, "failed": self.failed,
-                "pending": self.pending}
+        return {"width": self.width, "in_features": self.in_features, "validated": self.validated,
+                "rejected": self.rejected, "failed": self.failed, "pending": self.pending}
 
 
-def library_status(view, blueprint_ids: list[str], width: int) -> WidthStatus:
-    status = WidthStatus(width)
+def library_status(view, blueprint_ids: list[str], width: int, in_features: int | None = None,
+                   reads_input: set[str] = frozenset()) -> WidthStatus:
+    """How the blueprints ended at chunk width ``width`` for a seed whose layer has ``in_features`` inputs: those in
+    ``reads_input`` count only kernels built for that input width (and none when it is None: a Conv2d layer)."""
+    status = WidthStatus(width, in_features)
     by_blueprint: dict[str, list] = {}
     for k in view.kernels.values():
         if k.features == width:
             by_blueprint.setdefault(k.blueprint_id, []).append(k)
     for bid in blueprint_ids:
-        kernels = by_blueprint.get(bid, [])
+        if bid in reads_input and in_features is None:
+            continue
+        kernels = [k for k in by_blueprint.get(bid, []) if k.in_features == (in_features if bid in reads_input else None)]
         record = view.blueprints.get(bid)
         if any(k.status == "VALIDATED" for k in kernels):
             status.validated += 1
@@ -74,43 +80,54 @@ def _log_tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-def ensure_library(bb: Backbone, widths: set[int] | list[int], echo=print, progress=None,
-                   timeout_s: float = 3600) -> dict[int, WidthStatus]:
-    """Make sure Urza has validated kernels for every chunk width in ``widths``; returns each width's status.
-    Raises LibraryError when a width ends with none."""
+Shape = tuple[int, int | None]  # (chunk width F, the seed layer's input width D; None for a Conv2d layer)
+
+
+def _label(shape: Shape) -> str:
+    return f"{shape[0]}" + (f" (layer input {shape[1]})" if shape[1] is not None else "")
+
+
+def ensure_library(bb: Backbone, shapes, echo=print, progress=None, timeout_s: float = 3600) -> dict[Shape, WidthStatus]:
+    """Make sure Urza has validated kernels for every seed shape in ``shapes`` — (chunk width, layer input width)
+    pairs, or bare chunk widths — and return each shape's status. Raises LibraryError when a shape ends with none."""
     from esper_runtime.blueprints import starter_blueprints
     from esper_runtime.urza.library import load_view, submit_blueprint
     from streams.envelope import EnvelopeFactory
 
-    widths = sorted(set(widths))
+    shapes = sorted({s if isinstance(s, tuple) else (s, None) for s in shapes}, key=lambda s: (s[0], s[1] or 0))
     starters = list(starter_blueprints())
     ids = [bp.blueprint_id for bp in starters]
+    readers = {bp.blueprint_id for bp in starters if bp.reads_input}
     view = load_view(bb)
-    status = {w: library_status(view, ids, w) for w in widths}
-    missing = [w for w in widths if not status[w].settled]
+    status = {s: library_status(view, ids, *s, readers) for s in shapes}
+    missing = [s for s in shapes if not status[s].settled]
     if not missing:
-        echo("Urza has " + ", ".join(f"{s.validated} validated kernels for width {w}" for w, s in status.items()))
+        echo("Urza has " + ", ".join(f"{st.validated} validated kernels for chunk width {_label(s)}"
+                                     for s, st in status.items()))
         return _checked(status, None)
     echo(f"compiling the starter library ({len(starters)} blueprints) for chunk width "
-         f"{', '.join(map(str, missing))}: Tezzeret and Urabrask in their own processes")
+         f"{', '.join(_label(s) for s in missing)}: Tezzeret and Urabrask in their own processes")
     envs = EnvelopeFactory(f"library-{uuid.uuid4().hex[:6]}", "esper-run")
     with bb.publisher() as pub:
         for bp in starters:
-            todo = tuple(w for w in missing if library_status(view, [bp.blueprint_id], w).pending)
+            todo = [s for s in missing if library_status(view, [bp.blueprint_id], *s, readers).pending]
             if todo:
-                submit_blueprint(pub, envs, bp, "esper-run", widths=todo, pipelines=("fast",))
+                submit_blueprint(pub, envs, bp, "esper-run", widths=tuple(sorted({f for f, _ in todo})),
+                                 pipelines=("fast",),
+                                 input_widths=tuple(sorted({d for _, d in todo if d is not None})))
     logs = bb.settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     cmd = [sys.executable, "-m", "esper_runtime.cli.main"]
-    specs = {"tezzeret": ["tezzeret", "--widths", ",".join(map(str, missing))], "urabrask": ["urabrask"]}
+    specs = {"tezzeret": ["tezzeret", "--widths", ",".join(sorted({str(f) for f, _ in missing}))],
+             "urabrask": ["urabrask"]}
     workers: dict[str, tuple[subprocess.Popen, Path]] = {}
     try:
         for name, args in specs.items():
             log = logs / f"{name}-{stamp}.log"
             with log.open("ab") as fh:
                 workers[name] = (subprocess.Popen(cmd + args, stdout=fh, stderr=subprocess.STDOUT), log)
-        status = _wait(bb, ids, missing, workers, progress, timeout_s, status)
+        status = _wait(bb, ids, readers, missing, workers, progress, timeout_s, status)
     finally:
         for proc, _ in workers.values():  # ours, by PID
             if proc.poll() is None:
@@ -123,19 +140,19 @@ def ensure_library(bb: Backbone, widths: set[int] | list[int], echo=print, progr
     return _checked(status, {name: log for name, (_, log) in workers.items()})
 
 
-def _wait(bb, ids, missing, workers, progress, timeout_s, status):
+def _wait(bb, ids, readers, missing, workers, progress, timeout_s, status):
     from contextlib import nullcontext
 
     from esper_runtime.urza.library import load_view
 
-    total = len(ids) * len(missing)
+    total = sum(len(ids) - (len(readers) if d is None else 0) for _, d in missing)
     deadline = time.monotonic() + timeout_s
     with (progress() if progress else nullcontext()) as bar:
         task = bar.add_task("kernels settled (compiled and measured)", total=total) if bar else None
         while True:
             view = load_view(bb)
-            status.update({w: library_status(view, ids, w) for w in missing})
-            settled = sum(len(ids) - status[w].pending for w in missing)
+            status.update({s: library_status(view, ids, *s, readers) for s in missing})
+            settled = total - sum(status[s].pending for s in missing)
             if bar:
                 bar.update(task, completed=settled)
             if all(status[w].settled for w in missing):
@@ -150,12 +167,12 @@ def _wait(bb, ids, missing, workers, progress, timeout_s, status):
             time.sleep(2)
 
 
-def _checked(status: dict[int, WidthStatus], logs: dict[str, Path] | None) -> dict[int, WidthStatus]:
+def _checked(status: dict, logs: dict[str, Path] | None) -> dict:
     empty = [s for s in status.values() if s.validated == 0]
     if empty:
         where = f"; logs: {', '.join(str(p) for p in logs.values())}" if logs else \
             " (settled by earlier runs on this log; `esper blueprints list` shows why)"
         raise LibraryError("no validated kernel for chunk width " + ", ".join(
-            f"{s.width} ({s.rejected} rejected, {s.failed} failed to compile)" for s in empty)
+            f"{_label((s.width, s.in_features))} ({s.rejected} rejected, {s.failed} failed to compile)" for s in empty)
             + f": no seed of that width could grow{where}")
     return status

@@ -60,6 +60,7 @@ class Prepared:
     n_outputs: int
     widths: set[int]
     large: ModelConfig | None
+    shapes: set[tuple[int, int | None]] = field(default_factory=set)  # (chunk width, layer input width) per seed
     notes: list[str] = field(default_factory=list)
 
 
@@ -148,11 +149,12 @@ def prepare(cfg: RunConfig) -> Prepared:
                             f"(labels 0..{out.shape[1] - 1})")
     elif out.reshape(out.shape[0], -1).shape[1] != n_outputs:
         raise DataError(f"the model returns {tuple(out.shape)} per batch but the target has {n_outputs} column(s)")
-    widths = {b - a for layer in model.kasmina.layers for a, b in layer.bounds}
+    shapes = model.kasmina.seed_shapes()
+    widths = {f for f, _ in shapes}
     large = default_large(cfg)
     notes = [] if large is not None or not cfg.baselines.frozen else \
         ["no static larger baseline: the host comes from a factory; name one under baselines.large"]
-    return Prepared(cfg, data, device, in_features, n_outputs, widths, large, notes)
+    return Prepared(cfg, data, device, in_features, n_outputs, widths, large, notes, shapes)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -278,7 +280,8 @@ def _policy(prep: Prepared, opts: RunOptions, bb, view, store, publisher, echo):
             echo(f"the latest policy cannot be used ({exc}); training a new one")
     echo(f"no trained policy yet: {opts.experience_runs} heuristic runs for Simic to learn from")
     heuristic = prep.cfg.model_copy(update={"controller": "heuristic"})
-    experience = Prepared(heuristic, prep.data, prep.device, prep.in_features, prep.n_outputs, prep.widths, None)
+    experience = Prepared(heuristic, prep.data, prep.device, prep.in_features, prep.n_outputs, prep.widths, None,
+                          shapes=prep.shapes)
     for i in range(opts.experience_runs):
         seed = 1000 + i
         run_id = f"experience-{uuid.uuid4().hex[:8]}-s{seed}"
@@ -308,7 +311,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     echo(f"data: {prep.data.description}; device {prep.device.type}")
     for note in prep.notes:
         echo(note)
-    library = ensure_library(bb, prep.widths, echo, progress)
+    library = ensure_library(bb, prep.shapes, echo, progress)
     view = load_view(bb)
     store = ArtifactStore(bb.settings.home / "artifacts")
     publisher = bb.publisher()
@@ -387,7 +390,9 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
         "device": prep.device.type,
         "data": prep.data.description,
         "chunk_widths": sorted(prep.widths),
-        "kernels_available": {str(w): s.validated for w, s in library.items()},
+        # per chunk width, the validated kernels its least served seed can choose from
+        "kernels_available": {str(w): min(s.validated for (f, _), s in library.items() if f == w)
+                              for w in sorted(prep.widths)},
         "library": [s.as_dict() for s in library.values()],
         "germinated_per_seed": germinated,
         "no_growth_reason": no_growth.get(primary["run_id"]),

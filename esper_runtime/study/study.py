@@ -116,7 +116,7 @@ def _study(opts: StudyOptions, bb, echo, progress) -> dict:
         cfg = RunConfig(name=f"study-{name}", data=task.data, model=ModelConfig(mlp=list(task.host)),
                         device="cpu", seeds=opts.seeds, esper=esper, baselines=BaselinesConfig(large=None))
         preps[name] = prepare(cfg)
-    ensure_library(bb, set().union(*(p.widths for p in preps.values())), echo, progress)
+    ensure_library(bb, set().union(*(p.shapes for p in preps.values())), echo, progress)
     view = load_view(bb)
     store = ArtifactStore(bb.settings.home / "artifacts")
     publisher = bb.publisher()

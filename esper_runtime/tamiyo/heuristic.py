@@ -73,7 +73,7 @@ class TamiyoController:
 
             backbone = Backbone()
             try:
-                ensure_library(backbone, {b - a for layer in model.kasmina.layers for a, b in layer.bounds})
+                ensure_library(backbone, model.kasmina.seed_shapes())
                 urza = load_view(backbone)
             finally:
                 backbone.close()
@@ -252,10 +252,15 @@ class TamiyoController:
     def _kernels_for(self, key, width: int, tags=()) -> list[tuple[float, object]]:
         """Validated kernels for ``width`` carrying the preferred tags (and ``tags``), best first by the heuristic."""
         tried = self.culled_designs.get(key, set())
+        layer = self.kasmina.layer(key[0])
+        in_features = layer.base_layer.in_features if layer.channel_dim == -1 else None
         scored = []
-        for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width):
+        for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width,
+                                 in_features=in_features):
+            # a design that reads the layer's whole input adds capacity the chunk alone cannot (issue #12)
             score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
-                + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0)
+                + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0) \
+                + (0.2 if k.in_features is not None else 0.0)
             scored.append((score, k))
         scored.sort(key=lambda t: (-t[0], t[1].artifact_id))
         return scored

@@ -59,13 +59,17 @@ class TezzeretWorker:
             return
         widths = tuple(event.chunk_widths) or self.widths
         pipelines = tuple(event.pipelines) or self.pipelines
+        # a design that reads the layer's input is compiled for every (chunk width, input width) pair
+        inputs = (tuple(event.input_widths) or self.widths) if blueprint.reads_input else (None,)
         valid_widths = []
         for width in widths:
-            try:
-                valid_widths.append((width, blueprint.instantiate(width)))
-            except BlueprintInvalid as exc:
-                for pipeline in pipelines:
-                    self._failed(blueprint.blueprint_id, pipeline, f"invalid at chunk width {width}: {exc}", width)
+            for in_width in inputs:
+                try:
+                    valid_widths.append((width, blueprint.instantiate(width, in_width)))
+                except BlueprintInvalid as exc:
+                    at = f"chunk width {width}" + (f", input width {in_width}" if in_width else "")
+                    for pipeline in pipelines:
+                        self._failed(blueprint.blueprint_id, pipeline, f"invalid at {at}: {exc}", width)
         if not valid_widths:
             self._reject(blueprint.blueprint_id, BlueprintInvalid("shapes", f"valid at none of the widths {widths}"))
             return
@@ -88,7 +92,8 @@ class TezzeretWorker:
                            len(artifact.data), float(meta.get("compile_ms", 0.0)), meta.get("signature", {}))
             self.stats.cached += 1
             return
-        log.info("compiling %s (width %d, %s)", blueprint.name, ir.features, pipeline)
+        log.info("compiling %s (width %d%s, %s)", blueprint.name, ir.features,
+                 f", input {ir.in_features}" if ir.in_features else "", pipeline)
         try:
             bundle = compile_ir(ir, pipeline)
         except CompilationError as exc:

@@ -25,7 +25,7 @@ def test_starter_library_end_to_end(topic_registry, kafka_bootstrap, catalog, tm
     envs = EnvelopeFactory(f"submit-{uuid.uuid4().hex[:6]}", "test")
     with bb.publisher() as pub:
         for bp in library + [hostile]:
-            submit_blueprint(pub, envs, bp, "test", widths=(8,), pipelines=("fast",))
+            submit_blueprint(pub, envs, bp, "test", widths=(8,), pipelines=("fast",), input_widths=(16,))
         pub.publish_raw(registry.for_event("esper.urza.BlueprintSubmitted"), b"\xc3\x01 garbage", "junk")
 
     store = ArtifactStore(tmp_path / "artifacts")
@@ -44,7 +44,7 @@ def test_starter_library_end_to_end(topic_registry, kafka_bootstrap, catalog, tm
     view = load_view(bb)  # folded from the broker's log only
     bb.close()
     assert view.gaps() == {}
-    assert len(view.query([], features=8)) == len(library)
+    assert len(view.query([], features=8, in_features=16)) == len(library)  # the input designs built for 16
     loop = view.blueprints[hostile.blueprint_id]
     assert loop.status == "REJECTED" and loop.rejection.startswith("cycle")
     fixed = view.query(["fixed_function"])

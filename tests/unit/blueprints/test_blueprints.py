@@ -29,10 +29,10 @@ def test_the_starter_library_has_at_least_twelve_distinct_designs():
 def test_every_starter_blueprint_really_runs_at_every_chunk_width(bp):
     validate(bp)
     for width in WIDTHS:
-        ir = bp.instantiate(width)
+        ir = bp.instantiate(width, 2 * width + 1 if bp.reads_input else None)  # u: the layer's input, if read
         module = build_module(ir, seed=0)
         x = torch.randn(7, width, requires_grad=True)
-        y = module(x)
+        y = module(x) if not bp.reads_input else module(x, torch.randn(7, 2 * width + 1))
         assert y.shape == (7, width) and torch.isfinite(y).all()
         assert sum(p.numel() for p in module.parameters()) == param_count(ir)
         if bp.trainable:

@@ -51,5 +51,6 @@ def test_a_width_is_settled_only_when_every_blueprint_ended_there():
 
 def test_a_width_with_no_validated_kernel_is_refused_with_the_logs():
     with pytest.raises(LibraryError, match=r"no validated kernel for chunk width 4 \(3 rejected, 1 failed.*tez.log"):
-        _checked({4: WidthStatus(4, 0, 3, 1, 0), 8: WidthStatus(8, 2)}, {"tezzeret": "tez.log"})
-    assert _checked({8: WidthStatus(8, 2)}, None)[8].validated == 2
+        _checked({(4, None): WidthStatus(4, None, 0, 3, 1, 0), (8, None): WidthStatus(8, None, 2)},
+                 {"tezzeret": "tez.log"})
+    assert _checked({(8, None): WidthStatus(8, None, 2)}, None)[(8, None)].validated == 2
