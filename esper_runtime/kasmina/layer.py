@@ -32,6 +32,7 @@ from esper_runtime.kasmina.state import HEALTH, StateLayout
 __all__ = ["KasminaLayer"]
 
 _NOISE = 0.1  # denoising strength of the TRAINING objective, relative to the chunk's std
+_GRADIENT_STEP = 0.1  # a child that reads the layer's input learns a step of this size (x the chunk's std) downhill
 
 
 class KasminaLayer(nn.Module):
@@ -107,7 +108,10 @@ class KasminaLayer(nn.Module):
             chunk = self._chunk(y, i)
             if code == Code.TRAINING:
                 if training and torch.is_grad_enabled():
-                    self._train_reconstruction(i, chunk, x)
+                    if getattr(self.seeds[str(i)], "in_features", None) is not None:
+                        self._train_toward_gradient(i, y, chunk, x)
+                    else:
+                        self._train_reconstruction(i, chunk, x)
                 continue  # the host path stays the identity
             child = self.seeds[str(i)]
             sample = training and self._step % self.config.stats_every == 0
@@ -165,6 +169,34 @@ class KasminaLayer(nn.Module):
                 err = F.mse_loss(self._run_child(child, target, u), target) / (target.var() + 1e-8)
             self.health_accumulator[i, HEALTH["recon_error"]] = err
             self.ready[i] = bool(torch.isfinite(err)) and float(err) <= self.config.reconstruction_tolerance
+
+    def _train_toward_gradient(self, i: int, y: torch.Tensor, chunk: torch.Tensor, x: torch.Tensor) -> None:
+        """TRAINING for a child that reads the layer's input (functional gradient boosting, as in
+        Cascade-Correlation and GradMax): once the host's backward reaches this layer, a read-only hook takes the
+        loss gradient of the chunk, and the child's own optimizer moves ``child(chunk, u) - chunk`` toward a small
+        step down that gradient. The hook returns nothing, so the host's gradients are untouched."""
+        if not y.requires_grad:
+            return
+        child, opt = self.seeds[str(i)], self._optimizers[i]
+        base, u = chunk.detach(), x.detach()
+        start, end = self.bounds[i]
+
+        def fit(grad: torch.Tensor) -> None:
+            g = grad[..., start:end].detach()
+            target = -g * (_GRADIENT_STEP * base.std() / (g.std() + 1e-12))
+            with torch.enable_grad():
+                delta = self._run_child(child, base, u) - base
+                loss = F.mse_loss(delta, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            self._phase_steps[i] += 1
+            if self._phase_steps[i] >= self.config.reconstruction_steps:
+                cos = F.cosine_similarity(delta.detach().flatten(), target.flatten(), dim=0)
+                self.health_accumulator[i, HEALTH["recon_error"]] = 1 - cos  # 0: it points straight downhill
+                self.ready[i] = bool(torch.isfinite(cos)) and float(cos) > 0
+
+        y.register_hook(fit)
 
     # ------------------------------------------------------------------ stats
     @torch.no_grad()

@@ -154,7 +154,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     large = default_large(cfg)
     notes = [] if large is not None or not cfg.baselines.frozen else \
         ["no static larger baseline: the host comes from a factory; name one under baselines.large"]
-    return Prepared(cfg, data, device, in_features, n_outputs, widths, large, notes, shapes)
+    return Prepared(cfg, data, device, in_features, n_outputs, widths, large, notes=notes, shapes=shapes)
 
 
 # ----------------------------------------------------------------------------- the run
