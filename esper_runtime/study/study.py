@@ -55,8 +55,8 @@ def controller_defaults(epochs: int) -> EsperConfig:
     return EsperConfig.model_validate({
         "kasmina": {"chunk_size": 8, "stats_every": 2, "reconstruction_steps": 20, "graft_steps": 50,
                     "stabilize_steps": 25, "evaluate_steps": 25},
-        "tamiyo": {"warmup_epochs": 10, "patience": 4, "min_delta": 0.01, "max_germinations": 8,
-                   "fine_tune_epochs": 3},
+        "tamiyo": {"warmup_epochs": 3, "patience": 1, "min_delta": 0.01, "max_germinations": 4,
+                   "max_active_seeds": 4, "fine_tune_epochs": 120, "accept_tolerance": 0.05, "min_improvement": -0.05},
         "tolaria": {"epochs": epochs, "lr": 3e-3, "batch_size": 64},
     })
 

@@ -54,6 +54,11 @@ class _Adaptation:
     fine_tune_since: int | None = None
 
 
+def _params(kernel) -> int:
+    """Parameters a kernel adds, from the shapes its compiled signature lists."""
+    return sum(math.prod(p.get("shape") or [0]) for p in (kernel.signature or {}).get("params", []))
+
+
 def compute_reward(outcome: str, pre: float, post: float, report: dict | None) -> float:
     """Appendix C.4.1: local health change minus measured latency, the outcome's global reward, a memory cost."""
     report = report or {}
@@ -257,10 +262,12 @@ class TamiyoController:
         scored = []
         for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width,
                                  in_features=in_features):
-            # a design that reads the layer's whole input adds capacity the chunk alone cannot (issue #12)
             score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
-                + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0) \
-                + (0.2 if k.in_features is not None else 0.0)
+                + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0)
+            if k.in_features is not None:
+                # a design that reads the layer's whole input adds units the chunk alone cannot (issue #12): those
+                # come first, the smallest first, since growth has to pay per parameter
+                score += 10.0 - math.log2(1 + _params(k))
             scored.append((score, k))
         scored.sort(key=lambda t: (-t[0], t[1].artifact_id))
         return scored
