@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from esper_runtime.config import EsperConfig
+from esper_runtime.config import EsperConfig, HierarchicalConfig
+from esper_runtime.run.defaults import growth_defaults
 from esper_runtime.run.config import BaselinesConfig, DataConfig, ModelConfig, RunConfig
 
 __all__ = ["DemoOptions", "run_demo", "default_config", "demo_config"]
@@ -28,21 +29,16 @@ class DemoOptions:
 
 
 def default_config(opts: DemoOptions) -> EsperConfig:
-    deep = opts.controller == "hierarchical"
-    doc = {
-        "kasmina": {"chunk_size": opts.chunk, "exclude": ["6" if deep else "4"], "stats_every": 2,
-                    "reconstruction_steps": 20, "graft_steps": 50, "stabilize_steps": 25, "evaluate_steps": 25},
-        "tamiyo": {"warmup_epochs": 10, "patience": 4, "min_delta": 0.01, "max_germinations": 8,
-                   "fine_tune_epochs": 3},
-        "tolaria": {"epochs": opts.epochs, "lr": 3e-3, "batch_size": 64},
-    }
-    if deep:  # appendix I.2's shape: three domains, one per hidden layer of the deeper host
-        doc["hierarchical_control"] = {
+    """The controller settings every task gets (``esper_runtime/run/defaults.py``); hierarchical control adds
+    appendix I.2's domains over the deeper host."""
+    cfg = growth_defaults(opts.epochs, opts.chunk)
+    if opts.controller == "hierarchical":  # three domains, one per hidden layer of the deeper host
+        cfg.hierarchical_control = HierarchicalConfig.model_validate({
             "enabled": True, "tamiyo_prime": {"attention_window": 64, "atp_global_budget": 12, "germination_cost": 10},
             "domains": {"input_layer": {"module_paths": ["0"], "atp_initial_budget": 10},
                         "hidden_layer": {"module_paths": ["2"], "atp_initial_budget": 10},
-                        "output_side": {"module_paths": ["4"], "atp_initial_budget": 10}}}
-    return EsperConfig.model_validate(doc)
+                        "output_side": {"module_paths": ["4"], "atp_initial_budget": 10}}})
+    return cfg
 
 
 def demo_config(opts: DemoOptions) -> RunConfig:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esper_runtime.config import EsperConfig
+from esper_runtime.run.defaults import growth_defaults
 from esper_runtime.run.config import BaselinesConfig, DataConfig, ModelConfig, RunConfig
 
 __all__ = ["StudyOptions", "StudyTask", "TASKS", "run_study", "controller_defaults", "mlp_params", "matched_width"]
@@ -51,14 +52,8 @@ class StudyOptions:
 
 
 def controller_defaults(epochs: int) -> EsperConfig:
-    """One set of Kasmina / Tamiyo / Tolaria settings for every task (stated in the report): the demo's."""
-    return EsperConfig.model_validate({
-        "kasmina": {"chunk_size": 8, "stats_every": 2, "reconstruction_steps": 20, "graft_steps": 50,
-                    "stabilize_steps": 25, "evaluate_steps": 25},
-        "tamiyo": {"warmup_epochs": 3, "patience": 1, "min_delta": 0.01, "max_germinations": 4,
-                   "max_active_seeds": 4, "fine_tune_epochs": 120, "accept_tolerance": 0.05, "min_improvement": -0.05},
-        "tolaria": {"epochs": epochs, "lr": 3e-3, "batch_size": 64},
-    })
+    """One set of Kasmina / Tamiyo / Tolaria settings for every task (stated in the report): ``esper demo``'s."""
+    return growth_defaults(epochs)
 
 
 def mlp_params(in_features: int, hidden: tuple[int, ...], out_features: int) -> int:
