@@ -163,7 +163,8 @@ class UrzaView:
                 out[key] = self.blueprints[rest].to_dict()
             elif kind == "kernel":
                 rec = self.kernels[rest].to_dict()
-                rec.pop("features")
+                rec.pop("features")  # derived from the signature, not state
+                rec.pop("in_features")
                 out[key] = rec
             elif kind == "version":
                 out[key] = {"version": self._versions[rest]}

@@ -54,3 +54,17 @@ def test_a_width_with_no_validated_kernel_is_refused_with_the_logs():
         _checked({(4, None): WidthStatus(4, None, 0, 3, 1, 0), (8, None): WidthStatus(8, None, 2)},
                  {"tezzeret": "tez.log"})
     assert _checked({(8, None): WidthStatus(8, None, 2)}, None)[(8, None)].validated == 2
+
+
+def test_the_materialized_library_comes_back_with_input_widths():
+    view = UrzaView()
+    _submit(view, "a")
+    aid = "a-8-16"
+    view.apply(KernelCompiled(envelope=envs.next(f"kernel/{aid}"), artifact_id=aid, blueprint_id="a", hardware="cpu",
+                              pipeline="fast", toolchain_hash="t", sha256="s", size_bytes=1, uri="u", compile_ms=1.0,
+                              signature_json=json.dumps({"inputs": [{"name": "x", "shape": [None, 8]},
+                                                                    {"name": "u", "shape": [None, 16]}]})))
+    entries = view.take_dirty(lambda event: b"")
+    back = UrzaView.restore(entries.items(), lambda raw: None)
+    assert back.kernels[aid].in_features == 16 and back.kernels[aid].features == 8
+    assert back.state() == view.state()
