@@ -72,6 +72,9 @@ class KernelRecord:
         return {k: v for k, v in self.__dict__.items()} | {"features": self.features, "in_features": self.in_features}
 
 
+_KERNEL_FIELDS = frozenset(KernelRecord.__dataclass_fields__)
+
+
 @dataclass
 class BlueprintRecord:
     blueprint_id: str
@@ -184,7 +187,8 @@ class UrzaView:
             if kind == "blueprint":
                 view.blueprints[rest] = BlueprintRecord(**value)
             elif kind == "kernel":
-                view.kernels[rest] = KernelRecord(**value)
+                # derived fields (features, in_features) are recomputed from the signature, whoever wrote them
+                view.kernels[rest] = KernelRecord(**{k: v for k, v in value.items() if k in _KERNEL_FIELDS})
             elif kind == "version":
                 view._versions[rest] = value["version"]
             elif kind == "waiting":
