@@ -8,7 +8,9 @@
     baselines: {large: {mlp: [64, 64]}}
 
 Every section refuses unknown keys, so a typo is an error rather than a silently ignored setting. Environment
-overrides ``ESPER_<SECTION>__<FIELD>`` apply to the ``esper`` section as they do to ``load_config``.
+overrides ``ESPER_<SECTION>__<FIELD>`` apply to the ``esper`` section as they do to ``load_config``. A field the
+``esper`` sections do not set takes the growth defaults of ``esper_runtime/run/defaults.py`` (what ``esper demo``
+and ``esper study`` run), not the section's own default.
 """
 
 from __future__ import annotations
@@ -114,7 +116,9 @@ class RunConfig(BaseModel):
     seeds: int = Field(default=1, ge=1, description="Random seeds; each trains the grown host and every baseline.")
     controller: Literal["heuristic", "gnn", "hierarchical"] = Field(
         default="heuristic", description="Tamiyo's policy; hierarchical needs esper.hierarchical_control.")
-    esper: EsperConfig = Field(default_factory=EsperConfig)
+    esper: EsperConfig = Field(default_factory=EsperConfig,
+                               description="Kasmina / Tamiyo / Tolaria; in a run file, unset fields take the growth "
+                                           "defaults (esper_runtime/run/defaults.py).")
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
 
     @model_validator(mode="after")
@@ -136,7 +140,7 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the top level must be a mapping (data, model, task, esper ...)")
-    doc["esper"] = env_overrides(dict(doc.get("esper") or {}))
+    doc["esper"] = with_growth_defaults(env_overrides(dict(doc.get("esper") or {})))
     try:
         cfg = RunConfig.model_validate(doc)
     except ValidationError as exc:
@@ -147,6 +151,24 @@ def load_run_config(path: str | Path) -> RunConfig:
         if value is not None and not value.is_absolute():
             setattr(cfg.data, name, base / value)
     return cfg
+
+
+def with_growth_defaults(esper: dict) -> dict:
+    """The run's esper sections over the growth defaults (``run/defaults.py``, what the demo and the study run):
+    a field the file does not set takes the growth default, not the section's own."""
+    from esper_runtime.run.defaults import growth_defaults
+
+    sections = {k: v for k, v in esper.items() if isinstance(v, dict)}
+    epochs = (sections.get("tolaria") or {}).get("epochs", 60)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        return esper  # let validation say what is wrong with it
+    base = growth_defaults(epochs).model_dump(mode="json", exclude_unset=True)
+    merged = dict(esper)
+    for name in ("kasmina", "tamiyo", "tolaria"):
+        if name in esper and not isinstance(esper[name], dict):
+            continue  # validation names it
+        merged[name] = {**base.get(name, {}), **(esper.get(name) or {})}
+    return merged
 
 
 def describe(exc: ValidationError) -> str:

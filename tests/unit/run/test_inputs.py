@@ -43,7 +43,8 @@ model: {mlp: [8]}
 def test_a_good_csv_is_accepted_and_its_widths_found(tmp_path):
     prep = prepare(load_run_config(_config(tmp_path, BASE)))
     assert (prep.in_features, prep.n_outputs) == (2, 3)
-    assert prep.widths == {2}  # 8 hidden units, 4 seeds a layer by default
+    assert prep.widths == {8} and prep.shapes == {(8, 2)}  # the growth defaults' 8-wide chunks; the layer reads 2
+    assert prep.cfg.esper.tamiyo.max_active_seeds == 4  # unset in the file: the growth defaults, not the section's
     assert prep.large.mlp == [32]  # the rule: same depth, 4x the width
     assert len(prep.data.train) + len(prep.data.val) == 60
 
@@ -78,6 +79,12 @@ def test_class_names_are_numbered_and_an_unseen_one_in_validation_refused(tmp_pa
 
 def test_a_missing_file(tmp_path):
     assert "no such file" in _refused(tmp_path, BASE.replace("train.csv", "nope.csv"))
+
+
+def test_fields_a_run_file_sets_win_over_the_growth_defaults(tmp_path):
+    cfg = load_run_config(_config(tmp_path, BASE + "esper: {tamiyo: {patience: 7}, tolaria: {epochs: 10}}\n"))
+    assert cfg.esper.tamiyo.patience == 7 and cfg.esper.tamiyo.warmup_epochs == 3  # set / growth default
+    assert cfg.esper.tamiyo.fine_tune_epochs == 8  # 80% of the run's own 10 epochs
 
 
 def test_an_unknown_config_key(tmp_path):
