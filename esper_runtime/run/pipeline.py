@@ -17,6 +17,7 @@ import json
 import statistics
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from esper_runtime.run.config import ModelConfig, RunConfig
 from esper_runtime.run.data import DataError, RunData, call_factory, import_factory, load_data, make_loader
 from streams.exceptions import EsperError
 
-__all__ = ["RunOptions", "Prepared", "prepare", "run", "build_host", "NoGrowth", "RunBroke"]
+__all__ = ["RunOptions", "Prepared", "prepare", "run", "build_host", "local_infrastructure", "NoGrowth", "RunBroke"]
 
 
 class RunBroke(EsperError):
@@ -158,22 +159,30 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 # ----------------------------------------------------------------------------- the run
-def run(prep: Prepared, opts: RunOptions, echo=print, progress=None) -> dict:
-    """Local infrastructure up (stopping at the end what it started), the library, the runs, the outputs."""
+@contextmanager
+def local_infrastructure(echo=print):
+    """The backbone with the broker up (started if none is configured) and the processors' app running (started if
+    none runs, so runs reach SQL as they train); stops at the end what it started."""
     from esper_runtime.infra import LocalKafka, LocalProcessors
     from streams import Backbone
 
-    opts.out.mkdir(parents=True, exist_ok=True)
     bb = Backbone()
     LocalKafka(bb.settings).up(echo=echo)
     bb.ensure_topics()
     processors = LocalProcessors(bb.settings)
     processors.up(echo=echo)
     try:
-        return _execute(prep, opts, bb, echo, progress)
+        yield bb
     finally:
         processors.down()
         bb.close()
+
+
+def run(prep: Prepared, opts: RunOptions, echo=print, progress=None) -> dict:
+    """Local infrastructure up (stopping at the end what it started), the library, the runs, the outputs."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with local_infrastructure(echo) as bb:
+        return _execute(prep, opts, bb, echo, progress)
 
 
 def _controller(cfg: RunConfig, model, view, publisher, run_id: str, policy):

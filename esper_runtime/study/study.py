@@ -79,23 +79,14 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 def run_study(opts: StudyOptions, echo=print, progress=None) -> dict:
     """Local infrastructure up (stopping what it started), every task's runs, the report; returns the result."""
-    from esper_runtime.infra import LocalKafka, LocalProcessors
-    from streams import Backbone
+    from esper_runtime.run.pipeline import local_infrastructure
 
     unknown = [t for t in opts.tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task {unknown[0]!r}: the study knows {', '.join(TASKS)}")
     opts.out.mkdir(parents=True, exist_ok=True)
-    bb = Backbone()
-    LocalKafka(bb.settings).up(echo=echo)
-    bb.ensure_topics()
-    processors = LocalProcessors(bb.settings)
-    processors.up(echo=echo)
-    try:
+    with local_infrastructure(echo) as bb:
         return _study(opts, bb, echo, progress)
-    finally:
-        processors.down()
-        bb.close()
 
 
 def _study(opts: StudyOptions, bb, echo, progress) -> dict:
