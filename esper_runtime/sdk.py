@@ -46,15 +46,17 @@ class GrownLayer(nn.Module):
         self.channel_dim = channel_dim
         self.chunks = chunks  # [{"seed": i, "start": s, "end": e, "alpha": a}]
         self.children_ = nn.ModuleDict(children)
+        self.model_input = None  # load_model shares the model's input with children that read it (``x0``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         out = y.clone()
         for c in self.chunks:
             s, e, child = c["start"], c["end"], self.children_[str(c["seed"])]
-            if getattr(child, "in_features", None) is not None:  # it reads the layer's input beside its chunk
+            if getattr(child, "in_features", None) is not None:  # it reads a wide input beside its chunk
                 chunk = y[..., s:e]
-                new = child(chunk, x)
+                model_reader = getattr(child, "input_source", None) == "model"
+                new = child(chunk, self.model_input.value if model_reader else x)
             elif self.channel_dim == -1:
                 chunk = y[..., s:e]
                 new = child(chunk)
@@ -159,6 +161,7 @@ def load_model(path: str | Path, host: nn.Module | None = None) -> nn.Module:
     run standardized them, the result is ``Sequential(Standardize, grown host)`` (``.classes`` names string
     labels, in the order of the outputs)."""
     from esper_runtime.kasmina.kernels import module_from_recipe
+    from esper_runtime.kasmina.layer import ModelInput
 
     path = Path(path)
     try:
@@ -179,6 +182,8 @@ def load_model(path: str | Path, host: nn.Module | None = None) -> nn.Module:
         spec = doc["host"]
         host = build_host(ModelConfig.model_validate(spec["model"]), spec["in_features"], spec["out_features"], 0)
     seeded = {}
+    model_input = ModelInput()
+    host.register_forward_pre_hook(model_input.capture)
     for layer in doc["layers"]:
         try:
             base = host.get_submodule(layer["path"])
@@ -187,6 +192,7 @@ def load_model(path: str | Path, host: nn.Module | None = None) -> nn.Module:
                 from None
         children = {i: module_from_recipe(c["recipe"]) for i, c in layer["children"].items()}
         grown = GrownLayer(base, layer["channel_dim"], layer["chunks"], children)
+        grown.model_input = model_input
         parent_path, _, attr = layer["path"].rpartition(".")
         setattr(host.get_submodule(parent_path) if parent_path else host, attr, grown)
         seeded[layer["path"]] = layer

@@ -61,15 +61,23 @@ class KernelRecord:
 
     @property
     def in_features(self) -> int | None:
-        """The width of the layer input a design reads beside its chunk (None: it reads only the chunk)."""
+        """The width of the wide input a design reads beside its chunk (None: it reads only the chunk)."""
         try:
             second = self.signature["inputs"][1]
-            return int(second["shape"][1]) if second.get("name") == "u" else None
+            return int(second["shape"][1]) if second.get("name") in ("u", "x0") else None
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             return None
 
+    @property
+    def input_source(self) -> str | None:
+        """What that wide input is: ``"layer"`` (the seed layer's input, ``u``), ``"model"`` (``x0``), or None."""
+        if self.in_features is None:
+            return None
+        return "model" if self.signature["inputs"][1].get("name") == "x0" else "layer"
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()} | {"features": self.features, "in_features": self.in_features}
+        return {k: v for k, v in self.__dict__.items()} | {"features": self.features, "in_features": self.in_features,
+                                                           "input_source": self.input_source}
 
 
 _KERNEL_FIELDS = frozenset(KernelRecord.__dataclass_fields__)
@@ -168,6 +176,7 @@ class UrzaView:
                 rec = self.kernels[rest].to_dict()
                 rec.pop("features")  # derived from the signature, not state
                 rec.pop("in_features")
+                rec.pop("input_source")
                 out[key] = rec
             elif kind == "version":
                 out[key] = {"version": self._versions[rest]}
@@ -187,7 +196,7 @@ class UrzaView:
             if kind == "blueprint":
                 view.blueprints[rest] = BlueprintRecord(**value)
             elif kind == "kernel":
-                # derived fields (features, in_features) are recomputed from the signature, whoever wrote them
+                # derived fields (features, in_features, input_source) are recomputed from the signature, whoever wrote them
                 view.kernels[rest] = KernelRecord(**{k: v for k, v in value.items() if k in _KERNEL_FIELDS})
             elif kind == "version":
                 view._versions[rest] = value["version"]
@@ -264,17 +273,18 @@ class UrzaView:
     # ------------------------------------------------------------------ queries
     def query(self, tags: Iterable[str] = (), hardware: str | None = None, features: int | None = None,
               blueprint_id: str | None = None, status: str = "VALIDATED", limit: int = 50,
-              in_features: int | None = None) -> list[KernelRecord]:
+              in_features: int | None = None, model_features: int | None = None) -> list[KernelRecord]:
         """Artifacts with every tag in ``tags`` (and the given hardware / chunk width / blueprint), lowest risk
         first. Only VALIDATED artifacts unless asked otherwise: a stale or unvalidated kernel is never offered.
         With ``in_features`` (the seed layer's input width), designs that read the layer's input are offered too,
-        but only those built for that width; without it, only designs that read the chunk alone."""
+        but only those built for that width; with ``model_features`` (the model's input width), so are designs that
+        read the model's input, built for that width; without them, only designs that read the chunk alone."""
         wanted = set(tags)
         out = [
             k for k in self.kernels.values()
             if k.status == status and wanted <= set(k.tags) and (hardware is None or k.hardware == hardware)
             and (features is None or k.features == features) and (blueprint_id is None or k.blueprint_id == blueprint_id)
-            and k.in_features in (None, in_features)
+            and (k.in_features is None or k.in_features == (model_features if k.input_source == "model" else in_features))
         ]
         out.sort(key=lambda k: (k.risk_score if k.risk_score is not None else 1.0, k.artifact_id))
         return out[:limit]

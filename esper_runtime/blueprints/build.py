@@ -22,8 +22,9 @@ class IRModule(nn.Module):
         self.esper_recipe = {"kind": "ir", "ir": ir.doc}  # how save_model / load_model rebuild it
         self.features = ir.features
         order = topo_order(ir.doc)
-        widths = {"x": ir.features, **({"u": ir.in_features} if ir.in_features is not None else {})}
+        widths = {"x": ir.features, **({"u": ir.in_features, "x0": ir.in_features} if ir.in_features is not None else {})}
         self.in_features = ir.in_features  # None: the module reads only the chunk
+        self.input_source = ir.input_source  # "layer" (u), "model" (x0) or None
         self.steps: list[tuple[str, tuple[str, ...]]] = []
         self.nodes = nn.ModuleDict()
         for node in order:
@@ -36,10 +37,11 @@ class IRModule(nn.Module):
         self.output = ir.doc["output"]
 
     def forward(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: the chunk (batch, F); ``u``: the layer's input (batch, D), for a design that reads it."""
+        """``x``: the chunk (batch, F); ``u``: the wide input (batch, D) — the layer's or the model's input,
+        as ``input_source`` says — for a design that reads one."""
         if self.in_features is not None and u is None:
-            raise ValueError("this module reads the layer's input: call it with (chunk, layer_input)")
-        values = {"x": x, "u": u}
+            raise ValueError(f"this module reads the {self.input_source}'s input: call it with (chunk, that input)")
+        values = {"x": x, "u": u, "x0": u}
         for nid, inputs in self.steps:
             values[nid] = self.nodes[nid](*(values[s] for s in inputs))
         return values[self.output]

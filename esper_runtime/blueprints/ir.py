@@ -1,10 +1,11 @@
 """BlueprintIR: a declarative, versioned description of a seed's child module.
 
 A blueprint is a small graph of typed ops over the seed's chunk ``x``, shape ``(batch, F)``, and, for designs that
-add capacity beside the layer, ``u``: the whole input of the seed's layer, shape ``(batch, D)``. Its output is the
-chunk's new value, width ``F``. Sizes in ops may be integers or relative to ``F`` or ``D`` (``{"F": 0.25}`` means
+add capacity beside the layer, one wide input of shape ``(batch, D)``: ``u``, the whole input of the seed's layer, or
+``x0``, the model's input (a branch that skips from the input to the seed's chunk, as Cascade-Correlation's recruited
+units read the inputs and write the outputs). Its output is the chunk's new value, width ``F``. Sizes in ops may be integers or relative to ``F`` or ``D`` (``{"F": 0.25}`` means
 ``max(1, round(F * 0.25))``), so one blueprint fits every chunk width; ``instantiate(F, D)`` resolves them (``D``
-only for a design that reads ``u``). The IR is data only: it is interpreted through a fixed table
+only for a design that reads ``u`` or ``x0``). The IR is data only: it is interpreted through a fixed table
 of ops (``ops.py``) and never executes code of its own.
 
 Canonical form: JSON with sorted keys and no whitespace, of the normalized document. Its SHA-256 (hex) is the
@@ -20,10 +21,12 @@ from typing import Any
 
 from esper_runtime.blueprints.exceptions import BlueprintInvalid
 
-__all__ = ["IR_VERSION", "Blueprint", "ConcreteIR", "canonical_json", "resolve_dim", "reads_input"]
+__all__ = ["IR_VERSION", "WIDE_INPUTS", "Blueprint", "ConcreteIR", "canonical_json", "resolve_dim", "reads_input",
+           "wide_reads", "input_source"]
 
 IR_VERSION = 1
 MAX_DOCUMENT_BYTES = 64_000
+WIDE_INPUTS = {"u": "layer", "x0": "model"}  # the wide inputs a design may read beside its chunk, and what they are
 
 
 def canonical_json(doc: Any) -> str:
@@ -43,7 +46,8 @@ def resolve_dim(spec: Any, features: int, where: str, in_features: int | None = 
     dims = {"F": features, "D": in_features}
     key = spec if isinstance(spec, str) else next(iter(spec), None) if isinstance(spec, dict) else None
     if key == "D" and in_features is None:
-        raise BlueprintInvalid("shapes", f"{where}: a size in D needs a design that reads 'u' (the layer's input)")
+        raise BlueprintInvalid("shapes", f"{where}: a size in D needs a design that reads 'u' (the layer's input) "
+                                         f"or 'x0' (the model's input)")
     if isinstance(spec, str) and spec in dims:
         return dims[spec]
     if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in dims:
@@ -56,9 +60,21 @@ def resolve_dim(spec: Any, features: int, where: str, in_features: int | None = 
     raise bad()
 
 
+def wide_reads(doc: dict[str, Any]) -> set[str]:
+    return {src for node in doc.get("nodes") or [] if isinstance(node, dict)
+            for src in (node.get("inputs") or []) if isinstance(src, str) and src in WIDE_INPUTS}
+
+
 def reads_input(doc: dict[str, Any]) -> bool:
-    """Whether a design reads ``u``, the seed layer's whole input."""
-    return any("u" in (node.get("inputs") or []) for node in doc.get("nodes") or [] if isinstance(node, dict))
+    """Whether a design reads a wide input: ``u`` (the seed layer's whole input) or ``x0`` (the model's input)."""
+    return bool(wide_reads(doc))
+
+
+def input_source(doc: dict[str, Any]) -> str | None:
+    """``"layer"`` for a design that reads ``u``, ``"model"`` for one that reads ``x0``, None for one that reads only
+    its chunk (validation refuses a design that reads both)."""
+    reads = wide_reads(doc)
+    return WIDE_INPUTS[min(reads)] if len(reads) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,10 @@ class Blueprint:
     def reads_input(self) -> bool:
         return reads_input(self.doc)
 
+    @property
+    def input_source(self) -> str | None:
+        return input_source(self.doc)
+
     def instantiate(self, features: int, in_features: int | None = None) -> "ConcreteIR":
         """Resolve every size for chunk width ``features`` (and, for a design that reads the layer's input, that
         input's width ``in_features``). Validate first (``validate(blueprint)``)."""
@@ -128,7 +148,7 @@ class Blueprint:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
                 raise BlueprintInvalid("size", f"{name} {value!r} outside 1..65536")
         if self.reads_input and in_features is None:
-            raise BlueprintInvalid("shapes", f"{self.name} reads the layer's input: give its width D")
+            raise BlueprintInvalid("shapes", f"{self.name} reads the {self.input_source}'s input: give its width D")
         nodes = []
         for node in self.doc["nodes"]:
             attrs = dict(node.get("attrs", {}))
@@ -155,8 +175,13 @@ class ConcreteIR:
 
     @property
     def in_features(self) -> int | None:
-        """The width of ``u`` (the layer's input) for a design that reads it, else None."""
+        """The width of the wide input (``u`` or ``x0``) for a design that reads one, else None."""
         return self.doc.get("in_features")
+
+    @property
+    def input_source(self) -> str | None:
+        """What the wide input is: ``"layer"`` (``u``), ``"model"`` (``x0``), or None."""
+        return input_source(self.doc)
 
     @property
     def name(self) -> str:

@@ -3,7 +3,8 @@
 Trainable ones are residual with a zero-initialized last layer, so a freshly grafted child starts as the identity
 and the alpha ramp blends in only what it has learned. The ``input_branch`` designs read ``u``, the seed layer's
 whole input, and add a hidden layer of new units beside the host's layer that writes into the chunk: capacity a
-design that sees only its chunk cannot add (issue #12).
+design that sees only its chunk cannot add (issue #12). ``model_input_branch`` reads ``x0``, the model's input, so
+its units skip past every narrow layer before the seed's (Cascade-Correlation's recruited units read the inputs).
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ STARTER_LIBRARY = [
     {"name": "wide_input_branch", "trainable": True, "tags": ["branch", "mlp", "residual", "wide"],
      "description": "x + W2·relu(W1·u): 4F new units reading the layer's whole input u",
      "nodes": [_n("h", "linear", ["u"], out={"F": 4}), _n("a", "relu", ["h"]),
+               _n("d", "linear", ["a"], out="F", init="zeros"), _n("y", "add", ["x", "d"])], "output": "y"},
+    {"name": "model_input_branch", "trainable": True, "tags": ["branch", "mlp", "residual", "skip"],
+     "description": "x + W2·relu(W1·x0): 2F new units reading the model's input x0 (a skip from the input)",
+     "nodes": [_n("h", "linear", ["x0"], out={"F": 2}), _n("a", "relu", ["h"]),
                _n("d", "linear", ["a"], out="F", init="zeros"), _n("y", "add", ["x", "d"])], "output": "y"},
     {"name": "fixed_swish", "trainable": False, "tags": ["fixed_function", "activation"],
      "description": "x + 0.1·silu(x): no parameters",

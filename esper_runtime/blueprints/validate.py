@@ -10,7 +10,8 @@ import re
 from typing import Any
 
 from esper_runtime.blueprints.exceptions import BlueprintInvalid
-from esper_runtime.blueprints.ir import IR_VERSION, Blueprint, ConcreteIR, reads_input, resolve_dim
+from esper_runtime.blueprints.ir import (IR_VERSION, WIDE_INPUTS, Blueprint, ConcreteIR, wide_reads, reads_input,
+                                        resolve_dim)
 from esper_runtime.blueprints.ops import INITS, OPS
 
 __all__ = ["validate", "validate_concrete", "topo_order", "param_count", "MAX_NODES", "MAX_PARAMS"]
@@ -40,7 +41,9 @@ def _structure(doc: dict[str, Any]) -> None:
         raise BlueprintInvalid("structure", "nodes must be a non-empty list")
     if len(nodes) > MAX_NODES:
         raise BlueprintInvalid("size", f"{len(nodes)} nodes exceeds the limit of {MAX_NODES}")
-    seen = {"x", "u"}
+    if len(wide_reads(doc)) > 1:
+        raise BlueprintInvalid("structure", "a design reads the layer's input 'u' or the model's input 'x0', not both")
+    seen = {"x", *WIDE_INPUTS}
     for i, node in enumerate(nodes):
         if not isinstance(node, dict):
             raise BlueprintInvalid("structure", f"node {i} is not an object")
@@ -48,8 +51,8 @@ def _structure(doc: dict[str, Any]) -> None:
         if extra:
             raise BlueprintInvalid("structure", f"node {i}: unknown keys {sorted(extra)}")
         nid = node.get("id")
-        if not isinstance(nid, str) or not _ID.match(nid) or nid in ("x", "u"):
-            raise BlueprintInvalid("structure", f"node {i}: id must match {_ID.pattern} and not be 'x' or 'u', "
+        if not isinstance(nid, str) or not _ID.match(nid) or nid in ("x", *WIDE_INPUTS):
+            raise BlueprintInvalid("structure", f"node {i}: id must match {_ID.pattern} and not be 'x', 'u' or 'x0', "
                                                 f"got {nid!r}")
         if nid in seen:
             raise BlueprintInvalid("structure", f"node id {nid!r} is defined twice")
@@ -63,7 +66,7 @@ def _structure(doc: dict[str, Any]) -> None:
         for src in node["inputs"]:
             if src not in seen:
                 raise BlueprintInvalid("structure", f"node {node['id']!r} reads {src!r}, which is not defined")
-    if doc.get("output") not in seen - {"x", "u"}:
+    if doc.get("output") not in seen - {"x", *WIDE_INPUTS}:
         raise BlueprintInvalid("structure", f"output must name a node, got {doc.get('output')!r}")
 
 
@@ -109,7 +112,7 @@ def topo_order(doc: dict[str, Any]) -> list[dict[str, Any]]:
     order, state = [], {}
 
     def visit(nid: str, depth: int = 0) -> None:
-        if nid in ("x", "u") or state.get(nid) == 2:
+        if nid == "x" or nid in WIDE_INPUTS or state.get(nid) == 2:
             return
         if state.get(nid) == 1:
             raise BlueprintInvalid("cycle", f"node {nid!r} depends on itself")
@@ -134,7 +137,7 @@ def validate(blueprint: Blueprint) -> None:
 def _widths(ir: ConcreteIR) -> dict[str, int]:
     widths = {"x": ir.features}
     if ir.in_features is not None:
-        widths["u"] = ir.in_features
+        widths.update(dict.fromkeys(WIDE_INPUTS, ir.in_features))
     for node in topo_order(ir.doc):
         spec = OPS[node["op"]]
         try:
@@ -163,7 +166,7 @@ def validate_concrete(ir: ConcreteIR) -> None:
     if reads_input(doc) != ("in_features" in doc) or ("in_features" in doc and (
             isinstance(doc["in_features"], bool) or not isinstance(doc["in_features"], int)
             or not 1 <= doc["in_features"] <= MAX_WIDTH)):
-        raise BlueprintInvalid("shapes", "in_features must be given (1..65536) exactly when a node reads 'u'")
+        raise BlueprintInvalid("shapes", "in_features must be given (1..65536) exactly when a node reads 'u' or 'x0'")
     widths = _widths(ir)
     if widths[doc["output"]] != ir.features:
         raise BlueprintInvalid("shapes", f"output {doc['output']!r} has width {widths[doc['output']]}, "

@@ -21,7 +21,7 @@ from torch import nn
 from esper_runtime.kasmina.config import KasminaConfig
 from esper_runtime.kasmina.exceptions import IllegalTransition, KasminaError, KernelLoadError, StateChecksumError
 from esper_runtime.kasmina.kernels import ArtifactSource, KernelCache
-from esper_runtime.kasmina.layer import KasminaLayer
+from esper_runtime.kasmina.layer import KasminaLayer, ModelInput
 from esper_runtime.kasmina.lifecycle import CHILD_STATES, NEEDS_READY, Code, Command, next_state
 from esper_runtime.kasmina.state import HEALTH, StateLayout, kernel_hash
 from streams.contracts import KasminaControlCommand, SeedHealth, SeedLifecycleTransition, SeedTelemetry
@@ -64,6 +64,9 @@ class Kasmina:
     ):
         self.layers = layers
         self.config = config
+        self.model_input = ModelInput()  # wrap() has the host's forward set it; children reading ``x0`` use it
+        for layer in layers:
+            layer.model_input = self.model_input
         self.cache = KernelCache(artifacts, config.cache_capacity) if artifacts is not None else None
         if self.cache is not None:
             self.cache.warm_up()  # pay the one-off import cost of compiled kernels now, not at a germination
@@ -103,10 +106,15 @@ class Kasmina:
                 yield layer.layer_id, i, layer._codes[i]
 
     def seed_shapes(self) -> set[tuple[int, int | None]]:
-        """(chunk width, the layer's input width) of every seed — what kernels must be built for. The input width
-        is None for a Conv2d layer, where designs that read the layer's input do not fit."""
-        return {(b - a, layer.base_layer.in_features if layer.channel_dim == -1 else None)
-                for layer in self.layers for a, b in layer.bounds}
+        """(chunk width, input width) pairs kernels must be built for: each seed's chunk width with its layer's
+        input width (None for a Conv2d layer, where designs that read a wide input do not fit) and, once the model
+        has seen a (batch, features) input, with the model's input width for designs that read ``x0``."""
+        shapes = {(b - a, layer.base_layer.in_features if layer.channel_dim == -1 else None)
+                  for layer in self.layers for a, b in layer.bounds}
+        if self.model_input.features is not None:
+            shapes |= {(b - a, self.model_input.features) for layer in self.layers if layer.channel_dim == -1
+                       for a, b in layer.bounds}
+        return shapes
 
     def num_seeds(self) -> int:
         return sum(l.num_seeds for l in self.layers)
@@ -200,9 +208,14 @@ class Kasmina:
                 raise KernelLoadError(f"kernel {kernel.artifact_id} is built for {kernel.features} features, "
                                       f"the seed's chunk has {width}")
             reads = getattr(kernel.prototype, "in_features", None)
-            if reads is not None and (layer.channel_dim != -1 or reads != layer.base_layer.in_features):
-                raise KernelLoadError(f"kernel {kernel.artifact_id} reads a layer input of {reads} features; "
-                                      f"{layer.path} is not a Linear layer with that many inputs")
+            source = getattr(kernel.prototype, "input_source", None) or "layer"
+            has = None if layer.channel_dim != -1 else \
+                layer.base_layer.in_features if source == "layer" else self.model_input.features
+            if reads is not None and reads != has:
+                raise KernelLoadError(f"kernel {kernel.artifact_id} reads a {source} input of {reads} features; "
+                                      f"{layer.path} is not a Linear layer "
+                                      + ("with that many inputs" if source == "layer" else
+                                         f"in a model whose input has that many ({has})"))
         except KernelLoadError as exc:
             self._transition(layer, i, Code.CULLED, epoch, command_id, reason=f"load failed: {exc}")
             return

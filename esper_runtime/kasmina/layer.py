@@ -29,10 +29,28 @@ from esper_runtime.kasmina.config import KasminaConfig
 from esper_runtime.kasmina.lifecycle import CHILD_STATES, Code
 from esper_runtime.kasmina.state import HEALTH, StateLayout
 
-__all__ = ["KasminaLayer"]
+__all__ = ["KasminaLayer", "ModelInput"]
 
+_PROBE_UNITS = 2  # random ReLU units per chunk feature the growth signal measures (the branch designs' 2F)
 _NOISE = 0.1  # denoising strength of the TRAINING objective, relative to the chunk's std
 _GRADIENT_STEP = 0.1  # a child that reads the layer's input learns a step of this size (x the chunk's std) downhill
+
+
+class ModelInput:
+    """The wrapped model's current input, shared by its seed layers: children that read ``x0`` (the model's input)
+    get it from here. A forward pre-hook on the host sets it; only a (batch, features) tensor counts."""
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+        self.features: int | None = None  # the input width, from the first forward
+
+    def capture(self, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point():
+            self.value = x
+            self.features = self.features or int(x.shape[1])
+        else:
+            self.value = None
 
 
 class KasminaLayer(nn.Module):
@@ -76,6 +94,8 @@ class KasminaLayer(nn.Module):
         self._fixed_phases = {Code.STABILIZATION: config.stabilize_steps, Code.EVALUATING: config.evaluate_steps,
                               Code.FINE_TUNING: config.evaluate_steps}
         self.on_runtime_error: Callable[[KasminaLayer, int, BaseException], None] | None = None
+        self.model_input: ModelInput | None = None  # set by Kasmina: the model's input, for children that read it
+        self._probes: dict[tuple[str, int], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +104,8 @@ class KasminaLayer(nn.Module):
             self._step += 1
             if self._sample_due or self._step % self.config.stats_every == 0:
                 self._observe(y)
+                if y.requires_grad and self.channel_dim == -1 and y.dim() == 2:
+                    self._measure_growth(y, x)
         if not self._active:
             return y
         return self._forward_seeds(y, x)
@@ -92,9 +114,20 @@ class KasminaLayer(nn.Module):
         s, e = self.bounds[i]
         return y[..., s:e] if self.channel_dim == -1 else y[:, s:e]
 
+    def _wide_input(self, child: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What a child that reads a wide input gets: the layer's input, or the model's for a design that reads
+        ``x0`` (it must be a (batch, features) tensor with this layer's batch)."""
+        if getattr(child, "input_source", None) != "model":
+            return x
+        m = self.model_input.value if self.model_input is not None else None
+        if m is None or x.dim() != 2 or m.shape[0] != x.shape[0]:
+            raise RuntimeError(f"{self.path}: the child reads the model's input, and this forward has none that "
+                               f"fits (a (batch, features) tensor with the layer's batch)")
+        return m
+
     def _run_child(self, child: nn.Module, chunk: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
-        if getattr(child, "in_features", None) is not None:  # it reads the layer's input beside its chunk
-            return child(chunk, u)
+        if getattr(child, "in_features", None) is not None:  # it reads a wide input beside its chunk
+            return child(chunk, self._wide_input(child, u))
         if self.channel_dim == -1:
             return child(chunk)
         # (B, c, H, W) -> (B, H, W, c): the child maps channel vectors pixel by pixel
@@ -156,7 +189,7 @@ class KasminaLayer(nn.Module):
         child = self.seeds[str(i)]
         opt = self._optimizers[i]
         target = chunk.detach()
-        u = x.detach()
+        u = x.detach()  # unused by a child that reads only its chunk
         with torch.enable_grad():
             noisy = target + _NOISE * target.std() * torch.randn_like(target)
             loss = F.mse_loss(self._run_child(child, noisy, u), target)
@@ -178,14 +211,20 @@ class KasminaLayer(nn.Module):
         if not y.requires_grad:
             return
         child, opt = self.seeds[str(i)], self._optimizers[i]
-        base, u = chunk.detach(), x.detach()
+        base = chunk.detach()
+        try:
+            u = self._wide_input(child, x).detach()
+        except RuntimeError as exc:
+            if self.on_runtime_error is not None:
+                self.on_runtime_error(self, i, exc)
+            return
         start, end = self.bounds[i]
 
         def fit(grad: torch.Tensor) -> None:
             g = grad[..., start:end].detach()
             target = -g * (_GRADIENT_STEP * base.std() / (g.std() + 1e-12))
             with torch.enable_grad():
-                delta = self._run_child(child, base, u) - base
+                delta = child(base, u) - base
                 loss = F.mse_loss(delta, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -199,6 +238,44 @@ class KasminaLayer(nn.Module):
         y.register_hook(fit)
 
     # ------------------------------------------------------------------ stats
+    def _probe(self, source: str, u: torch.Tensor) -> torch.Tensor:
+        """Fixed random ReLU units over the standardized input ``u``: what new units reading it would compute."""
+        key = (source, u.shape[1])
+        proj = self._probes.get(key)
+        if proj is None:  # its own generator: measuring never moves torch's global RNG
+            gen = torch.Generator().manual_seed(7919 * (self.layer_id + 1) + (source == "model"))
+            units = _PROBE_UNITS * max(e - s for s, e in self.bounds)
+            proj = torch.randn(u.shape[1], units, generator=gen) / math.sqrt(u.shape[1])
+            self._probes[key] = proj = proj.to(device=u.device, dtype=torch.float32)
+        mean, var = _moments(u.float())
+        return torch.relu(((u.float() - mean) / (var.sqrt() + 1e-6)) @ proj)
+
+    def _measure_growth(self, y: torch.Tensor, x: torch.Tensor) -> None:
+        """The growth signal (GradMax, Evci et al. 2022; TINY's expressivity bottleneck): how fast the loss would
+        fall through new units reading this layer's input, or the model's, and writing each chunk. With 2F random
+        ReLU units ``phi`` over that input (the size of the branch designs for a chunk of F features), it is the
+        norm of the loss gradient of their zero-initialized output weights, ``||phi^T g_chunk||``, taken when the
+        backward reaches this layer (a read-only hook: the host's gradients are untouched). Accumulated per seed on
+        the sampled steps."""
+        rows = self.config.stats_rows
+        with torch.no_grad():
+            probes = {"layer": self._probe("layer", x.detach()[:rows])}
+            m = self.model_input.value if self.model_input is not None else None
+            if m is not None and m is not x and m.shape[0] == x.shape[0]:
+                probes["model"] = self._probe("model", m.detach()[:rows])
+
+        def measure(grad: torch.Tensor) -> None:
+            with torch.no_grad():
+                g = grad.detach()[:rows].float()
+                acc = self.health_accumulator
+                for source, phi in probes.items():
+                    c = (phi.t() @ g).pow(2)  # (units, features); a chunk of F features is measured with 2F units
+                    per_seed = torch.stack([c[:_PROBE_UNITS * (e - s), s:e].sum() for s, e in self.bounds]).sqrt()
+                    acc[:, HEALTH[f"growth_{source}"]] += per_seed
+                acc[:, HEALTH["growth_samples"]] += 1
+
+        y.register_hook(measure)
+
     @torch.no_grad()
     def _observe(self, y: torch.Tensor) -> None:
         """Accumulate chunk statistics from a sample of at most ``stats_rows`` rows of this step's output."""
@@ -237,12 +314,15 @@ class KasminaLayer(nn.Module):
             n = max(float(acc[i, HEALTH["samples"]]), 1.0)
             corr_n = max(float(acc[i, HEALTH["corr_samples"]]), 1.0)
             lat_n = float(acc[i, HEALTH["latency_samples"]])
+            grow_n = max(float(acc[i, HEALTH["growth_samples"]]), 1.0)
             out.append({
                 "chunk_variance": float(acc[i, HEALTH["variance"]]) / n,
                 "dead_node_ratio": float(acc[i, HEALTH["dead"]]) / n,
                 "avg_correlation": float(acc[i, HEALTH["correlation"]]) / corr_n,
                 "exec_latency_us": float(acc[i, HEALTH["latency_us"]]) / lat_n if lat_n else 0.0,
                 "samples": int(acc[i, HEALTH["samples"]]),
+                "growth_layer": float(acc[i, HEALTH["growth_layer"]]) / grow_n,
+                "growth_model": float(acc[i, HEALTH["growth_model"]]) / grow_n,
             })
         return out
 

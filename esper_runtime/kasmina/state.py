@@ -16,7 +16,7 @@ __all__ = ["HEALTH", "StateLayout", "kernel_hash"]
 
 # Columns of health_accumulator.
 HEALTH = {"samples": 0, "variance": 1, "dead": 2, "correlation": 3, "latency_us": 4, "latency_samples": 5,
-          "recon_error": 6, "corr_samples": 7}
+          "recon_error": 6, "corr_samples": 7, "growth_layer": 8, "growth_model": 9, "growth_samples": 10}
 
 
 def kernel_hash(artifact_id: str) -> int:

@@ -68,4 +68,6 @@ def wrap(
         layer = KasminaLayer(module, layer_id, path, config)
         setattr(parent, attr, layer)
         layers.append(layer)
-    return MorphableModel(model, Kasmina(layers, config, artifacts=artifacts, publisher=publisher, run_id=run_id))
+    kasmina = Kasmina(layers, config, artifacts=artifacts, publisher=publisher, run_id=run_id)
+    model.register_forward_pre_hook(kasmina.model_input.capture)  # children that read the model's input get it
+    return MorphableModel(model, kasmina)

@@ -87,12 +87,9 @@ def build_host(model: ModelConfig, in_features: int, n_outputs: int, seed: int) 
 
 
 def kasmina_config(cfg: RunConfig):
-    """The run's Kasmina section; for an MLP host whose config names no exclusions, the output layer gets no seeds
-    (a seed there would rewrite the logits themselves)."""
-    kasmina = cfg.esper.kasmina.model_copy()
-    if cfg.model.mlp is not None and "exclude" not in cfg.esper.kasmina.model_fields_set:
-        kasmina.exclude = [str(2 * len(cfg.model.mlp))]
-    return kasmina
+    """The run's Kasmina section. Every layer gets seeds, the output layer included: a branch writing the outputs
+    from the model's input is the growth a host with a narrow layer needs most (issue #12)."""
+    return cfg.esper.kasmina.model_copy()
 
 
 def default_large(cfg: RunConfig) -> ModelConfig | None:

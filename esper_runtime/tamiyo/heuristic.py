@@ -8,9 +8,13 @@ At each epoch boundary ``step(state)`` (before Kasmina applies commands):
    ``fine_tune_epochs`` if accuracy gained at least ``min_improvement``; otherwise the seed is culled. A seed that
    errored is culled. Every end (fossilized, culled, rolled back) is a ``FieldReport`` with the C.4.1 reward.
 2. If the validation loss has not improved by ``min_delta`` for ``patience`` epochs (after ``warmup_epochs``), a
-   new adaptation starts: the dormant, non-embargoed seed whose chunk wastes the most capacity (dead units and
-   correlated units) gets the best kernel Urza offers for its width (VALIDATED, carrying ``preferred_tags``,
-   lowest risk; designs already culled on that slot are avoided).
+   new adaptation starts where Kasmina measured the strongest growth signal: for each dormant, non-embargoed seed,
+   how fast the loss would fall through new units writing that chunk from the wider of the layer's input and the
+   model's (GradMax's gradient norm, measured each epoch, times the chunk's spread so that it does not depend on
+   how the host spreads a scale over its layers; the chunk's waste — dead and
+   correlated units — breaks ties and stands in where nothing was measured, e.g. a Conv2d layer). The seed gets
+   the best kernel Urza offers for its width: designs reading the chosen input first, the smallest first, then the
+   rest (VALIDATED, carrying ``preferred_tags``, lowest risk; designs already culled on that slot are avoided).
 
 Each epoch's choice — including "wait" — is a ``TamiyoDecision`` event: what was seen, the candidates and their
 scores, and what was chosen: the experience a learned policy trains on.
@@ -100,6 +104,7 @@ class TamiyoController:
         self.lineage: list[dict] = self.kasmina.lineage  # shared, so save_model(model) writes it
         self.emergency: str | None = None  # set when Tolaria must roll back (read and cleared by Tolaria)
         self._no_candidate: str | None = None  # why the last germination attempt found nothing
+        self._signal: dict[tuple[int, int], tuple[float, str, float]] = {}  # (growth, input, waste) per location
         self.policy_name = PRODUCER.split("/")[1]
 
     # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
@@ -241,17 +246,30 @@ class TamiyoController:
 
     # ------------------------------------------------------------------ germination
     def _locations(self, epoch: int) -> list[tuple[float, int, int, int]]:
-        out = []
+        """Dormant seeds that may grow, best first: (score, layer, seed, chunk width). The score is the growth
+        signal of the seed's better input (``self._signal`` keeps which input and the chunk's waste)."""
+        out, self._signal = [], {}
         for layer in self.kasmina.layers:
             health = layer.health()
             for i, h in enumerate(health):
                 key = (layer.layer_id, i)
                 if layer._codes[i] != Code.DORMANT or key in self.reset_at or h["samples"] == 0:
                     continue
-                score = 0.5 * h["dead_node_ratio"] + 0.5 * h["avg_correlation"]
+                waste = 0.5 * h["dead_node_ratio"] + 0.5 * h["avg_correlation"]
+                # New units read the wider of the layer's input and the model's: the layer's input is computed from
+                # the model's, so when it is narrower it has lost what the narrow layers before it dropped, and when
+                # it is at least as wide it offers deeper features. The signal is that input's, times the chunk's
+                # spread, so it does not depend on how the host splits a scale between layers (halving a layer's
+                # outputs and doubling the next layer's weights doubles the gradient).
+                source = "model" if h.get("growth_model", 0.0) > 0 and (self.kasmina.model_input.features or 0) > \
+                    getattr(layer.base_layer, "in_features", 0) else "layer"
+                growth = math.sqrt(max(h["chunk_variance"], 0.0)) * h.get(f"growth_{source}", 0.0)
+                self._signal[key] = (growth, source, waste)
                 width = layer.bounds[i][1] - layer.bounds[i][0]
-                out.append((score, layer.layer_id, i, width))
-        out.sort(key=lambda t: (-t[0], t[1], t[2]))
+                out.append((growth, layer.layer_id, i, width))
+        if not any(score > 0 for score, *_ in out):  # nothing measured (Conv2d layers, a frozen host): waste
+            out = [(self._signal[(l, i)][2], l, i, w) for _, l, i, w in out]
+        out.sort(key=lambda t: (-t[0], -self._signal[(t[1], t[2])][2], t[1], t[2]))
         return out
 
     def _kernels_for(self, key, width: int, tags=()) -> list[tuple[float, object]]:
@@ -259,15 +277,18 @@ class TamiyoController:
         tried = self.culled_designs.get(key, set())
         layer = self.kasmina.layer(key[0])
         in_features = layer.base_layer.in_features if layer.channel_dim == -1 else None
+        model_features = self.kasmina.model_input.features if layer.channel_dim == -1 else None
+        source = self._signal.get(key, (0.0, "layer", 0.0))[1]
         scored = []
         for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width,
-                                 in_features=in_features):
+                                 in_features=in_features, model_features=model_features):
             score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
                 + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0)
             if k.in_features is not None:
-                # a design that reads the layer's whole input adds units the chunk alone cannot (issue #12): those
-                # come first, the smallest first, since growth has to pay per parameter
-                score += 10.0 - math.log2(1 + _params(k))
+                # a design that reads a wide input adds units the chunk alone cannot (issue #12): those reading the
+                # input with the stronger growth signal come first, then the others, the smallest first, since
+                # growth has to pay per parameter
+                score += (100.0 if k.input_source == source else 50.0) - math.log2(1 + _params(k))
             scored.append((score, k))
         scored.sort(key=lambda t: (-t[0], t[1].artifact_id))
         return scored
@@ -285,8 +306,10 @@ class TamiyoController:
             candidates = [DecisionCandidate(layer_id=l, seed_id=s, score=sc) for sc, l, s, _ in locations[:5]] + [
                 DecisionCandidate(layer_id=layer_id, seed_id=seed, score=ks, kernel_artifact_id=k.artifact_id)
                 for ks, k in kernels[:5]]
+            growth, source, waste = self._signal.get((layer_id, seed), (0.0, "layer", score))
             return self._start((layer_id, seed), best, state, candidates,
-                               reason=f"plateau; chunk waste {score:.3f}; {self._blueprint_name(best.blueprint_id)}")
+                               reason=f"plateau; growth signal {growth:.3g} from the {source}'s input; chunk waste "
+                                      f"{waste:.3f}; {self._blueprint_name(best.blueprint_id)}")
         if widths:
             self._no_candidate = (f"no validated kernel in Urza for chunk width {', '.join(map(str, sorted(widths)))}"
                                   f" carrying {sorted(self.config.preferred_tags)}")

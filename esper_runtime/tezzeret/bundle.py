@@ -35,11 +35,12 @@ class CompiledChild(nn.Module):
     """The eager module (which owns the weights) plus the compiled program that runs them without autograd."""
 
     def __init__(self, module: nn.Module, package_path: Path | None, features: int, batch_range: tuple[int, int],
-                 in_features: int | None = None):
+                 in_features: int | None = None, input_source: str | None = None):
         super().__init__()
         self.module = module
         self.features = features
-        self.in_features = in_features  # the width of u for a design that reads the layer's input
+        self.in_features = in_features  # the width of the wide input for a design that reads one
+        self.input_source = input_source  # "layer" or "model": which input that is
         self.batch_range = batch_range
         self._package_path = package_path
         self._runner = None
@@ -72,7 +73,7 @@ class CompiledChild(nn.Module):
         import copy
 
         return CompiledChild(copy.deepcopy(self.module, memo), self._package_path, self.features, self.batch_range,
-                             self.in_features)
+                             self.in_features, self.input_source)
 
 
 def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> LoadedKernel:
@@ -114,7 +115,8 @@ def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> Load
         tmp.write_bytes(pt2)
         os.replace(tmp, package)
     dyn = manifest["signature"]["inputs"][0]["dynamic"]["0"]
-    child = CompiledChild(module, package, ir.features, (int(dyn[0]), int(dyn[1])), ir.in_features)
+    child = CompiledChild(module, package, ir.features, (int(dyn[0]), int(dyn[1])), ir.in_features,
+                          ir.input_source)
     return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, ir.trainable, child,
                         {"blueprint_id": ir.blueprint_id, "name": ir.name, "pipeline": manifest.get("pipeline")})
 

@@ -108,7 +108,8 @@ def signature_of(ir: ConcreteIR, module: nn.Module) -> dict:
     dynamic = {"0": [BATCH_MIN, BATCH_MAX]}
     inputs = [{"name": "x", "shape": [None, ir.features], "dtype": "float32", "dynamic": dynamic}]
     if ir.in_features is not None:
-        inputs.append({"name": "u", "shape": [None, ir.in_features], "dtype": "float32", "dynamic": dynamic})
+        name = "x0" if ir.input_source == "model" else "u"  # what the second input is, for whoever loads it
+        inputs.append({"name": name, "shape": [None, ir.in_features], "dtype": "float32", "dynamic": dynamic})
     return {
         "inputs": inputs,
         "params": [{"name": n, "shape": list(p.shape), "dtype": "float32"} for n, p in module.named_parameters()],

@@ -45,5 +45,5 @@ def test_the_input_width_is_required_exactly_when_u_is_read():
     forged.pop("in_features")
     with pytest.raises(BlueprintInvalid):
         ConcreteIR.from_json(json.dumps(forged))
-    with pytest.raises(BlueprintInvalid, match="'x' or 'u'"):
+    with pytest.raises(BlueprintInvalid, match="'x', 'u' or 'x0'"):
         validate(Blueprint.parse({**BRANCH, "nodes": [{"id": "u", "op": "relu", "inputs": ["x"]}], "output": "u"}))
