@@ -6,8 +6,8 @@ is rebuilt (keeping the state of parameters it already had) and an ``AdaptationS
 
 Checkpoints hold the host and seeds (``state_dict``), Kasmina's structure, Tamiyo's state and the log offsets they
 correspond to, together. A NaN loss, a loss spike (``loss_spike_factor`` × the recent median) or a seed-state
-checksum failure restores the last checkpoint of all three in lockstep; the seeds that were adapting are then
-locked (ROLLED_BACK) and reported.
+checksum failure restores the last checkpoint of all three in lockstep; the seeds that were adapting and not yet
+accepted (before FINE_TUNING) are then locked (ROLLED_BACK) and reported.
 """
 
 from __future__ import annotations
@@ -516,12 +516,15 @@ class TolariaTrainer:
     def _rollback(self, epoch: int, trigger: str) -> int:
         ckpt = self._last_good
         kasmina = self.kasmina
+        # The seeds to blame are those not yet accepted; a seed in FINE_TUNING passed its evaluation, is in the
+        # checkpoint, and stays (were it locked, one late spike would strip every adaptation of the run).
+        accepted = (Code.FOSSILIZED, Code.FINE_TUNING)
         if kasmina is None:
             adapting = []
         elif self.controller is not None:
-            adapting = sorted(self.controller.in_flight)
+            adapting = sorted(k for k in self.controller.in_flight if kasmina.layer(k[0])._codes[k[1]] not in accepted)
         else:
-            adapting = [(l, s) for l, s, c in kasmina.seeds() if c in CHILD_STATES and c != Code.FOSSILIZED]
+            adapting = [(l, s) for l, s, c in kasmina.seeds() if c in CHILD_STATES and c not in accepted]
         if kasmina is not None:
             kasmina.restore(ckpt.structure)
         self.model.load_state_dict(ckpt.model_state)

@@ -43,8 +43,10 @@ model: {mlp: [8]}
 def test_a_good_csv_is_accepted_and_its_widths_found(tmp_path):
     prep = prepare(load_run_config(_config(tmp_path, BASE)))
     assert (prep.in_features, prep.n_outputs) == (2, 3)
-    assert prep.widths == {8} and prep.shapes == {(8, 2)}  # the growth defaults' 8-wide chunks; the layer reads 2
-    assert prep.cfg.esper.tamiyo.max_active_seeds == 4  # unset in the file: the growth defaults, not the section's
+    # the growth defaults' 8-wide chunks: the hidden layer's (it reads 2) and the 3 outputs' (they read 8), each also
+    # with the model's 2 inputs, for branches that skip from the input
+    assert prep.widths == {8, 3} and prep.shapes == {(8, 2), (3, 8), (3, 2)}
+    assert prep.cfg.esper.tamiyo.max_active_seeds == 6  # unset in the file: the growth defaults, not the section's
     assert prep.large.mlp == [32]  # the rule: same depth, 4x the width
     assert len(prep.data.train) + len(prep.data.val) == 60
 
