@@ -40,6 +40,13 @@ class TamiyoConfig(BaseModel):
     emergency_factor: float = Field(default=3.0, gt=1,
                                     description="With an adaptation in flight, a val loss this many times the best "
                                                 "so far makes Tamiyo ask Tolaria for an emergency rollback.")
+    one_graft_at_a_time: bool = Field(default=False,
+                                      description="Germinate only while no adaptation is before STABILIZATION, so the "
+                                                  "growth signal is measured with the last one's units blended in.")
+    min_growth_ratio: float = Field(default=0.0, ge=0, le=1,
+                                    description="A new location's growth signal must be at least this fraction of the "
+                                                "one at the run's first germination: growth stops when it stops "
+                                                "paying.")
 
 
 class TolariaConfig(BaseModel):

@@ -200,6 +200,8 @@ class SeedHealth:
     exec_latency_us: float
     is_ready_for_transition: bool
     kernel_artifact_id: str | None = None
+    growth_signal: float = 0.0
+    growth_from_model: bool = False
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -212,6 +214,8 @@ class SeedHealth:
             "exec_latency_us": self.exec_latency_us,
             "is_ready_for_transition": self.is_ready_for_transition,
             "kernel_artifact_id": self.kernel_artifact_id,
+            "growth_signal": self.growth_signal,
+            "growth_from_model": self.growth_from_model,
         }
 
     @classmethod
@@ -226,6 +230,8 @@ class SeedHealth:
             exec_latency_us=d["exec_latency_us"],
             is_ready_for_transition=d["is_ready_for_transition"],
             kernel_artifact_id=d.get("kernel_artifact_id", None),
+            growth_signal=d.get("growth_signal", 0.0),
+            growth_from_model=d.get("growth_from_model", False),
         )
 
 

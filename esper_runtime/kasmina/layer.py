@@ -306,9 +306,30 @@ class KasminaLayer(nn.Module):
             acc[:, HEALTH["correlation"]] += stats[:, 2]
             acc[:, HEALTH["corr_samples"]] += 1
 
+    @torch.no_grad()
+    def growth_signals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per seed, the growth signal Tamiyo ranks locations by, and whether it is for units reading the model's
+        input. New units read the wider of the layer's input and the model's: the layer's input is computed from
+        the model's, so when it is narrower it has lost what the narrow layers before it dropped, and when it is at
+        least as wide it offers deeper features. The signal is the gradient norm for that input times the chunk's
+        spread, so it does not depend on how the host splits a scale between layers (halving a layer's outputs and
+        doubling the next layer's weights doubles the gradient)."""
+        acc = self.health_accumulator.detach().cpu().to(torch.float64)
+        n = acc[:, HEALTH["samples"]].clamp_min(1.0)
+        grow_n = acc[:, HEALTH["growth_samples"]].clamp_min(1.0)
+        spread = (acc[:, HEALTH["variance"]] / n).clamp_min(0).sqrt()
+        layer_signal = acc[:, HEALTH["growth_layer"]] / grow_n
+        model_signal = acc[:, HEALTH["growth_model"]] / grow_n
+        model_width = self.model_input.features if self.model_input is not None else None
+        wider = self.channel_dim == -1 and model_width is not None and model_width > self.base_layer.in_features
+        from_model = (model_signal > 0) & wider
+        signal = spread * torch.where(from_model, model_signal, layer_signal)
+        return signal.to(torch.float32), from_model
+
     def health(self) -> list[dict]:
         """Per-seed means over the samples since the last reset."""
         acc = self.health_accumulator.detach().cpu()
+        signal, from_model = self.growth_signals()
         out = []
         for i in range(self.num_seeds):
             n = max(float(acc[i, HEALTH["samples"]]), 1.0)
@@ -323,6 +344,8 @@ class KasminaLayer(nn.Module):
                 "samples": int(acc[i, HEALTH["samples"]]),
                 "growth_layer": float(acc[i, HEALTH["growth_layer"]]) / grow_n,
                 "growth_model": float(acc[i, HEALTH["growth_model"]]) / grow_n,
+                "growth_signal": float(signal[i]),
+                "growth_source": "model" if bool(from_model[i]) else "layer",
             })
         return out
 

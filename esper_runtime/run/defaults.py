@@ -17,6 +17,7 @@ def growth_defaults(epochs: int, chunk: int = 8) -> EsperConfig:
         "kasmina": {"chunk_size": chunk, "stats_every": 2, "reconstruction_steps": 20, "graft_steps": 50,
                     "stabilize_steps": 25, "evaluate_steps": 25},
         "tamiyo": {"warmup_epochs": 3, "patience": 1, "min_delta": 0.01, "max_germinations": 6, "max_active_seeds": 6,
+                   "one_graft_at_a_time": True, "min_growth_ratio": 0.25,
                    "fine_tune_epochs": max(1, int(0.8 * epochs)), "accept_tolerance": 0.05, "min_improvement": -0.05},
         "tolaria": {"epochs": epochs, "lr": 3e-3, "batch_size": 64},
     })

@@ -6,7 +6,7 @@ forward order, ``CONTAINS`` from a layer to its seeds (``CHILD_OF`` back). The s
 link a parent seed to a nested child; Esper's seeds are not nested, so the parent is the layer that holds them.
 
 A seed's features come from the same numbers ``SeedTelemetry`` carries (state, alpha, chunk variance, dead-node
-ratio, correlation, latency, readiness, kernel), so the graph built from a live model at an epoch boundary and the
+ratio, correlation, latency, readiness, kernel, growth signal), so the graph built from a live model at an epoch boundary and the
 one rebuilt from that epoch's telemetry on the log are the same: that is what lets Simic learn from the log.
 Every tensor is made from plain floats: nothing in the graph has an autograd path to the host model.
 """
@@ -23,7 +23,7 @@ __all__ = ["LayerObs", "build_graph", "observe_model", "observe_telemetry", "SEE
            "LAYER_FEATURES", "EDGE_TYPES"]
 
 STATES = [s.value for s in SeedState]
-SEED_FEATURES = len(STATES) + 9
+SEED_FEATURES = len(STATES) + 11
 LAYER_FEATURES = 6
 EDGE_TYPES = [
     ("seed", "sequential", "seed"), ("seed", "rev_sequential", "seed"),
@@ -46,6 +46,8 @@ class LayerObs:
     exec_latency_us: torch.Tensor
     is_ready: torch.Tensor
     has_kernel: torch.Tensor
+    growth_signal: torch.Tensor
+    growth_from_model: torch.Tensor
 
     @property
     def num_seeds(self) -> int:
@@ -64,6 +66,7 @@ def _seed_matrix(layer: LayerObs, position: float) -> torch.Tensor:
     cols = [_clean(layer.alpha), torch.log1p(_clean(layer.chunk_variance).clamp_min(0)), _clean(layer.dead_node_ratio),
             _clean(layer.avg_correlation), torch.log1p(_clean(layer.exec_latency_us).clamp_min(0)) / 10.0,
             layer.is_ready.to(torch.float32), layer.has_kernel.to(torch.float32),
+            torch.log1p(100.0 * _clean(layer.growth_signal).clamp_min(0)), layer.growth_from_model.to(torch.float32),
             torch.full((n,), position), seed_pos]
     return torch.cat([onehot, torch.stack(cols, dim=1)], dim=1)
 
@@ -121,11 +124,12 @@ def observe_model(model) -> list[LayerObs]:
         lat_n = acc[:, HEALTH["latency_samples"]]
         latency = torch.where(lat_n > 0, acc[:, HEALTH["latency_us"]] / lat_n.clamp_min(1.0), torch.zeros_like(lat_n))
         f32 = lambda t: t.to(torch.float32)  # noqa: E731 - telemetry carries Avro floats
+        signal, from_model = layer.growth_signals()
         out.append(LayerObs(
             layer.layer_id, layer.path, torch.tensor([c.value for c in layer._codes], dtype=torch.int64),
             f32(layer.alpha_blend.detach().cpu()), f32(acc[:, HEALTH["variance"]] / n), f32(acc[:, HEALTH["dead"]] / n),
             f32(acc[:, HEALTH["correlation"]] / corr_n), f32(latency), layer.ready.detach().cpu().clone(),
-            layer.active_kernel_id.detach().cpu() != 0))
+            layer.active_kernel_id.detach().cpu() != 0, signal, from_model))
     return out
 
 
@@ -140,5 +144,6 @@ def observe_telemetry(batches) -> list[LayerObs]:
             col(lambda s: s.alpha), col(lambda s: s.chunk_variance), col(lambda s: s.dead_node_ratio),
             col(lambda s: s.avg_correlation), col(lambda s: s.exec_latency_us),
             torch.tensor([s.is_ready_for_transition for s in seeds], dtype=torch.bool),
-            torch.tensor([bool(s.kernel_artifact_id) for s in seeds], dtype=torch.bool)))
+            torch.tensor([bool(s.kernel_artifact_id) for s in seeds], dtype=torch.bool),
+            col(lambda s: s.growth_signal), torch.tensor([s.growth_from_model for s in seeds], dtype=torch.bool)))
     return out

@@ -105,6 +105,8 @@ class TamiyoController:
         self.emergency: str | None = None  # set when Tolaria must roll back (read and cleared by Tolaria)
         self._no_candidate: str | None = None  # why the last germination attempt found nothing
         self._signal: dict[tuple[int, int], tuple[float, str, float]] = {}  # (growth, input, waste) per location
+        self._measured = False  # whether the last locations were ranked by a measured growth signal
+        self.first_signal: float | None = None  # the growth signal where the run first germinated
         self.policy_name = PRODUCER.split("/")[1]
 
     # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
@@ -118,6 +120,7 @@ class TamiyoController:
             "in_flight": {seed(k): asdict(v) for k, v in self.in_flight.items()},
             "culled_designs": {seed(k): sorted(v) for k, v in self.culled_designs.items()},
             "reset_at": {seed(k): v for k, v in self.reset_at.items()},
+            "first_signal": self.first_signal,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -128,6 +131,7 @@ class TamiyoController:
         self.in_flight = {key(k): _Adaptation(**v) for k, v in state["in_flight"].items()}
         self.culled_designs = {key(k): set(v) for k, v in state["culled_designs"].items()}
         self.reset_at = {key(k): v for k, v in state["reset_at"].items()}
+        self.first_signal = state.get("first_signal")
 
     # ------------------------------------------------------------------ the epoch boundary
     def step(self, state: EpochState) -> list[str]:
@@ -168,6 +172,8 @@ class TamiyoController:
             return f"improving ({self.since_improvement} epochs since the best val loss)"
         if len(self.in_flight) >= self.config.max_active_seeds:
             return "an adaptation is in flight"
+        if self._grafting():
+            return "an adaptation is being grafted (one_graft_at_a_time)"
         if self.germinations >= self.config.max_germinations:
             return f"germination budget spent (max_germinations={self.config.max_germinations})"
         return f"no candidate: {self._no_candidate or 'no seed with a kernel to grow'}"
@@ -175,7 +181,12 @@ class TamiyoController:
     def _wants_growth(self, state: EpochState) -> bool:
         return (state.epoch >= self.config.warmup_epochs and self.since_improvement >= self.config.patience
                 and len(self.in_flight) < self.config.max_active_seeds
-                and self.germinations < self.config.max_germinations)
+                and self.germinations < self.config.max_germinations and not self._grafting())
+
+    def _grafting(self) -> bool:
+        """With ``one_graft_at_a_time``: whether an adaptation's units are not yet fully blended in."""
+        early = (Code.GERMINATED, Code.LOADING, Code.TRAINING, Code.GRAFTING)
+        return self.config.one_graft_at_a_time and any(self.kasmina.state(*k) in early for k in self.in_flight)
 
     def _advance(self, key, ad: _Adaptation, state: EpochState) -> str | None:
         code = self.kasmina.state(*key)
@@ -256,18 +267,12 @@ class TamiyoController:
                 if layer._codes[i] != Code.DORMANT or key in self.reset_at or h["samples"] == 0:
                     continue
                 waste = 0.5 * h["dead_node_ratio"] + 0.5 * h["avg_correlation"]
-                # New units read the wider of the layer's input and the model's: the layer's input is computed from
-                # the model's, so when it is narrower it has lost what the narrow layers before it dropped, and when
-                # it is at least as wide it offers deeper features. The signal is that input's, times the chunk's
-                # spread, so it does not depend on how the host splits a scale between layers (halving a layer's
-                # outputs and doubling the next layer's weights doubles the gradient).
-                source = "model" if h.get("growth_model", 0.0) > 0 and (self.kasmina.model_input.features or 0) > \
-                    getattr(layer.base_layer, "in_features", 0) else "layer"
-                growth = math.sqrt(max(h["chunk_variance"], 0.0)) * h.get(f"growth_{source}", 0.0)
+                growth, source = h["growth_signal"], h["growth_source"]  # KasminaLayer.growth_signals says how
                 self._signal[key] = (growth, source, waste)
                 width = layer.bounds[i][1] - layer.bounds[i][0]
                 out.append((growth, layer.layer_id, i, width))
-        if not any(score > 0 for score, *_ in out):  # nothing measured (Conv2d layers, a frozen host): waste
+        self._measured = any(score > 0 for score, *_ in out)
+        if not self._measured:  # nothing measured (Conv2d layers, a frozen host): waste
             out = [(self._signal[(l, i)][2], l, i, w) for _, l, i, w in out]
         out.sort(key=lambda t: (-t[0], -self._signal[(t[1], t[2])][2], t[1], t[2]))
         return out
@@ -296,6 +301,13 @@ class TamiyoController:
     def _germinate(self, state: EpochState) -> str | None:
         locations = self._locations(state.epoch)
         self._no_candidate = self._why_no_location() if not locations else None
+        if locations and self._measured and self.first_signal and self.config.min_growth_ratio > 0:
+            floor = self.config.min_growth_ratio * self.first_signal
+            if locations[0][0] < floor:
+                self._no_candidate = (f"the strongest growth signal, {locations[0][0]:.3g}, is below "
+                                      f"{self.config.min_growth_ratio} x the first germination's "
+                                      f"{self.first_signal:.3g}: growth has stopped paying")
+                return None
         widths = set()
         for score, layer_id, seed, width in locations:
             kernels = self._kernels_for((layer_id, seed), width)
@@ -307,6 +319,8 @@ class TamiyoController:
                 DecisionCandidate(layer_id=layer_id, seed_id=seed, score=ks, kernel_artifact_id=k.artifact_id)
                 for ks, k in kernels[:5]]
             growth, source, waste = self._signal.get((layer_id, seed), (0.0, "layer", score))
+            if self._measured and self.first_signal is None:
+                self.first_signal = growth
             return self._start((layer_id, seed), best, state, candidates,
                                reason=f"plateau; growth signal {growth:.3g} from the {source}'s input; chunk waste "
                                       f"{waste:.3f}; {self._blueprint_name(best.blueprint_id)}")

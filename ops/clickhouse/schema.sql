@@ -15,8 +15,12 @@ ALTER TABLE esper.epochs ADD COLUMN IF NOT EXISTS train_flops UInt64 DEFAULT 0;
 CREATE TABLE IF NOT EXISTS esper.seed_telemetry (
     run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), layer_id UInt32, layer_name String,
     seed_id UInt32, state LowCardinality(String), alpha Float32, chunk_variance Float32, dead_node_ratio Float32,
-    avg_correlation Float32, exec_latency_us Float32, is_ready UInt8, kernel_artifact_id String, event_id String
+    avg_correlation Float32, exec_latency_us Float32, is_ready UInt8, kernel_artifact_id String, event_id String,
+    growth_signal Float32 DEFAULT 0, growth_from_model UInt8 DEFAULT 0
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, layer_id, seed_id, epoch, event_id);
+-- stores made before the growth signal was published
+ALTER TABLE esper.seed_telemetry ADD COLUMN IF NOT EXISTS growth_signal Float32 DEFAULT 0;
+ALTER TABLE esper.seed_telemetry ADD COLUMN IF NOT EXISTS growth_from_model UInt8 DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS esper.lifecycle_transitions (
     run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), layer_id UInt32, seed_id UInt32,

@@ -37,7 +37,9 @@ def rows_for_record(name: str, r: dict) -> list[tuple[str, dict]]:
                                     "chunk_variance": s["chunk_variance"], "dead_node_ratio": s["dead_node_ratio"],
                                     "avg_correlation": s["avg_correlation"], "exec_latency_us": s["exec_latency_us"],
                                     "is_ready": int(s["is_ready_for_transition"]),
-                                    "kernel_artifact_id": s["kernel_artifact_id"] or ""})
+                                    "kernel_artifact_id": s["kernel_artifact_id"] or "",
+                                    "growth_signal": s.get("growth_signal", 0.0),
+                                    "growth_from_model": int(s.get("growth_from_model", False))})
                 for s in r["seeds"]]
     if short == "SeedLifecycleTransition":
         return [("lifecycle_transitions", {**run, "epoch": r["epoch"], **_base(env), "layer_id": r["layer_id"],

@@ -106,6 +106,30 @@ def test_a_nan_rolls_back_host_tamiyo_and_kasmina_together(library, publisher):
     assert all(math.isfinite(e["train_loss"]) for e in history.epochs)
 
 
+def test_a_rollback_keeps_an_adaptation_that_was_already_accepted(library, publisher):
+    """A spike while the only adaptation is FINE_TUNING (it passed its evaluation and is in the checkpoint) is the
+    training's, not the seed's: the checkpoint is restored and the seed goes on to its end."""
+    cfg = {**CFG, "tamiyo": {**CFG["tamiyo"], "max_germinations": 1, "fine_tune_epochs": 3}}
+    model, tamiyo, trainer = _run(library, publisher, cfg=cfg, epochs=14)
+    original = trainer._train_epoch
+    poisoned = {"done": False}
+
+    def train_epoch():
+        loss = original()
+        tuning = [k for k in tamiyo.in_flight if model.kasmina.state(*k) == Code.FINE_TUNING]
+        if tuning and not poisoned["done"] and len(trainer.history.epochs) > tamiyo.in_flight[tuning[0]].germinated_epoch + 1:
+            poisoned["done"] = True
+            return float("nan")
+        return loss
+
+    trainer._train_epoch = train_epoch
+    model, history = trainer.train()
+    assert poisoned["done"] and len(history.rollbacks) == 1 and history.rollbacks[0]["locked"] == []
+    assert tamiyo.lineage[0]["outcome"] == "FOSSILIZED"
+    layer, seed = tamiyo.lineage[0]["layer_id"], tamiyo.lineage[0]["seed"]
+    assert model.kasmina.state(layer, seed) == Code.FOSSILIZED and str(seed) in model.seed_layers()[layer].seeds
+
+
 def test_a_state_checksum_failure_rolls_back(library, publisher):
     model, tamiyo, trainer = _run(library, publisher, epochs=6)
     original = trainer._train_epoch
