@@ -32,12 +32,12 @@ def default_config(opts: DemoOptions) -> EsperConfig:
     """The controller settings every task gets (``esper_runtime/run/defaults.py``); hierarchical control adds
     appendix I.2's domains over the deeper host."""
     cfg = growth_defaults(opts.epochs, opts.chunk)
-    if opts.controller == "hierarchical":  # three domains, one per hidden layer of the deeper host
+    if opts.controller == "hierarchical":  # three domains over the deeper host's hidden layers, the last with the outputs
         cfg.hierarchical_control = HierarchicalConfig.model_validate({
             "enabled": True, "tamiyo_prime": {"attention_window": 64, "atp_global_budget": 12, "germination_cost": 10},
             "domains": {"input_layer": {"module_paths": ["0"], "atp_initial_budget": 10},
                         "hidden_layer": {"module_paths": ["2"], "atp_initial_budget": 10},
-                        "output_side": {"module_paths": ["4"], "atp_initial_budget": 10}}})
+                        "output_side": {"module_paths": ["4", "6"], "atp_initial_budget": 10}}})
     return cfg
 
 

@@ -1,8 +1,11 @@
 """One set of controller settings for every task (issue #12): what ``esper demo`` and ``esper study`` run.
 
-Grow early and several at once (the later a branch is grown, the less it can learn), keep an adaptation unless it
-clearly hurts (early validation accuracy is noisy), and let a branch fine-tune on the task for most of the run
-before it is fossilized (fossilized parameters are frozen for good).
+Seeds in every layer, the output layer included. Grow early (the later a branch is grown, the less it can learn)
+where the measured growth signal is strongest, one graft at a time so the signal is measured again with the last
+branch blended in, and stop when the strongest signal falls below a quarter of the first germination's (growth
+that no longer pays). Keep an adaptation unless it clearly hurts (early validation accuracy is noisy), and let a
+branch fine-tune on the task for most of the run before it is fossilized (fossilized parameters are frozen for
+good).
 """
 
 from __future__ import annotations

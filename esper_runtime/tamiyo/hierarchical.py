@@ -192,5 +192,6 @@ class HierarchicalTamiyo(TamiyoController):
             if kernels:
                 best = kernels[0][1]
                 cands = [DecisionCandidate(layer_id=l, seed_id=s, score=sc) for sc, l, s, _ in locations[:5]]
-                return (layer_id, seed), best, f"chunk waste {score:.3f}; {self._blueprint_name(best.blueprint_id)}", cands
+                signal = "growth signal" if self._measured else "chunk waste"
+                return (layer_id, seed), best, f"{signal} {score:.3g}; {self._blueprint_name(best.blueprint_id)}", cands
         return None
