@@ -44,7 +44,12 @@ def test_starter_library_end_to_end(topic_registry, kafka_bootstrap, catalog, tm
     view = load_view(bb)  # folded from the broker's log only
     bb.close()
     assert view.gaps() == {}
-    assert len(view.query([], features=8, in_features=16)) == len(library)  # the input designs built for 16
+    # the designs reading a wide input were built for 16: offered to a seed whose layer, or model, reads 16
+    assert len(view.query([], features=8, in_features=16, model_features=16)) == len(library)
+    model_readers = [k for k in view.query([], features=8, in_features=16, model_features=16)
+                     if k.input_source == "model"]
+    assert [view.blueprints[k.blueprint_id].name for k in model_readers] == ["model_input_branch"]
+    assert len(view.query([], features=8, in_features=16)) == len(library) - 1  # not where the model reads 2
     loop = view.blueprints[hostile.blueprint_id]
     assert loop.status == "REJECTED" and loop.rejection.startswith("cycle")
     fixed = view.query(["fixed_function"])
