@@ -236,7 +236,7 @@ def telemetry(batches: int = 10_000, seeds_per_batch: int = 32, rows: int = 10_0
             store.query("INSERT INTO esper.seed_telemetry SELECT concat('run-', toString(number % 50)), "
                         "intDiv(number, 5000), now64(3), number % 16, 'l', number % 64, 'TRAINING', 0.5, "
                         "randCanonical(), randCanonical(), randCanonical(), 1 + 100 * randCanonical(), 0, '', "
-                        f"toString(number) FROM numbers({rows})", "TSV")
+                        f"toString(number), 0, 0 FROM numbers({rows})", "TSV")  # ..., growth signal, from model
             total = int(store.rows("SELECT count() AS n FROM esper.seed_telemetry")[0]["n"])
             queries = {
                 "latency_quantiles": "SELECT quantiles(0.5, 0.9, 0.99)(exec_latency_us) FROM esper.seed_telemetry",
