@@ -137,9 +137,15 @@ class Processors:
         return decoded
 
     async def _decode(self, event, agent: str) -> Any | None:
-        """The typed event (see ``_decode_record``)."""
+        """The typed event (see ``_decode_record``); a record with no type here is dead-lettered too."""
         decoded = await self._decode_record(event, agent)
-        return None if decoded is None else decoded.typed()
+        if decoded is None:
+            return None
+        try:
+            return decoded.typed()
+        except DecodeError as exc:
+            await self._dead_letter(event, exc.reason, exc.detail, agent)
+            return None
 
     # ------------------------------------------------------------------ agents
     def _build(self) -> None:
@@ -174,8 +180,11 @@ class Processors:
                 await library.load()
                 view = UrzaView.restore(library.items(), lambda raw: self.serde.decode(raw).typed())
                 async for batch in self._batches(stream, "urza"):
-                    for _, ev in batch:
+                    for event, ev in batch:
                         applied = view.apply(ev)
+                        if view.last_rejection is not None:  # a record the fold cannot apply: skipped, kept aside
+                            await self._dead_letter(event, "unapplicable", view.last_rejection, "urza")
+                            continue
                         self.stats["urza"]["applied" if applied else "duplicate_or_waiting"] += 1
                     for key, value in view.take_dirty(self.serde.encode).items():
                         library.set(key, value)  # None: a tombstone

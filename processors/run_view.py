@@ -7,11 +7,11 @@ duplicates are skipped and counted, a version that skips ahead is a gap, reporte
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from processors.seed_state import DUPLICATE, GAP, fold_seed
+from processors.urza_view import Unapplicable, parse_json
 
 __all__ = ["RunView"]
 
@@ -40,6 +40,7 @@ class RunView:
     failure: str | None = None
     config: dict | None = None  # the run's resolved configuration, as RunStarted recorded it
     waits: dict[str, int] = field(default_factory=dict)  # Tamiyo's reasons for not acting, epochs each
+    rejected: list[str] = field(default_factory=list)  # events the fold could not apply, and why (skipped)
 
     def apply(self, ev: Any, position: str = "") -> None:
         env = ev.envelope
@@ -47,7 +48,11 @@ class RunView:
             return
         handler = getattr(self, f"_on_{type(ev).__name__}", None)
         if handler is not None:
-            handler(ev, position)
+            try:
+                handler(ev, position)
+            except Exception as exc:  # noqa: BLE001 - one poison record must not stop the fold
+                self.rejected.append(f"{type(ev).__name__} {env.event_id} at {position or '?'} skipped: "
+                                     f"{type(exc).__name__}: {str(exc)[:300]}")
 
     def note(self, event_id: str) -> bool:
         """Count an event of this run; False for a repeated one. Events the view has no handler for (telemetry,
@@ -110,8 +115,8 @@ class RunView:
     def _on_RunStarted(self, ev, position) -> None:
         self.task, self.host_params = ev.task, ev.host_params
         try:
-            self.config = json.loads(ev.config_json) if ev.config_json else None
-        except ValueError:
+            self.config = parse_json(ev.config_json, "config_json") if ev.config_json else None
+        except Unapplicable:
             self.config = None
         self._tell(ev, position, "run", f"run started: {ev.task}, {ev.host_params} parameters, "
                    f"{ev.epochs_planned} epochs planned")

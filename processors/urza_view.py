@@ -6,6 +6,10 @@ same state. Events of one originator are applied strictly in ``originator_versio
 aggregate's events live on several topics) waits for it, and whatever still waits at the end is reported by
 ``gaps()`` — surfaced, never silently applied or dropped.
 
+A record the fold cannot apply (its JSON does not parse, nests deeper than ``MAX_JSON_DEPTH``, or anything else a
+handler refuses) is skipped, its version counted so its successors are not held up, and its reason kept in
+``rejected`` (and ``last_rejection``, for the live agent to dead-letter it): one poison record never stops a fold.
+
 Kernel status: COMPILED on ``KernelCompiled``; ``KernelStatusChanged`` moves it on (VALIDATED, REJECTED, RETIRED).
 ``query`` only ever returns VALIDATED artifacts.
 """
@@ -27,7 +31,31 @@ from streams.contracts import (
     KernelValidationReport,
 )
 
-__all__ = ["UrzaView", "BlueprintRecord", "KernelRecord", "URZA_TOPICS"]
+__all__ = ["UrzaView", "BlueprintRecord", "KernelRecord", "URZA_TOPICS", "Unapplicable", "parse_json"]
+
+MAX_JSON_DEPTH = 32  # IR and signatures nest a few levels; anything deeper is not something Esper wrote
+
+
+class Unapplicable(ValueError):
+    """A record the fold skips (with this reason) instead of applying."""
+
+
+def parse_json(text: str, what: str) -> Any:
+    """``text`` as JSON nesting at most ``MAX_JSON_DEPTH`` levels, or Unapplicable saying why not."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise Unapplicable(f"{what} is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+    stack = [(value, 1)]
+    while stack:  # iterative: the depth check itself must not recurse
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise Unapplicable(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return value
 
 URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
 
@@ -110,6 +138,8 @@ class UrzaView:
         self._waiting: dict[str, dict[int, Any]] = {}
         self.duplicates = 0
         self.applied = 0
+        self.rejected: list[tuple[str, str]] = []  # (event id, why it was skipped)
+        self.last_rejection: str | None = None  # set by apply() when the event it was given was skipped
         self._dirty: set[str] = set()  # entry keys changed since take_dirty()
 
     # ------------------------------------------------------------------ folding
@@ -119,7 +149,9 @@ class UrzaView:
         return self
 
     def apply(self, event: Any) -> bool:
-        """Apply one event (or park it until its predecessor arrives). Returns whether anything was applied."""
+        """Apply one event (or park it until its predecessor arrives). Returns whether anything was applied. Never
+        raises for a record of its own types: what it cannot apply is skipped (``last_rejection`` says why)."""
+        self.last_rejection = None
         if not isinstance(event, URZA_EVENTS):
             return False
         env = event.envelope
@@ -131,29 +163,39 @@ class UrzaView:
             self._waiting.setdefault(env.originator_id, {})[env.originator_version] = event
             self._dirty.add(f"waiting/{env.originator_id}/{env.originator_version}")
             return False
-        self._apply_in_order(event)
+        applied = self._apply_in_order(event)
+        rejection = self.last_rejection  # about this event; parked successors' rejections are in ``rejected``
         waiting = self._waiting.get(env.originator_id, {})
         while (nxt := waiting.pop(self._versions[env.originator_id] + 1, None)) is not None:
             self._dirty.add(f"waiting/{env.originator_id}/{nxt.envelope.originator_version}")
-            self._apply_in_order(nxt)
+            applied = self._apply_in_order(nxt) or applied
         if not waiting:
             self._waiting.pop(env.originator_id, None)
-        return True
+        self.last_rejection = rejection
+        return applied
 
-    def _apply_in_order(self, event: Any) -> None:
+    def _apply_in_order(self, event: Any) -> bool:
         env = event.envelope
         self._versions[env.originator_id] = env.originator_version
         self._seen_ids.add(env.event_id)
-        self.applied += 1
-        handler = getattr(self, f"_on_{type(event).__name__}")
-        handler(event)
         self._dirty.add(f"version/{env.originator_id}")
+        handler = getattr(self, f"_on_{type(event).__name__}")
+        try:
+            handler(event)  # handlers check everything before they change anything
+        except Exception as exc:  # noqa: BLE001 - one poison record must not stop the fold
+            reason = f"{type(event).__name__} {env.event_id} skipped: {exc}" if isinstance(exc, Unapplicable) else \
+                f"{type(event).__name__} {env.event_id} skipped: {type(exc).__name__}: {str(exc)[:300]}"
+            self.rejected.append((env.event_id, reason))
+            self.last_rejection = reason
+            return False
+        self.applied += 1
         artifact, blueprint = getattr(event, "artifact_id", None), getattr(event, "blueprint_id", None)
         if artifact in self.kernels:
             self._dirty.add(f"kernel/{artifact}")
             blueprint = blueprint or self.kernels[artifact].blueprint_id
         if blueprint in self.blueprints:
             self._dirty.add(f"blueprint/{blueprint}")
+        return True
 
     def gaps(self) -> dict[str, list[int]]:
         """Originators with events waiting for a missing predecessor: {originator: [waiting versions]}."""
@@ -222,10 +264,9 @@ class UrzaView:
         return rec
 
     def _on_BlueprintSubmitted(self, ev: BlueprintSubmitted) -> None:
-        try:
-            ir = json.loads(ev.ir_json)
-        except ValueError:
-            ir = {}
+        ir = parse_json(ev.ir_json, "ir_json")
+        if not isinstance(ir, dict):
+            raise Unapplicable("ir_json is not a JSON object")
         rec = self._blueprint(ev.blueprint_id)
         rec.name, rec.ir, rec.tags, rec.parents, rec.submitted_by = (ev.name, ir, list(ev.tags), list(ev.parent_ids),
                                                                      ev.submitted_by)
@@ -243,10 +284,9 @@ class UrzaView:
             rec.failed_widths = sorted(rec.failed_widths + [ev.chunk_width])
 
     def _on_KernelCompiled(self, ev: KernelCompiled) -> None:
-        try:
-            signature = json.loads(ev.signature_json)
-        except ValueError:
-            signature = {}
+        signature = parse_json(ev.signature_json, "signature_json")
+        if not isinstance(signature, dict):
+            raise Unapplicable("signature_json is not a JSON object")
         rec = KernelRecord(ev.artifact_id, ev.blueprint_id, ev.hardware, ev.pipeline, ev.sha256, ev.size_bytes,
                            ev.compile_ms, signature, history=["COMPILED"])
         self.kernels[ev.artifact_id] = rec

@@ -68,10 +68,16 @@ def last_versions(backbone: Backbone, run_id: str) -> dict[str, int]:
 
 
 def fold_library(backbone: Backbone, **bounds) -> UrzaView:
+    """The Urza view folded from the log. Records that do not decode, have no type here, or cannot be applied are
+    skipped (``view.rejected`` lists the last kind): a poison record never stops the fold."""
     view = UrzaView()
     for item in backbone.replay_reader().events([backbone.resolve_topic(t) for t in URZA_TOPICS], **bounds):
         if item.error is None:
-            view.apply(item.decoded.typed())
+            try:
+                event = item.decoded.typed()
+            except DecodeError:
+                continue
+            view.apply(event)
     return view
 
 

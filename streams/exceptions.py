@@ -38,7 +38,8 @@ class DecodeError(EsperError):
     """Bytes read from a topic could not be turned back into a record.
 
     ``reason`` is a short machine-readable code (it becomes the dead-letter header ``esper.dlq.reason``):
-    ``bad-magic``, ``truncated``, ``unknown-fingerprint``, ``schema-mismatch``, ``registry-error``.
+    ``bad-magic``, ``truncated``, ``too-large``, ``unknown-fingerprint``, ``schema-mismatch``, ``registry-error``,
+    ``untyped`` (it decodes, but as nothing this version of Esper has a type for).
     """
 
     def __init__(self, reason: str, message: str):

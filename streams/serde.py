@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from streams.exceptions import DecodeError, EncodeError, SchemaNotFound
+from streams.exceptions import DecodeError, EncodeError
 from streams.schemas import NamedSchema, SchemaCatalog
 
 __all__ = ["Decoded", "Serde", "SingleObjectSerde", "ConfluentSerde", "MAGIC", "DEFAULT_MAX_MESSAGE_BYTES", "make_serde"]
@@ -47,8 +47,12 @@ class Decoded:
 
         cls = TYPES.get(self.schema.name)
         if cls is None:
-            raise SchemaNotFound(f"no Python type for {self.schema.name} (schema only known from the log)")
-        return cls.from_avro(self.record)
+            raise DecodeError("untyped", f"no Python type for {self.schema.name} (a schema only known from the log)")
+        try:
+            return cls.from_avro(self.record)
+        except Exception as exc:  # noqa: BLE001 - a record that decodes but is not what its type allows
+            raise DecodeError("untyped", f"a {self.schema.name} record does not make a {cls.__name__}: "
+                                         f"{type(exc).__name__}: {exc}") from None
 
 
 class Serde(Protocol):
@@ -110,6 +114,7 @@ class SingleObjectSerde:
     def _writer(self, data: bytes) -> NamedSchema:
         if data is None or len(data) < HEADER_LEN:
             raise DecodeError("truncated", f"{0 if data is None else len(data)} bytes is shorter than the 10-byte header")
+        _check_size(data, self.max_message_bytes)
         if data[:2] != MAGIC:
             raise DecodeError("bad-magic", f"expected single-object marker c301, got {data[:2].hex()}")
         fp = bytes(data[2:HEADER_LEN])
@@ -123,6 +128,12 @@ class SingleObjectSerde:
     def _reader_for(self, writer: NamedSchema) -> NamedSchema | None:
         local = self.catalog.find(writer.name)
         return None if local is None or local.fingerprint == writer.fingerprint else local
+
+
+def _check_size(data: bytes, limit: int) -> None:
+    """The limit a publisher enforces, enforced again at read: a record over it was not written by Esper."""
+    if len(data) > limit:
+        raise DecodeError("too-large", f"a record of {len(data)} bytes, over the {limit}-byte limit")
 
 
 def _read_body(data: bytes, offset: int, writer: NamedSchema, reader: NamedSchema | None) -> dict:
@@ -195,6 +206,7 @@ class ConfluentSerde:
     def _writer(self, data: bytes) -> NamedSchema:
         if data is None or len(data) < 5:
             raise DecodeError("truncated", "shorter than the 5-byte Confluent header")
+        _check_size(data, self.max_message_bytes)
         if data[0] != 0:
             raise DecodeError("bad-magic", f"expected Confluent magic byte 00, got {data[:1].hex()}")
         schema_id = int.from_bytes(data[1:5], "big")
@@ -241,6 +253,8 @@ def _peek(serde, data: bytes, topic: str, writer: NamedSchema, offset: int) -> t
             n, shift = b & 0x7F, 7
             pos += 1
             while b & 0x80:
+                if shift >= 70:  # an Avro long is at most 10 bytes: a longer run is garbage, refused in O(1)
+                    raise IndexError("a varint longer than 10 bytes")
                 b = data[pos]
                 n |= (b & 0x7F) << shift
                 shift += 7
