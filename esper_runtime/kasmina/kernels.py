@@ -59,11 +59,16 @@ def register_kernel_kind(kind: str, builder: Builder) -> None:
 
 
 class KernelCache:
-    """Bounded LRU of built kernels, keyed by artifact id. Nothing is used before its hash is verified."""
+    """Bounded LRU of built kernels, keyed by artifact id. Nothing is used before its hash is verified: against the
+    digest the log recorded for it (``KernelCompiled.sha256``, through ``expected_digest``, which Tamiyo sets from
+    her Urza view) when one is known — the store's own index is not trusted for that — and against the store's
+    declared digest otherwise (a kernel given by hand, with no log behind it)."""
 
-    def __init__(self, source: ArtifactSource, capacity: int = 32):
+    def __init__(self, source: ArtifactSource, capacity: int = 32,
+                 expected_digest: Callable[[str], str | None] | None = None):
         self.source = source
         self.capacity = capacity
+        self.expected_digest = expected_digest  # artifact id -> the SHA-256 on the log (None: not on the log)
         self._entries: OrderedDict[str, LoadedKernel] = OrderedDict()
         self.hits = self.misses = 0
         self.last_load_ms = 0.0
@@ -108,6 +113,13 @@ class KernelCache:
         except Exception as exc:
             raise KernelLoadError(f"kernel {artifact_id}: not available: {exc}") from exc
         actual = hashlib.sha256(artifact.data).hexdigest()
+        if self.expected_digest is not None:
+            logged = self.expected_digest(artifact_id)
+            if logged is None:
+                raise KernelLoadError(f"kernel {artifact_id}: no KernelCompiled on the log records its hash: refused")
+            if actual != logged:
+                raise KernelLoadError(f"kernel {artifact_id}: its bytes hash to {actual[:12]}…, the log recorded "
+                                      f"{logged[:12]}…: a substituted or corrupt artifact refused")
         if actual != artifact.sha256:
             raise KernelLoadError(f"kernel {artifact_id}: hash mismatch (declared {artifact.sha256[:12]}…, "
                                   f"content {actual[:12]}…): corrupt or tampered artifact refused")

@@ -90,6 +90,9 @@ class TamiyoController:
         self.kasmina = model.kasmina
         self.config = config
         self.urza = urza
+        if self.kasmina.cache is not None and self.kasmina.cache.expected_digest is None:
+            # the kernels she commands are loaded only if their bytes hash to what the log recorded for them
+            self.kasmina.cache.expected_digest = self._logged_digest
         self.publisher = publisher if publisher is not None else self.kasmina.publisher
         self.run_id = run_id or self.kasmina.run_id
         self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
@@ -108,6 +111,10 @@ class TamiyoController:
         self._measured = False  # whether the last locations were ranked by a measured growth signal
         self.first_signal: float | None = None  # the growth signal where the run first germinated
         self.policy_name = PRODUCER.split("/")[1]
+
+    def _logged_digest(self, artifact_id: str) -> str | None:
+        record = self.urza.kernels.get(artifact_id)
+        return record.sha256 if record is not None else None
 
     # ------------------------------------------------------------------ checkpointing (Tolaria restores in lockstep)
     def state_dict(self) -> dict:

@@ -48,6 +48,11 @@ class CompiledChild(nn.Module):
 
     def _compiled(self):
         if self._runner is None and self._package_path is not None:
+            # the package file is named by the SHA-256 of the bytes the verified bundle held: native code is loaded
+            # only if the file still holds them
+            if _sha256_file(self._package_path) != self._package_path.stem:
+                raise KernelLoadError(f"{self._package_path.name}: the file no longer holds the verified kernel "
+                                      f"(its bytes changed since the bundle was loaded): refused")
             self._runner = torch._inductor.aoti_load_package(str(self._package_path))
         return self._runner
 
@@ -109,7 +114,9 @@ def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> Load
         cache_dir = load_settings().home / "kernel-cache"
     digest = hashlib.sha256(pt2).hexdigest()
     package = cache_dir / f"{digest}.pt2"
-    if not package.exists():
+    # a file is trusted for what it holds, not for its name: one that does not hash to its name is replaced with
+    # the bytes of the verified bundle (and checked again just before the native code is loaded)
+    if not package.exists() or _sha256_file(package) != digest:
         package.parent.mkdir(parents=True, exist_ok=True)
         tmp = package.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(pt2)
@@ -119,6 +126,14 @@ def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> Load
                           ir.input_source)
     return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, ir.trainable, child,
                         {"blueprint_id": ir.blueprint_id, "name": ir.name, "pipeline": manifest.get("pipeline")})
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def register() -> None:

@@ -20,6 +20,7 @@ from streams.exceptions import EsperError
 __all__ = ["ArtifactNotFound", "ArtifactStore", "KernelArtifact"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ArtifactNotFound(EsperError):
@@ -61,11 +62,25 @@ class ArtifactStore:
         self._check_id(artifact_id)
         index = self.root / "index" / f"{artifact_id}.json"
         try:
-            entry = json.loads(index.read_bytes())
-            data = (self.root / "blobs" / entry["sha256"][:2] / entry["sha256"]).read_bytes()
+            entry = self._entry(artifact_id)
+            data = self._blob(entry["sha256"]).read_bytes()
         except FileNotFoundError:
             raise ArtifactNotFound(f"no artifact {artifact_id} in {self.root}") from None
         return KernelArtifact(artifact_id, entry["sha256"], entry["kind"], data)
+
+    def _entry(self, artifact_id: str) -> dict:
+        """The index entry, refused unless it is what ``put`` writes (nothing it names is read before that)."""
+        try:
+            entry = json.loads((self.root / "index" / f"{artifact_id}.json").read_bytes())
+        except (ValueError, RecursionError):
+            raise ArtifactNotFound(f"the index entry of {artifact_id} is not JSON: refused") from None
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _DIGEST.match(entry["sha256"])
+                and isinstance(entry.get("kind"), str)):
+            raise ArtifactNotFound(f"the index entry of {artifact_id} does not name a SHA-256 digest: refused")
+        return entry
+
+    def _blob(self, digest: str) -> Path:
+        return self.root / "blobs" / digest[:2] / digest
 
     def exists(self, artifact_id: str) -> bool:
         self._check_id(artifact_id)
@@ -76,8 +91,8 @@ class ArtifactStore:
         return json.loads((self.root / "index" / f"{artifact_id}.json").read_bytes()).get("meta", {})
 
     def blob_path(self, artifact_id: str) -> Path:
-        entry = json.loads((self.root / "index" / f"{artifact_id}.json").read_bytes())
-        return self.root / "blobs" / entry["sha256"][:2] / entry["sha256"]
+        self._check_id(artifact_id)
+        return self._blob(self._entry(artifact_id)["sha256"])
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -32,12 +32,12 @@ def make_library(tmp_path):
     view = UrzaView()
     for i, (op, risk) in enumerate([("residual_mlp", 0.1), ("low_rank", 0.2), ("fixed_swish", 0.3)]):
         aid, data = reference_artifact(op, 8)
-        store.put(aid, REFERENCE_KIND, data)
+        digest = store.put(aid, REFERENCE_KIND, data)  # what Tezzeret announces: Kasmina checks the bytes against it
         bp = f"bp-{op}"
         view.apply(BlueprintSubmitted(envelope=envs.next(f"blueprint/{bp}"), blueprint_id=bp, name=op, ir_version=1,
                                       ir_json="{}", submitted_by="test"))
         view.apply(KernelCompiled(envelope=envs.next(f"kernel/{aid}"), artifact_id=aid, blueprint_id=bp,
-                                  hardware="cpu", pipeline="fast", toolchain_hash="t", sha256="s", size_bytes=1,
+                                  hardware="cpu", pipeline="fast", toolchain_hash="t", sha256=digest, size_bytes=1,
                                   uri="u", compile_ms=1.0,
                                   signature_json=json.dumps({"inputs": [{"shape": [None, 8]}]})))
         tags = ["numerically_stable", "trainable" if op != "fixed_swish" else "fixed_function"]
