@@ -105,7 +105,10 @@ def env_overrides(doc: dict) -> dict:
             continue
         section, _, field = key[len("ESPER_"):].lower().partition("__")
         if section in ("kasmina", "tamiyo", "tolaria") and field:
-            doc.setdefault(section, {})[field] = yaml.safe_load(value)
+            try:
+                doc.setdefault(section, {})[field] = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{key}: not a YAML value ({str(exc).splitlines()[0]})") from None
     return doc
 
 

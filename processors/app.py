@@ -22,6 +22,7 @@ the worker in seconds.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -229,8 +230,9 @@ class Processors:
             @app.page("/esper/sql/")
             class SqlView(faust.web.View):
                 async def post(self, request):
+                    given = request.headers.get("Authorization", "").encode()
                     if procs._store_token is None or \
-                            request.headers.get("Authorization") != f"Bearer {procs._store_token}":
+                            not hmac.compare_digest(given, f"Bearer {procs._store_token}".encode()):
                         return self.json({"error": "missing or wrong token (see endpoint.json)"}, status=401)
                     try:
                         query = (await request.json())["query"]

@@ -1,6 +1,7 @@
 """The REST API (appendix F.3 / F.5) and the Nissa page, on FastAPI.
 
-Every ``/api/v1`` endpoint requires a bearer JWT (``auth.TokenVerifier``); writing needs the write role. Data comes
+Every ``/api/v1`` endpoint requires a bearer JWT (``auth.TokenVerifier``): reading needs the read role
+(``esper:read``, or the write role), writing the write role (``esper:write``). Data comes
 from the log's materialized state — the Urza library from ``state.urza.library`` (folded from the log when the
 processors never ran), runs and alerts from the ClickHouse tables (through the processors' app when it owns the
 embedded store). Errors follow F.5 with a JSON body ``{"error": {"code", "message"}}``; a 500 carries a
@@ -14,7 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -66,10 +67,13 @@ class KernelQueryResult(BaseModel):
     total: int
 
 
+MAX_BODY_BYTES = 1 << 20  # a request body over this is refused (413) before it is read in full
+
+
 class BlueprintSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ir: dict
-    chunk_widths: list[int] = Field(default_factory=list, max_length=16)
+    chunk_widths: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list, max_length=16)
     pipelines: list[Literal["fast", "standard", "aggressive"]] = Field(default_factory=list)
 
 
@@ -126,6 +130,27 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
                   "(appendix F.3). Every /api/v1 endpoint requires a bearer JWT.")
     bearer = HTTPBearer(auto_error=False)
 
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        """Refuse a body over MAX_BODY_BYTES (413): by its Content-Length when it says, by counting otherwise."""
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+        if declared is None and request.method in ("POST", "PUT", "PATCH"):
+            size = 0
+            chunks = []
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+
+            async def receive():
+                return {"type": "http.request", "body": body, "more_body": False}
+            request = Request(request.scope, receive)
+        return await call_next(request)
+
     def principal(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         if creds is None or creds.scheme.lower() != "bearer":
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
@@ -133,6 +158,11 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
             return verifier.verify(creds.credentials)
         except AuthError as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+    def reader(who: Principal = Depends(principal)) -> Principal:
+        if settings.read_role not in who.roles and settings.write_role not in who.roles:
+            raise HTTPException(403, f"this needs the role {settings.read_role!r}")
+        return who
 
     def writer(who: Principal = Depends(principal)) -> Principal:
         if settings.write_role not in who.roles:
@@ -144,6 +174,9 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
             return check_run_id(run_id)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
+
+    def _error(code: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=code)
 
     # ------------------------------------------------------------------ errors (F.5)
     @app.exception_handler(StarletteHTTPException)
@@ -166,18 +199,18 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
 
     # ------------------------------------------------------------------ Urza
     @app.post("/api/v1/kernels/query", response_model=KernelQueryResult, tags=["urza"])
-    def kernels_query(query: KernelQuery, who: Principal = Depends(principal)) -> KernelQueryResult:
+    def kernels_query(query: KernelQuery, who: Principal = Depends(reader)) -> KernelQueryResult:
         found = data.urza().query(query.tags, hardware=query.hardware, features=query.chunk_width,
                                   blueprint_id=query.blueprint_id, limit=10_000)
         return KernelQueryResult(kernels=[_kernel_out(k) for k in found[: query.max_results]], total=len(found))
 
     @app.get("/api/v1/kernels", response_model=KernelQueryResult, tags=["urza"])
-    def kernels_all(who: Principal = Depends(principal)) -> KernelQueryResult:
+    def kernels_all(who: Principal = Depends(reader)) -> KernelQueryResult:
         kernels = sorted(data.urza().kernels.values(), key=lambda k: (k.blueprint_id, k.artifact_id))
         return KernelQueryResult(kernels=[_kernel_out(k) for k in kernels], total=len(kernels))
 
     @app.get("/api/v1/blueprints/{blueprint_id}", tags=["urza"])
-    def blueprint(blueprint_id: str, who: Principal = Depends(principal)) -> dict:
+    def blueprint(blueprint_id: str, who: Principal = Depends(reader)) -> dict:
         view = data.urza()
         bp = view.blueprints.get(blueprint_id)
         if bp is None:
@@ -198,6 +231,8 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
             validate(bp)
         except BlueprintInvalid as exc:
             raise HTTPException(400, f"invalid blueprint: {exc}") from None
+        except (TypeError, ValueError, KeyError, RecursionError) as exc:  # a shape no check above foresaw
+            raise HTTPException(400, f"invalid blueprint: {type(exc).__name__}: {str(exc)[:300]}") from None
         with data.bb.publisher() as pub:
             submit_blueprint(pub, EnvelopeFactory("api", f"api/{who.subject}"), bp, submitted_by=who.subject,
                              widths=tuple(body.chunk_widths), pipelines=tuple(body.pipelines))
@@ -205,7 +240,7 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
 
     # ------------------------------------------------------------------ runs, status, alerts (Tamiyo, Nissa)
     @app.get("/api/v1/system/status", tags=["system"])
-    def system_status(run_id: str | None = None, who: Principal = Depends(principal)) -> dict:
+    def system_status(run_id: str | None = None, who: Principal = Depends(reader)) -> dict:
         if run_id is None:
             latest = data.rows("SELECT run_id FROM esper.epochs ORDER BY occurred_at DESC LIMIT 1")
             if not latest:
@@ -226,13 +261,13 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
                 "active_seed_id": f"[{active[0]['layer_id']}, {active[0]['seed_id']}]" if active else None}
 
     @app.get("/api/v1/runs", tags=["nissa"])
-    def runs(who: Principal = Depends(principal)) -> list[dict]:
+    def runs(who: Principal = Depends(reader)) -> list[dict]:
         return data.rows("SELECT run_id, count() AS epochs, argMax(val_accuracy, epoch) AS val_accuracy, "
                          "argMax(params, epoch) AS params, toString(max(occurred_at)) AS last_at "
                          "FROM esper.epochs FINAL GROUP BY run_id ORDER BY max(occurred_at) DESC LIMIT 200")
 
     @app.get("/api/v1/runs/{run_id}", tags=["nissa"])
-    def run_detail(run_id: str, who: Principal = Depends(principal)) -> dict:
+    def run_detail(run_id: str, who: Principal = Depends(reader)) -> dict:
         run = run_id_ok(run_id)
         epochs = data.rows(f"SELECT epoch, train_loss, val_loss, val_accuracy, params FROM esper.epochs FINAL "
                            f"WHERE run_id = '{run}' ORDER BY epoch, occurred_at")
@@ -248,7 +283,7 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
                 "alerts": evaluate(data, run)}
 
     @app.get("/api/v1/alerts", tags=["nissa"])
-    def alerts(run_id: str, who: Principal = Depends(principal)) -> list[dict]:
+    def alerts(run_id: str, who: Principal = Depends(reader)) -> list[dict]:
         return evaluate(data, run_id_ok(run_id))
 
     # ------------------------------------------------------------------ Nissa (static; data via the API above)
@@ -262,4 +297,47 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
             raise HTTPException(404, "no such file")
         return FileResponse(NISSA_DIR / name)
 
+    _document_errors(app)
     return app
+
+
+class ErrorBody(BaseModel):
+    code: int
+    message: str
+
+
+class Error(BaseModel):
+    """F.5's error body."""
+
+    error: ErrorBody
+
+
+_ERRORS = {"400": "the request failed validation", "401": "no bearer token, or one that does not verify",
+           "403": "the token lacks the role this needs", "404": "no such item", "413": "the request body is too large"}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The OpenAPI document says what the app answers: F.5's error body for 400 (FastAPI would say 422, which this
+    app never answers), 401, 403, 404 and (for a body) 413."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Error"] = Error.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(components["Error"].pop("$defs", {}))
+            for path, ops in schema.get("paths", {}).items():
+                for method, op in ops.items():
+                    responses = op.setdefault("responses", {})
+                    responses.pop("422", None)
+                    wanted = ["400", "401", "403", "404"] + (["413"] if method == "post" else [])
+                    for code in wanted:
+                        responses.setdefault(code, {"description": _ERRORS[code], "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Error"}}}})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -43,6 +43,7 @@ class ApiSettings(BaseSettings):
                                                      "$ESPER_HOME/api/public.pem when it exists).")
     jwks_file: Path | None = Field(default=None, description="A JWKS document on disk.")
     jwks_url: str | None = Field(default=None, description="A JWKS endpoint (e.g. your identity provider's).")
+    read_role: str = Field(default="esper:read", description="The role every read requires (or the write role).")
     write_role: str = Field(default="esper:write", description="The role that write operations require.")
     leeway_s: int = Field(default=30, description="Clock skew tolerated on exp/nbf/iat.")
 

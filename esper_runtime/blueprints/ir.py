@@ -77,6 +77,13 @@ def input_source(doc: dict[str, Any]) -> str | None:
     return WIDE_INPUTS[min(reads)] if len(reads) == 1 else None
 
 
+def _sorted_tags(tags: Any) -> Any:
+    """Tags in canonical (sorted) order; anything but a list of strings is kept as it is, for validation to refuse."""
+    if isinstance(tags, list) and all(isinstance(t, str) for t in tags):
+        return sorted(tags)
+    return tags
+
+
 @dataclass(frozen=True)
 class Blueprint:
     """A blueprint template (sizes may depend on F). Build one with ``Blueprint.parse``."""
@@ -102,15 +109,18 @@ class Blueprint:
             "trainable": source.get("trainable"),
             "nodes": source.get("nodes"),
             "output": source.get("output"),
-            "tags": sorted(source.get("tags", [])) if isinstance(source.get("tags", []), list) else source.get("tags"),
+            "tags": _sorted_tags(source.get("tags", [])),
         }
         unknown = set(source) - set(doc)
         if unknown:
             raise BlueprintInvalid("parse", f"unknown top-level keys {sorted(unknown)}")
         try:
-            doc = json.loads(canonical_json(doc))  # a deep, normalized copy: later edits to the source cannot leak in
+            text = canonical_json(doc)
+            doc = json.loads(text)  # a deep, normalized copy: later edits to the source cannot leak in
         except (TypeError, ValueError, RecursionError) as exc:
             raise BlueprintInvalid("parse", f"not representable as canonical JSON: {exc}") from None
+        if len(text) > MAX_DOCUMENT_BYTES:
+            raise BlueprintInvalid("parse", f"document of {len(text)} bytes exceeds {MAX_DOCUMENT_BYTES}")
         return cls(doc)
 
     @property

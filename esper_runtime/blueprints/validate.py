@@ -88,7 +88,7 @@ def _ops(doc: dict[str, Any], concrete: bool) -> None:
         for key, value in attrs.items():
             kind, lo, hi = spec.attrs[key]
             if key == "init":
-                if value not in INITS:
+                if not isinstance(value, str) or value not in INITS:
                     raise BlueprintInvalid("ops", f"node {nid!r}: init must be one of {sorted(INITS)}")
                 continue
             if key in _SIZE_ATTRS and not concrete:
@@ -104,6 +104,9 @@ def _ops(doc: dict[str, Any], concrete: bool) -> None:
                 raise BlueprintInvalid("ops", f"node {nid!r}: attr {key} must be {kind.__name__}, got {value!r}")
             if not lo <= value <= hi:
                 raise BlueprintInvalid("size", f"node {nid!r}: attr {key}={value} outside [{lo}, {hi}]")
+            if op == "depthwise_conv" and key == "kernel_size" and value % 2 == 0:
+                raise BlueprintInvalid("ops", f"node {nid!r}: kernel_size {value} must be odd (an even kernel with "
+                                              f"'same' padding changes the chunk's width)")
 
 
 def topo_order(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -77,9 +77,20 @@ def evaluate(store, run_id: str, rules=RULES, **overrides) -> list[dict]:
         params = {k: overrides.get(f"{rule.name}.{k}", v) for k, v in rule.params}
         for row in store.rows(rule.sql.format(run=run, **params)):
             values = {k: _number(v) for k, v in row.items()}
+            shown = {k: _NOT_FINITE if v is None else v for k, v in values.items()}
             alerts.append({"rule": rule.name, "severity": rule.severity,
-                           "message": rule.message.format(**values, **params), "row": values})
+                           "message": rule.message.format(**shown, **params), "row": values})
     return alerts
+
+
+class _NotFinite:
+    """How a message shows a value ClickHouse returned as null (an infinite or NaN loss), whatever its format."""
+
+    def __format__(self, spec: str) -> str:
+        return "not finite"
+
+
+_NOT_FINITE = _NotFinite()
 
 
 def _number(value):

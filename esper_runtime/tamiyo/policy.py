@@ -129,8 +129,12 @@ def load_policy(directory: Path) -> LoadedPolicy:
         raise PolicyError(f"{directory} was trained on other features than this version computes")
     import io
 
-    state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    policy = TamiyoPolicy(hidden=card["hidden"], layers=card["layers"])
-    policy.load_state_dict(state)
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        policy = TamiyoPolicy(hidden=card["hidden"], layers=card["layers"])
+        policy.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - a card or weights that do not make this policy: said, not raised raw
+        raise PolicyError(f"{directory}: the card and weights do not make a policy: {type(exc).__name__}: "
+                          f"{str(exc)[:300]}") from None
     policy.eval()
     return LoadedPolicy(policy, card)

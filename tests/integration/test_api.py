@@ -15,9 +15,11 @@ import uuid
 
 import jwt
 import pytest
+import schemathesis
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
 
 from esper_runtime.api.app import ApiData, create_app
 from esper_runtime.api.auth import ApiSettings, TokenVerifier, generate_keypair, issue_token
@@ -204,3 +206,17 @@ def test_nissa_renders_a_run_in_a_headless_browser(world, keys, tmp_path):
     kernels = sum(1 for e in world["events"] if type(e).__name__ == "KernelCompiled")
     assert f"{kernels} kernels" in dom
     assert dom.count("<tr><td>") >= kernels
+
+
+# ---------------------------------------------------------------------- schemathesis (issue #13)
+@pytest.fixture(scope="module")
+def api_schema(world):
+    return schemathesis.openapi.from_asgi("/openapi.json", world["app"])
+
+
+@schemathesis.pytest.from_fixture("api_schema").parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_every_operation_answers_generated_requests_as_its_document_says(case, keys):
+    """Requests generated from the OpenAPI document, with a token holding both roles: no server error, and every
+    answer (status, content type, body) is one the document describes. Bounded per operation so CI stays short."""
+    case.call_and_validate(headers={"Authorization": f"Bearer {_token(keys, roles=('esper:read', 'esper:write'))}"})
