@@ -4,13 +4,32 @@ import pytest
 import torch
 from torch import nn
 
-from esper_runtime.kasmina import KasminaConfig, reference_artifact, wrap
-from esper_runtime.kasmina.kernels import REFERENCE_KIND
+from esper_runtime.blueprints import Blueprint, ConcreteIR, build_module
+from esper_runtime.kasmina import KasminaConfig, reference_artifact, register_kernel_kind, wrap
+from esper_runtime.kasmina.kernels import REFERENCE_KIND, LoadedKernel
 from esper_runtime.urza import ArtifactStore
 from streams import InMemoryPublisher, SingleObjectSerde
 
 FAST = dict(reconstruction_steps=4, graft_steps=4, stabilize_steps=2, evaluate_steps=2, stats_every=1,
             seeds_per_layer=4, embargo_epochs=2)
+
+
+IR_KIND = "test.ir.v1"  # an IR built eagerly, no compilation: what a compiled bundle runs for training anyway
+
+
+def _build_ir(artifact):
+    ir = ConcreteIR.from_json(artifact.data.decode())
+    return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, True, build_module(ir, seed=0))
+
+
+register_kernel_kind(IR_KIND, _build_ir)
+
+
+def store_ir(store, doc: dict, aid: str, width: int, in_features: int | None = None) -> str:
+    """Put the blueprint ``doc`` instantiated for (width, in_features) in ``store`` as ``aid``; returns ``aid``."""
+    ir = Blueprint.parse(doc).instantiate(width, in_features)
+    store.put(aid, IR_KIND, ir.canonical.encode())
+    return aid
 
 
 @pytest.fixture

@@ -10,14 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from esper_runtime.blueprints import Blueprint, ConcreteIR, build_module
-from esper_runtime.kasmina import Code, register_kernel_kind
-from esper_runtime.kasmina.kernels import LoadedKernel
+from esper_runtime.kasmina import Code
 from esper_runtime.kasmina.state import HEALTH
 
-from .conftest import Trainer, mlp
+from .conftest import Trainer, mlp, store_ir
 
-KIND = "test.ir.v1"  # an IR built eagerly, no compilation: what a compiled bundle runs for training anyway
 BRANCH = {"name": "branch", "trainable": True, "tags": ["branch"],
           "nodes": [{"id": "h", "op": "linear", "inputs": ["u"], "attrs": {"out": 16}},
                     {"id": "a", "op": "relu", "inputs": ["h"]},
@@ -25,21 +22,10 @@ BRANCH = {"name": "branch", "trainable": True, "tags": ["branch"],
                     {"id": "y", "op": "add", "inputs": ["x", "d"]}], "output": "y"}
 
 
-def _build(artifact):
-    ir = ConcreteIR.from_json(artifact.data.decode())
-    return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, True, build_module(ir, seed=0))
-
-
-register_kernel_kind(KIND, _build)
-
-
 @pytest.fixture
 def branch(store):
     def make(in_features, width=8):
-        ir = Blueprint.parse(BRANCH).instantiate(width, in_features)
-        aid = f"branch-{in_features}"
-        store.put(aid, KIND, ir.canonical.encode())
-        return aid
+        return store_ir(store, BRANCH, f"branch-{in_features}", width, in_features)
     return make
 
 

@@ -8,13 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from esper_runtime.blueprints import Blueprint, BlueprintInvalid, ConcreteIR, build_module, validate
-from esper_runtime.kasmina import Code, register_kernel_kind
-from esper_runtime.kasmina.kernels import LoadedKernel
+from esper_runtime.blueprints import Blueprint, BlueprintInvalid, validate
+from esper_runtime.kasmina import Code
 
-from .conftest import Trainer, mlp
+from .conftest import Trainer, mlp, store_ir
 
-KIND = "test.ir.skip.v1"
 SKIP = {"name": "skip", "trainable": True, "tags": ["branch"],
         "nodes": [{"id": "h", "op": "linear", "inputs": ["x0"], "attrs": {"out": 16}},
                   {"id": "a", "op": "relu", "inputs": ["h"]},
@@ -22,21 +20,10 @@ SKIP = {"name": "skip", "trainable": True, "tags": ["branch"],
                   {"id": "y", "op": "add", "inputs": ["x", "d"]}], "output": "y"}
 
 
-def _build(artifact):
-    ir = ConcreteIR.from_json(artifact.data.decode())
-    return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, True, build_module(ir, seed=0))
-
-
-register_kernel_kind(KIND, _build)
-
-
 @pytest.fixture
 def skip(store):
     def make(in_features, width=8):
-        ir = Blueprint.parse(SKIP).instantiate(width, in_features)
-        aid = f"skip-{in_features}-{width}"
-        store.put(aid, KIND, ir.canonical.encode())
-        return aid
+        return store_ir(store, SKIP, f"skip-{in_features}-{width}", width, in_features)
     return make
 
 
