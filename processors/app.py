@@ -239,7 +239,7 @@ class Processors:
                     except (ValueError, KeyError, TypeError):
                         return self.json({"error": "send {\"query\": \"SQL\"}"}, status=400)
                     try:
-                        rows = await asyncio.get_running_loop().run_in_executor(procs._store_exec, procs.store.rows,
+                        rows = await asyncio.get_running_loop().run_in_executor(procs._store_exec, procs.store.read,
                                                                                 query)
                     except Exception as exc:  # StoreError: ClickHouse's message
                         return self.json({"error": str(exc)[:4000]}, status=400)

@@ -8,6 +8,7 @@ against both.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import zlib
@@ -20,6 +21,8 @@ from streams.serde import Serde
 from streams.topics import TOPICS, TopicRegistry
 
 __all__ = ["LogRecord", "Publisher", "KafkaPublisher", "InMemoryLog", "InMemoryPublisher", "Headers"]
+
+log = logging.getLogger("esper.publisher")
 
 Headers = list[tuple[str, bytes]]
 
@@ -96,8 +99,9 @@ class Publisher(ABC):
     def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None: ...
 
     @abstractmethod
-    def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything published so far is acknowledged; raise PublishError on any failure."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything published so far is acknowledged; raise PublishError on any failure. Without a
+        ``timeout`` it waits as long as the backend itself keeps trying to deliver."""
 
     def close(self) -> None:
         self.flush()
@@ -125,8 +129,12 @@ class KafkaPublisher(Publisher):
             "queue.buffering.max.kbytes": 1_048_576,
             "message.max.bytes": 4_000_000,
             "partitioner": "consistent_random",
+            # how long librdkafka keeps retrying a record through a broker outage before it reports it failed;
+            # ``flush()`` waits this long too, so an outage shorter than this costs a pause, not the run
+            "message.timeout.ms": 300_000,
         }
         config.update(overrides)
+        self._delivery_timeout_s = float(config["message.timeout.ms"]) / 1000
         self._producer = Producer(config)
         self._lock = threading.Lock()
         self._failures: list[str] = []
@@ -166,8 +174,17 @@ class KafkaPublisher(Publisher):
                 raise PublishError(f"{topic}: {exc.args[0].str()}") from exc
         self._producer.poll(0)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout)
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record is delivered or has failed: by default as long as librdkafka retries a record
+        (``message.timeout.ms``), warning every 10 s while the broker does not answer."""
+        limit = self._delivery_timeout_s + 5.0 if timeout is None else float(timeout)
+        started = time.monotonic()
+        remaining = self._producer.flush(min(limit, 10.0))
+        while remaining and (waited := time.monotonic() - started) < limit:
+            log.warning("waiting for the broker: %d records not acknowledged after %.0f s (waiting up to %.0f s)",
+                        remaining, waited, limit)
+            remaining = self._producer.flush(min(10.0, limit - waited))
+        timeout = limit
         with self._lock:
             failed, failures = self._failed, list(self._failures)
             self._failed, self._failures = 0, []
@@ -223,5 +240,5 @@ class InMemoryPublisher(Publisher):
     def _send(self, topic, key, value, headers) -> None:
         self.log.append(topic, key, value, headers)
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         return None

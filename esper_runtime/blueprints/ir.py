@@ -61,8 +61,11 @@ def resolve_dim(spec: Any, features: int, where: str, in_features: int | None = 
 
 
 def wide_reads(doc: dict[str, Any]) -> set[str]:
-    return {src for node in doc.get("nodes") or [] if isinstance(node, dict)
-            for src in (node.get("inputs") or []) if isinstance(src, str) and src in WIDE_INPUTS}
+    """The wide inputs (``u``, ``x0``) any node reads; safe on a document not validated yet (it is used by checks)."""
+    nodes = doc.get("nodes")
+    return {src for node in (nodes if isinstance(nodes, list) else []) if isinstance(node, dict)
+            and isinstance(node.get("inputs"), list)
+            for src in node["inputs"] if isinstance(src, str) and src in WIDE_INPUTS}
 
 
 def reads_input(doc: dict[str, Any]) -> bool:
@@ -217,9 +220,11 @@ class ConcreteIR:
     def from_json(cls, text: str) -> "ConcreteIR":
         from esper_runtime.blueprints.validate import validate_concrete
 
+        if len(text) > MAX_DOCUMENT_BYTES:
+            raise BlueprintInvalid("parse", f"document of {len(text)} bytes exceeds {MAX_DOCUMENT_BYTES}")
         try:
             doc = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise BlueprintInvalid("parse", f"not JSON: {exc}") from None
         if not isinstance(doc, dict) or "features" not in doc:
             raise BlueprintInvalid("parse", "not an instantiated blueprint")

@@ -66,7 +66,7 @@ def _structure(doc: dict[str, Any]) -> None:
         for src in node["inputs"]:
             if src not in seen:
                 raise BlueprintInvalid("structure", f"node {node['id']!r} reads {src!r}, which is not defined")
-    if doc.get("output") not in seen - {"x", *WIDE_INPUTS}:
+    if not isinstance(doc.get("output"), str) or doc["output"] not in seen - {"x", *WIDE_INPUTS}:
         raise BlueprintInvalid("structure", f"output must name a node, got {doc.get('output')!r}")
 
 

@@ -15,8 +15,8 @@ console = Console(stderr=True)
 
 def sql(query: str = typer.Argument(..., help="e.g. \"SELECT run_id, max(val_accuracy) FROM esper.epochs GROUP BY run_id\""),
         fmt: str = typer.Option("table", "--format", help="table or json (one object per row)")) -> None:
-    """Run SQL on the analytics tables (esper.epochs, seed_telemetry, lifecycle_transitions, decisions,
-    kernel_measurements, field_reports)."""
+    """Run one read-only SELECT on the analytics tables (esper.epochs, seed_telemetry, lifecycle_transitions,
+    decisions, kernel_measurements, field_reports), with limits on time, memory and rows."""
     from processors.clickhouse import StoreBusy, open_store
 
     bb = Backbone()
@@ -26,7 +26,7 @@ def sql(query: str = typer.Argument(..., help="e.g. \"SELECT run_id, max(val_acc
         console.print(f"[red]the store is busy:[/red] {exc}")
         raise typer.Exit(2)
     try:
-        rows = store.rows(query)
+        rows = store.read(query)
     except Exception as exc:  # chdb reports SQL errors as RuntimeError with ClickHouse's message
         console.print(f"[red]SQL error:[/red] {str(exc)[:2000]}")
         raise typer.Exit(1)

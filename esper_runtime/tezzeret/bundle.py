@@ -28,7 +28,9 @@ from esper_runtime.urza.store import KernelArtifact
 
 __all__ = ["CompiledChild", "load_bundle", "register"]
 
-MAX_MEMBER_BYTES = 256 << 20
+# what each member of a bundle may declare, checked before it is read (a member cannot inflate past its declared
+# size: zipfile stops there)
+MAX_MEMBER_BYTES = {"manifest.json": 1 << 20, "weights.pt": 64 << 20, "kernel.pt2": 96 << 20}
 
 
 class CompiledChild(nn.Module):
@@ -85,11 +87,13 @@ def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> Load
     try:
         with zipfile.ZipFile(io.BytesIO(artifact.data)) as zf:
             members = {i.filename: i for i in zf.infolist()}
-            for name in ("manifest.json", "weights.pt", "kernel.pt2"):
+            for name, limit in MAX_MEMBER_BYTES.items():
                 if name not in members:
                     raise KernelLoadError(f"kernel {artifact.artifact_id}: bundle lacks {name}")
-                if members[name].file_size > MAX_MEMBER_BYTES:
-                    raise KernelLoadError(f"kernel {artifact.artifact_id}: {name} is implausibly large")
+                if members[name].file_size > limit:
+                    raise KernelLoadError(f"kernel {artifact.artifact_id}: {name} declares "
+                                          f"{members[name].file_size >> 20} MiB, over its {limit >> 20} MiB limit: "
+                                          "refused unread")
             manifest = json.loads(zf.read("manifest.json"))
             weights = zf.read("weights.pt")
             pt2 = zf.read("kernel.pt2")

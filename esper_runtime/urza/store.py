@@ -17,7 +17,11 @@ from pathlib import Path
 
 from streams.exceptions import EsperError
 
-__all__ = ["ArtifactNotFound", "ArtifactStore", "KernelArtifact"]
+__all__ = ["ArtifactNotFound", "ArtifactStore", "KernelArtifact", "MAX_ARTIFACT_BYTES"]
+
+# far above any kernel bundle (a CPU bundle is ~2 MB), far below what would hurt to hold in memory: a blob larger
+# than this is refused by its size on disk, before a byte of it is read
+MAX_ARTIFACT_BYTES = 128 << 20
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -45,6 +49,9 @@ class ArtifactStore:
 
     def put(self, artifact_id: str, kind: str, data: bytes, meta: dict | None = None) -> str:
         self._check_id(artifact_id)
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise EsperError(f"artifact {artifact_id} is {len(data) >> 20} MiB, over the {MAX_ARTIFACT_BYTES >> 20} "
+                             "MiB an artifact may be")
         digest = hashlib.sha256(data).hexdigest()
         blob = self.root / "blobs" / digest[:2] / digest
         if not blob.exists():
@@ -63,7 +70,11 @@ class ArtifactStore:
         index = self.root / "index" / f"{artifact_id}.json"
         try:
             entry = self._entry(artifact_id)
-            data = self._blob(entry["sha256"]).read_bytes()
+            blob = self._blob(entry["sha256"])
+            if blob.stat().st_size > MAX_ARTIFACT_BYTES:
+                raise ArtifactNotFound(f"artifact {artifact_id} is {blob.stat().st_size >> 20} MiB on disk, over the "
+                                       f"{MAX_ARTIFACT_BYTES >> 20} MiB an artifact may be: refused unread")
+            data = blob.read_bytes()
         except FileNotFoundError:
             raise ArtifactNotFound(f"no artifact {artifact_id} in {self.root}") from None
         return KernelArtifact(artifact_id, entry["sha256"], entry["kind"], data)

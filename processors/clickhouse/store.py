@@ -21,9 +21,14 @@ from streams.config import project_root
 from streams.exceptions import EsperError
 
 __all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "open_store", "SCHEMA_FILE",
-           "TABLES"]
+           "TABLES", "READ_LIMITS"]
 
 SCHEMA_FILE = project_root() / "ops" / "clickhouse" / "schema.sql"
+# what one user query may use (``_Store.read``): ClickHouse enforces them, with ``readonly = 1`` applied last so the
+# query's own SETTINGS cannot lift any of them
+READ_LIMITS = {"max_execution_time": 20, "max_memory_usage": 2 << 30, "max_result_rows": 1_000_000,
+               "result_overflow_mode": "'throw'"}
+MAX_QUERY_BYTES = 64 * 1024
 TABLES = ("epochs", "seed_telemetry", "lifecycle_transitions", "decisions", "kernel_measurements", "field_reports")
 
 
@@ -52,6 +57,26 @@ class _Store:
 
     def rows(self, sql: str) -> list[dict]:
         return _json_rows(self.query(sql, "JSONEachRow"))
+
+    def read(self, sql: str) -> list[dict]:
+        """A user's query, read-only: exactly one SELECT (ClickHouse's own parser says so), run with ``readonly = 1``
+        (no writes, DDL, SET, ``file()`` or ``url()``) under ``READ_LIMITS`` on time, memory and rows."""
+        return self.rows(self._read_only(sql))
+
+    def _read_only(self, sql: str) -> str:
+        if not isinstance(sql, str) or not sql.strip():
+            raise StoreError("send one SELECT query")
+        if "\x00" in sql or len(sql.encode("utf-8", "replace")) > MAX_QUERY_BYTES:
+            raise StoreError(f"a query is at most {MAX_QUERY_BYTES // 1024} KiB of text without NUL characters")
+        sql = sql.encode("utf-8", "replace").decode()  # a lone surrogate becomes '?', not an encoder crash
+        literal = "'" + sql.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # one statement or a syntax error ("Multi-statements are not allowed"), normalized by ClickHouse's formatter
+        single = self.rows(f"SELECT formatQuerySingleLine({literal}) AS q")[0]["q"]
+        if not single.upper().startswith(("SELECT ", "WITH ")):
+            raise StoreError(f"read-only: only SELECT queries are served, not {single.split(' ', 1)[0].upper()} "
+                             "(the tables are a projection of the log: rebuild them with `esper sink`)")
+        limits = ", ".join(f"{k} = {v}" for k, v in READ_LIMITS.items())
+        return f"SELECT * FROM ({single}) SETTINGS {limits}, readonly = 1"
 
     def close(self) -> None:
         pass
@@ -141,7 +166,11 @@ class OwnerClient(_Store):
             raise StoreBusy(f"the store's owner (pid {self.owner_pid}) does not answer at {self.url}: {exc}") from None
 
     def rows(self, sql: str) -> list[dict]:
+        """Through the owner every query is read-only (the owner runs ``read``)."""
         return self._post("/esper/sql/", {"query": sql})["rows"]
+
+    def read(self, sql: str) -> list[dict]:
+        return self.rows(sql)
 
     def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
         if fmt != "JSONEachRow":

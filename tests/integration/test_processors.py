@@ -187,6 +187,14 @@ def test_processors_survive_kill_and_restart_and_match_a_replay(topic_registry, 
             break
         time.sleep(1)
     assert got_rows == want_rows
+    # the endpoint serves reads only: no DDL, no writes, no file() for a token holder; the owner's sink still writes
+    from processors.clickhouse import StoreError
+
+    for hostile in ("DROP TABLE esper.epochs", "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+                    "SELECT 1; TRUNCATE TABLE esper.epochs"):
+        with pytest.raises(StoreError):
+            store.rows(hostile)
+    assert store.rows("SELECT count() AS n FROM esper.epochs FINAL")[0]["n"] == want_rows["epochs"]
     procs.stop()
 
     # the bad records are on the dead-letter topic, with their reasons

@@ -72,3 +72,42 @@ def test_an_index_entry_that_names_no_digest_is_refused(tmp_path, declared):
         store.get_artifact("k1")
     with pytest.raises(ArtifactNotFound, match="refused"):
         store.blob_path("k1")
+
+
+def test_an_oversized_blob_is_refused_by_its_size_before_it_is_read(tmp_path, monkeypatch):
+    from esper_runtime.urza.store import MAX_ARTIFACT_BYTES
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    digest = store.put("k1", "x", b"small")
+    blob = store.blob_path("k1")
+    with blob.open("r+b") as fh:  # sparse: no disk or memory spent making it
+        fh.truncate(MAX_ARTIFACT_BYTES + 1)
+    read = []
+    real = type(blob).read_bytes
+    monkeypatch.setattr(type(blob), "read_bytes", lambda self: read.append(self) or real(self))
+    with pytest.raises(ArtifactNotFound, match="refused unread"):
+        store.get_artifact("k1")
+    assert blob not in read and digest
+
+
+def test_a_bundle_member_declaring_a_huge_size_is_refused_unread(tmp_path):
+    import io
+    import tracemalloc
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps({"format": BUNDLE_KIND, "artifact_id": "bomb"}))
+        zf.writestr("weights.pt", b"")
+        with zf.open("kernel.pt2", "w", force_zip64=True) as member:  # 200 MiB of zeros, ~200 KiB deflated
+            chunk = bytes(1 << 20)
+            for _ in range(200):
+                member.write(chunk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(KernelLoadError, match="refused unread"):
+            load_bundle(KernelArtifact("bomb", "0" * 64, BUNDLE_KIND, buf.getvalue()), cache_dir=tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
