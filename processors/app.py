@@ -33,9 +33,9 @@ from typing import Any
 import faust
 
 from processors.clickhouse.sink import SINK_TOPICS, rows_for_record
-from processors.seed_state import APPLIED, GAP, fold_seed, seed_key
-from processors.state import read_state_topic
-from processors.urza_view import URZA_TOPICS, UrzaView
+from views.seed_state import APPLIED, GAP, fold_seed, seed_key
+from streams.state import read_state_topic
+from views.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
 from streams.exceptions import DecodeError
 
@@ -93,6 +93,8 @@ class Processors:
             self.app_id,
             broker=[f"kafka://{hp}" for hp in self.bb.bootstrap.split(",")],
             store="memory://",
+            # faust's own files under ESPER_HOME, not "<app id>-data" in whatever directory it was started from
+            datadir=str(self.bb.settings.home / "processors" / "faust" / self.app_id),
             topic_partitions=3,
             topic_replication_factor=1,
             stream_wait_empty=False,

@@ -27,12 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from esper_runtime.api.auth import ApiSettings, AuthError, Principal, TokenVerifier
 from esper_runtime.nissa.alerts import check_run_id, evaluate
 from streams import Backbone
+from streams.lifecycle import IN_PROGRESS
 
 __all__ = ["create_app", "ApiData"]
 
 log = logging.getLogger("esper.api")
 NISSA_DIR = Path(__file__).resolve().parent.parent / "nissa" / "static"
-ACTIVE = ("GERMINATED", "LOADING", "TRAINING", "GRAFTING", "STABILIZATION", "EVALUATING", "FINE_TUNING")
 
 
 class KernelQuery(BaseModel):
@@ -97,9 +97,10 @@ class ApiData:
         self._lock = threading.Lock()  # one embedded chdb session per process at a time
 
     def urza(self):
-        from processors.state import processors_running, read_state_topic
-        from processors.urza_view import UrzaView
-        from processors.verify import fold_library
+        from streams.state import read_state_topic
+        from views.live import processors_running
+        from views.urza_view import UrzaView
+        from views.folds import fold_library
 
         with self._lock:
             if self._urza is None or time.monotonic() - self._urza_at > self.cache_s:
@@ -254,7 +255,7 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
             raise HTTPException(404, f"no epochs of run {run!r} in the analytics store")
         seeds = data.rows(f"SELECT layer_id, seed_id, argMax(to_state, originator_version) AS state "
                           f"FROM esper.lifecycle_transitions FINAL WHERE run_id = '{run}' GROUP BY layer_id, seed_id")
-        active = [s for s in seeds if s["state"] in ACTIVE]
+        active = [s for s in seeds if s["state"] in {st.value for st in IN_PROGRESS}]
         return {"status": "TRAINING" if int(epoch[0]["age_s"]) < 120 else "IDLE", "run_id": run,
                 "current_epoch": epoch[0]["epoch"], "validation_accuracy": epoch[0]["val_accuracy"],
                 "active_adaptations": len(active),

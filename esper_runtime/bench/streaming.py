@@ -103,8 +103,8 @@ def _transitions(n: int, run_id: str, seeds: int = 2000) -> list[tuple[str, str,
 
 # ---------------------------------------------------------------------------------------------------- replay
 def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
-    from processors.state import read_state_topic
-    from processors.verify import fold_runs
+    from streams.state import read_state_topic
+    from views.folds import fold_runs
 
     with _Scratch(("seed-state",)) as s:
         run_ids = [f"bench-run-{i}" for i in range(runs)]

@@ -178,7 +178,8 @@ def urabrask(
     from esper_runtime.urabrask.tagging import distributions_from_state, distributions_from_view
     from esper_runtime.urabrask.worker import UrabraskWorker
     from esper_runtime.urza.store import ArtifactStore
-    from processors.state import processors_running, read_state_topic
+    from streams.state import read_state_topic
+    from views.live import processors_running
 
     bb = Backbone()
     dist, known = distributions_from_view(_view(bb))

@@ -24,7 +24,8 @@ def replay(
 ) -> None:
     """Fold the run's events from offset 0: every seed's state, epochs, outcomes, and who germinated what, when,
     why, with which kernel, and how it ended."""
-    from processors.verify import fold_run, verify as verify_live
+    from views.folds import fold_run
+    from views.live import verify as verify_live
 
     bounds = {}
     if until_offset is not None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from processors.state import processors_status
+from views.live import processors_status
 from streams.config import StreamSettings
 from streams.exceptions import EsperError
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from enum import IntEnum
 
 from streams.contracts import SeedState
+from streams.lifecycle import CHILD_BEARING, LOCKED, OUTCOMES
 
-__all__ = ["SeedState", "Code", "Command", "COMMANDS", "ACTIVE_STATES", "next_state", "TERMINAL", "CHILD_STATES"]
+__all__ = ["SeedState", "Code", "Command", "COMMANDS", "next_state", "TERMINAL", "CHILD_STATES", "OUTCOME_CODES"]
 
 
 class Code(IntEnum):
@@ -76,11 +77,10 @@ _TABLE: dict[tuple[Code, str], Code | tuple[Code | None, Code]] = {
 # Kasmina's own outcome transitions (not commands).
 LOAD_OUTCOMES = {Code.TRAINING, Code.GRAFTING, Code.CULLED}
 
-TERMINAL = {Code.FOSSILIZED, Code.ROLLED_BACK}
-# States in which the seed holds a loaded child module.
-CHILD_STATES = {Code.TRAINING, Code.GRAFTING, Code.STABILIZATION, Code.EVALUATING, Code.FINE_TUNING, Code.FOSSILIZED}
-# States whose forward differs from the identity path (or trains the child).
-ACTIVE_STATES = CHILD_STATES
+# the lifecycle's sets (``streams.lifecycle``) as codes of the state tensor
+TERMINAL = frozenset(Code[s.value] for s in LOCKED)
+CHILD_STATES = frozenset(Code[s.value] for s in CHILD_BEARING)  # forward differs from identity, or the child trains
+OUTCOME_CODES = frozenset(Code[s.value] for s in OUTCOMES)
 # Commands that need the seed to have signalled is_ready_for_transition.
 NEEDS_READY = {(Code.TRAINING, Command.ADVANCE), (Code.GRAFTING, Command.ADVANCE),
                (Code.STABILIZATION, Command.ADVANCE), (Code.EVALUATING, Command.ADVANCE),

@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from streams.contracts import SeedState
+from streams.lifecycle import IN_PROGRESS, sql_list
+
 __all__ = ["AlertRule", "RULES", "evaluate", "check_run_id"]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -53,7 +56,7 @@ RULES = (
                     argMax(epoch, originator_version) AS since
              FROM esper.lifecycle_transitions FINAL WHERE run_id = '{run}' GROUP BY layer_id, seed_id) AS s
            CROSS JOIN (SELECT max(epoch) AS last FROM esper.epochs FINAL WHERE run_id = '{run}') AS e
-           WHERE state NOT IN ('DORMANT', 'FOSSILIZED', 'CULLED', 'CANCELLED', 'ROLLED_BACK')
+           WHERE state IN """ + sql_list(IN_PROGRESS | {SeedState.ERROR_RECOVERY}) + """
              AND last - since > {epochs} ORDER BY layer_id, seed_id""",
         "seed/{layer_id}/{seed_id} has been {state} since epoch {since} ({waited} epochs)",
         (("epochs", 20),),

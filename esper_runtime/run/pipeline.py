@@ -255,7 +255,7 @@ def _previous(checkpoints: Path, cfg: RunConfig, seed: int) -> str | None:
 def _resume(bb, trainer, checkpoints: Path, echo):
     """Continue a seed's grown run from its checkpoint, numbering its events on from what the log already holds;
     a run the log shows completed is only restored."""
-    from processors.verify import fold_run, last_versions
+    from views.folds import fold_run, last_versions
 
     fold, _ = fold_run(bb, trainer.run_id)
     epoch = trainer.resume(checkpoints, last_versions(bb, trainer.run_id), max(fold.epochs, default=0), fold.seeds)
@@ -311,7 +311,8 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     from esper_runtime.tolaria.trainer import count_params
     from esper_runtime.urza.library import load_view
     from esper_runtime.urza.store import ArtifactStore
-    from processors.verify import fold_run, verify
+    from views.folds import fold_run
+    from views.live import verify
 
     cfg = prep.cfg
     echo(f"data: {prep.data.description}; device {prep.device.type}")

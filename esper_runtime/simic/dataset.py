@@ -21,7 +21,7 @@ import torch
 
 from esper_runtime.tamiyo.graph import LayerObs, observe_telemetry
 from esper_runtime.tamiyo.policy import kernel_features, tag_vector
-from processors.verify import fold_library
+from views.folds import fold_library
 from streams.backbone import Backbone
 
 __all__ = ["Example", "ExperienceDataset", "read_experience", "experience_from_events"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from streams.contracts import SeedState
+from streams.lifecycle import IDLE
 
 __all__ = ["LayerObs", "build_graph", "observe_model", "observe_telemetry", "SEED_FEATURES",
            "LAYER_FEATURES", "EDGE_TYPES"]
@@ -80,7 +81,7 @@ def build_graph(layers: list[LayerObs]):
     seed_blocks, layer_rows, index, seq, contains = [], [], [], [], []
     base = 0
     dormant_code = STATES.index("DORMANT")
-    idle = torch.tensor([STATES.index(s) for s in ("DORMANT", "CULLED", "CANCELLED")])
+    idle = torch.tensor([STATES.index(s.value) for s in IDLE])
     for li, layer in enumerate(layers):
         n = layer.num_seeds
         seed_blocks.append(_seed_matrix(layer, li / max(1, n_layers - 1)))

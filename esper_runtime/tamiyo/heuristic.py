@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass
 
 from esper_runtime.config import TamiyoConfig
 from esper_runtime.kasmina import Code, MorphableModel
-from processors.urza_view import UrzaView
+from esper_runtime.kasmina.lifecycle import OUTCOME_CODES
+from views.urza_view import UrzaView
 from streams.contracts import DecisionCandidate, FieldReport, TamiyoDecision
 from streams.envelope import EnvelopeFactory
+from streams.lifecycle import OUTCOMES
 from streams.publisher import Publisher
 
 __all__ = ["TamiyoController", "EpochState", "compute_reward"]
@@ -217,7 +219,7 @@ class TamiyoController:
                 return self._command(key, "cull", ad.kernel, state, reason="no improvement after fine-tuning")
         if code == Code.ERROR_RECOVERY:
             return self._command(key, "cull", ad.kernel, state, reason="kernel failed at run time")
-        if code in (Code.FOSSILIZED, Code.CULLED, Code.ROLLED_BACK, Code.CANCELLED):
+        if code in OUTCOME_CODES:
             self.finish(key, ad, code.name, state)
         return None
 
@@ -226,7 +228,7 @@ class TamiyoController:
         for tr in transitions:
             key = (tr.layer_id, tr.seed_id)
             ad = self.in_flight.get(key)
-            if ad is not None and tr.to_state.value in ("FOSSILIZED", "CULLED", "ROLLED_BACK", "CANCELLED"):
+            if ad is not None and tr.to_state in OUTCOMES:
                 self.finish(key, ad, tr.to_state.value, state, reason=tr.reason)
 
     def finish(self, key, ad: _Adaptation, outcome: str, state: EpochState, reason: str = "") -> None:

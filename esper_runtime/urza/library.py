@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from processors.urza_view import URZA_TOPICS
-from processors.verify import fold_library as load_view
+from views.urza_view import URZA_TOPICS
+from views.folds import fold_library as load_view
 from streams.contracts import BlueprintSubmitted
 from streams.envelope import EnvelopeFactory
 

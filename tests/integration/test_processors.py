@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from processors.run_view import RunView
-from processors.state import read_state_topic
-from processors.urza_view import UrzaView
+from views.run_view import RunView
+from streams.state import read_state_topic
+from views.urza_view import UrzaView
 from streams import Backbone, load_settings
 from streams.contracts import SeedLifecycleTransition, SeedState
 from streams.envelope import EnvelopeFactory

@@ -1,6 +1,6 @@
 """The run fold: seed states in version order, duplicates skipped, gaps reported, rollbacks rewind epochs."""
 
-from processors.run_view import RunView
+from views.run_view import RunView
 from streams.contracts import EpochCompleted, RollbackPerformed, SeedLifecycleTransition, SeedState
 from streams.envelope import EnvelopeFactory
 

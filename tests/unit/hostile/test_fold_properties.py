@@ -10,8 +10,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.run_view import RunView
-from processors.seed_state import APPLIED, DUPLICATE, GAP, fold_seed
+from views.run_view import RunView
+from views.seed_state import APPLIED, DUPLICATE, GAP, fold_seed
 from streams.contracts import TYPES
 from streams.schemas import SchemaCatalog
 from .avro_strategies import event_strategy

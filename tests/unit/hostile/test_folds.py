@@ -9,8 +9,8 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.run_view import RunView
-from processors.urza_view import MAX_JSON_DEPTH, UrzaView
+from views.run_view import RunView
+from views.urza_view import MAX_JSON_DEPTH, UrzaView
 from streams.contracts import BlueprintSubmitted, KernelCompiled, KernelStatusChanged, RunStarted
 from streams.envelope import EnvelopeFactory
 

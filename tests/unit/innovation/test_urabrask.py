@@ -109,7 +109,7 @@ def test_worker_events_continue_the_kernels_sequence(tmp_path, catalog):
 
 
 def test_peers_from_the_distribution_keeper_equal_peers_from_the_urza_view():
-    from processors.urza_view import UrzaView
+    from views.urza_view import UrzaView
     from esper_runtime.urabrask.tagging import distributions_from_state, distributions_from_view
     from streams.synthetic import synthetic_library
 

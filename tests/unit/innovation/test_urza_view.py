@@ -2,7 +2,7 @@
 
 import json
 
-from processors.urza_view import UrzaView
+from views.urza_view import UrzaView
 from streams.contracts import BlueprintSubmitted, KernelCompiled, KernelStatusChanged, KernelTagsAssigned
 from streams.envelope import EnvelopeFactory
 

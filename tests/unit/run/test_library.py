@@ -7,7 +7,7 @@ import json
 import pytest
 
 from esper_runtime.run.library import LibraryError, WidthStatus, _checked, library_status
-from processors.urza_view import UrzaView
+from views.urza_view import UrzaView
 from streams.contracts import BlueprintRejected, BlueprintSubmitted, KernelCompilationFailed, KernelCompiled, \
     KernelStatusChanged
 from streams.envelope import EnvelopeFactory

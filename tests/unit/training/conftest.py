@@ -9,7 +9,7 @@ from torch import nn
 from esper_runtime.kasmina import reference_artifact
 from esper_runtime.kasmina.kernels import REFERENCE_KIND
 from esper_runtime.urza import ArtifactStore
-from processors.urza_view import UrzaView
+from views.urza_view import UrzaView
 from streams import InMemoryPublisher, SingleObjectSerde
 from streams.contracts import BlueprintSubmitted, KernelCompiled, KernelStatusChanged, KernelTagsAssigned
 from streams.envelope import EnvelopeFactory

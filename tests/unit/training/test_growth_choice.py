@@ -11,7 +11,7 @@ from torch import nn
 from esper_runtime.config import EsperConfig
 from esper_runtime.kasmina import wrap
 from esper_runtime.tamiyo import TamiyoController
-from processors.urza_view import UrzaView
+from views.urza_view import UrzaView
 from streams.contracts import BlueprintSubmitted, KernelCompiled, KernelStatusChanged, KernelTagsAssigned
 from streams.envelope import EnvelopeFactory
 

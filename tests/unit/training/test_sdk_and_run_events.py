@@ -14,8 +14,8 @@ from esper_runtime.run.data import DataError
 from esper_runtime.sdk import load_model, save_model
 from esper_runtime.tamiyo import TamiyoController
 from esper_runtime.tolaria import TolariaTrainer
-from processors.run_view import RunView
-from processors.urza_view import UrzaView
+from views.run_view import RunView
+from views.urza_view import UrzaView
 from streams.replay import MemorySource, ReplayReader
 
 from .conftest import host, spirals_small
@@ -160,7 +160,7 @@ def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publishe
     assert folded.status == "failed" and max(folded.epochs) == 9
 
     versions = {}
-    from processors.verify import RUN_TOPICS
+    from views.folds import RUN_TOPICS
 
     for item in ReplayReader(MemorySource(publisher.log), publisher.serde).events(list(RUN_TOPICS)):
         env = item.decoded.typed().envelope

@@ -1,22 +1,15 @@
-"""Replay against the live state: fold the log, read what the processors materialized, and list every difference.
-
-``fold_run`` folds one run's events from offset 0 (up to optional bounds); ``fold_library`` folds the Urza topics.
-``verify`` compares them with the compacted state topics the processors' app writes (``state.kasmina.seeds``,
-``state.urza.library``). The processors may still be catching up, so it retries until the two agree or the timeout
-passes; whatever still differs then is returned, one line each.
-"""
+"""The log folded into views: ``fold_run``/``fold_runs`` fold runs' events from offset 0 (up to optional bounds),
+``fold_library`` the Urza topics, ``last_versions`` where a resumed run numbers on. Every record that cannot be
+decoded or applied is skipped and counted, never fatal."""
 
 from __future__ import annotations
 
-import time
-
-from processors.run_view import RunView
-from processors.state import read_state_topic
-from processors.urza_view import URZA_TOPICS, UrzaView
+from views.run_view import RunView
+from views.urza_view import URZA_TOPICS, UrzaView
 from streams.backbone import Backbone
 from streams.exceptions import DecodeError
 
-__all__ = ["fold_run", "fold_runs", "fold_library", "verify", "last_versions", "RUN_TOPICS"]
+__all__ = ["fold_run", "fold_runs", "fold_library", "last_versions", "RUN_TOPICS"]
 
 RUN_TOPICS = ("kasmina.lifecycle.transitions", "tolaria.run.events", "innovation.field_reports", "tamiyo.decisions",
               "control.kasmina.commands", "kasmina.telemetry.seeds", "tolaria.system.state",
@@ -79,41 +72,3 @@ def fold_library(backbone: Backbone, **bounds) -> UrzaView:
                 continue
             view.apply(event)
     return view
-
-
-def _differences(run: RunView, urza: UrzaView, backbone: Backbone) -> list[str]:
-    seeds = read_state_topic(backbone, "state.kasmina.seeds")
-    live = {v["seed"]: v for v in seeds.values() if v["run_id"] == run.run_id}
-    diffs = []
-    for seed in sorted(set(live) | set(run.seed_states)):
-        want, got = run.seed_states.get(seed), live.get(seed)
-        if want != got:
-            diffs.append(f"{seed}: replay {_brief(want)} != live {_brief(got)}")
-    entries = read_state_topic(backbone, "state.urza.library")
-    live_urza = UrzaView.restore(entries.items(), lambda raw: backbone.serde.decode(raw).typed()).state()
-    want_urza = urza.state()
-    for part in ("blueprints", "kernels", "versions", "gaps"):
-        for key in sorted(set(want_urza[part]) | set(live_urza[part])):
-            if want_urza[part].get(key) != live_urza[part].get(key):
-                diffs.append(f"urza {part} {key}: replay {_brief(want_urza[part].get(key))} != live "
-                             f"{_brief(live_urza[part].get(key))}")
-    return diffs
-
-
-def _brief(value) -> str:
-    if isinstance(value, dict) and "state" in value:
-        return f"{value['state']} v{value['version']}"
-    if isinstance(value, dict) and "status" in value:
-        return f"{value['status']}"
-    return "absent" if value is None else str(value)[:80]
-
-
-def verify(backbone: Backbone, run: RunView, timeout: float = 30.0) -> list[str]:
-    """Differences between the replayed ``run`` (and the replayed Urza library) and the live materialized state;
-    [] when they agree. Waits up to ``timeout`` seconds for the processors to catch up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        diffs = _differences(run, fold_library(backbone), backbone)
-        if not diffs or time.monotonic() > deadline:
-            return diffs
-        time.sleep(1.0)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.seed_state import DUPLICATE, GAP, fold_seed
-from processors.urza_view import Unapplicable, parse_json
+from views.seed_state import DUPLICATE, GAP, fold_seed
+from views.urza_view import Unapplicable, parse_json
 
 __all__ = ["RunView"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from streams.exceptions import EsperError
 
-__all__ = ["read_state_topic", "processors_status", "processors_running"]
+__all__ = ["read_state_topic"]
 
 
 def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -57,21 +57,3 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, An
         raise EsperError(f"cannot read {topic}: {exc}") from None
     finally:
         consumer.close()
-
-
-def processors_status(settings) -> dict | None:
-    """The status page of the processors' app on ``settings.processors_port`` (127.0.0.1), or None."""
-    import urllib.request
-
-    try:
-        url = f"http://127.0.0.1:{settings.processors_port}/esper/status/"
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
-
-
-def processors_running(settings) -> bool:
-    """Whether the processors' app for these settings (its topic prefix) answers, so its state topics are live."""
-    status = processors_status(settings)
-    return status is not None and status.get("app_id") == f"{settings.topic_prefix}esper-processors"
