@@ -24,16 +24,12 @@ from esper_runtime.kasmina import wrap as _wrap
 from esper_runtime.kasmina.lifecycle import Code
 from esper_runtime.tamiyo import TamiyoController
 from esper_runtime.tolaria import TolariaTrainer
-from streams.exceptions import EsperError
+from esper_runtime.run.exceptions import ModelFileError
 
 __all__ = ["load_config", "wrap", "TamiyoController", "TolariaTrainer", "save_model", "load_model", "GrownLayer",
            "ModelFileError"]
 
 FORMAT = "esper.grown.v1"
-
-
-class ModelFileError(EsperError):
-    """A saved model folder is missing a file, was written by something else, or does not fit the host."""
 
 
 class GrownLayer(nn.Module):

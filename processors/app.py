@@ -89,12 +89,14 @@ class Processors:
         self.store = None
         self._store_token: str | None = None
         self._store_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")  # chdb: one thread
+        datadir = self.bb.settings.home / "processors" / "faust" / self.app_id
+        datadir.mkdir(parents=True, exist_ok=True)  # faust creates the last level only
         self.app = faust.App(
             self.app_id,
             broker=[f"kafka://{hp}" for hp in self.bb.bootstrap.split(",")],
             store="memory://",
             # faust's own files under ESPER_HOME, not "<app id>-data" in whatever directory it was started from
-            datadir=str(self.bb.settings.home / "processors" / "faust" / self.app_id),
+            datadir=str(datadir),
             topic_partitions=3,
             topic_replication_factor=1,
             stream_wait_empty=False,

@@ -15,11 +15,17 @@ __all__ = [
 
 
 class EsperError(Exception):
-    """Root of every error Esper raises on purpose."""
+    """Root of every error Esper raises on purpose. ``exit_code`` is what the CLI exits with when one reaches it
+    (``esper_runtime.cli.main.main`` prints the message, never a stack): 1 for a failure, 2 for input the user can fix,
+    4 for a run that grew nothing; a subclass sets its own."""
+
+    exit_code = 1
 
 
 class ConfigError(EsperError):
-    """A setting is missing or invalid."""
+    """A setting is missing or invalid (the one configuration error: every package raises this)."""
+
+    exit_code = 2
 
 
 class SchemaError(EsperError):

@@ -30,14 +30,11 @@ from streams.contracts import (
     KernelTagsAssigned,
     KernelValidationReport,
 )
+from views.exceptions import Unapplicable
 
 __all__ = ["UrzaView", "BlueprintRecord", "KernelRecord", "URZA_TOPICS", "Unapplicable", "parse_json"]
 
 MAX_JSON_DEPTH = 32  # IR and signatures nest a few levels; anything deeper is not something Esper wrote
-
-
-class Unapplicable(ValueError):
-    """A record the fold skips (with this reason) instead of applying."""
 
 
 def parse_json(text: str, what: str) -> Any:

@@ -22,16 +22,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.config import load_settings
-from streams.exceptions import EsperError
+from esper_runtime.api.exceptions import AuthError
 
 __all__ = ["ApiSettings", "AuthError", "Principal", "TokenVerifier", "generate_keypair", "issue_token",
            "ALGORITHMS"]
 
 ALGORITHMS = ("RS256", "ES256")
-
-
-class AuthError(EsperError):
-    """A token was missing, malformed, expired, forged, or for another issuer or audience."""
 
 
 class ApiSettings(BaseSettings):

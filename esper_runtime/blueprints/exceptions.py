@@ -10,6 +10,8 @@ __all__ = ["BlueprintInvalid"]
 class BlueprintInvalid(EsperError):
     """A blueprint failed static validation. ``stage`` names the check (it becomes BlueprintRejected.stage)."""
 
+    exit_code = 2
+
     def __init__(self, stage: str, reason: str):
         super().__init__(f"{stage}: {reason}")
         self.stage = stage

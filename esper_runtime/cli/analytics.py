@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streams import Backbone, EsperError
+from streams import Backbone
 
 console = Console(stderr=True)
 
@@ -17,19 +17,11 @@ def sql(query: str = typer.Argument(..., help="e.g. \"SELECT run_id, max(val_acc
         fmt: str = typer.Option("table", "--format", help="table or json (one object per row)")) -> None:
     """Run one read-only SELECT on the analytics tables (esper.epochs, seed_telemetry, lifecycle_transitions,
     decisions, kernel_measurements, field_reports), with limits on time, memory and rows."""
-    from processors.clickhouse import StoreBusy, open_store
+    from processors.clickhouse import open_store
 
-    bb = Backbone()
-    try:
-        store = open_store(bb.settings)
-    except StoreBusy as exc:
-        console.print(f"[red]the store is busy:[/red] {exc}")
-        raise typer.Exit(2)
+    store = open_store(Backbone().settings)
     try:
         rows = store.read(query)
-    except Exception as exc:  # chdb reports SQL errors as RuntimeError with ClickHouse's message
-        console.print(f"[red]SQL error:[/red] {str(exc)[:2000]}")
-        raise typer.Exit(1)
     finally:
         store.close()
     if fmt == "json":
@@ -48,16 +40,12 @@ def sink(idle_timeout: float = typer.Option(0.0, help="Stop after this many idle
          group: str = typer.Option("telemetry-sink")) -> None:
     """Move telemetry from the log into ClickHouse (epochs, seed health, transitions, decisions, kernel
     measurements, field reports), in batches, at least once, deduplicated by event id."""
-    from processors.clickhouse import StoreBusy, TelemetrySink, open_store
+    from processors.clickhouse import TelemetrySink, open_store
     from processors.clickhouse.sink import SINK_TOPICS
 
     bb = Backbone()
-    try:
-        store = open_store(bb.settings)
-        consumer = bb.consumer([bb.resolve_topic(t) for t in SINK_TOPICS], group_id=group, name="telemetry-sink")
-    except (StoreBusy, EsperError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
+    store = open_store(bb.settings)
+    consumer = bb.consumer([bb.resolve_topic(t) for t in SINK_TOPICS], group_id=group, name="telemetry-sink")
     sink_ = TelemetrySink(store, consumer)
     try:
         sink_.run(idle_timeout=idle_timeout or None)

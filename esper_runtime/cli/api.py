@@ -23,12 +23,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     from esper_runtime.api.app import ApiData, create_app
     from esper_runtime.api.auth import ApiSettings, TokenVerifier
 
-    try:
-        settings = ApiSettings()
-        verifier = TokenVerifier(settings)
-    except EsperError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
+    settings = ApiSettings()
+    verifier = TokenVerifier(settings)
     app = create_app(ApiData(Backbone()), verifier, settings)
     console.print(f"Esper API on http://{host}:{port}/api/v1 (issuer {settings.issuer!r}, audience "
                   f"{settings.audience!r}); Nissa at http://{host}:{port}/nissa/#token=...")
@@ -56,8 +52,7 @@ def issue(subject: str = typer.Option("me", "--sub", help="Who the token is for.
 
     key = key or load_settings().home / "api" / "private.pem"
     if not key.exists():
-        console.print(f"[red]error:[/red] no private key at {key}: run `esper token keygen` first")
-        raise typer.Exit(1)
+        raise EsperError(f"no private key at {key}: run `esper token keygen` first")
     settings = ApiSettings()
     print(issue_token(key.read_bytes(), subject, [r for r in roles.split(",") if r], settings.issuer,
                       settings.audience, ttl))
@@ -70,15 +65,11 @@ def alerts(run: str = typer.Option(..., "--run", help="The run id."),
     from processors.clickhouse import open_store
 
     bb = Backbone()
+    store = open_store(bb.settings)
     try:
-        store = open_store(bb.settings)
-        try:
-            found = evaluate(store, run)
-        finally:
-            store.close()
-    except (EsperError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
+        found = evaluate(store, run)
+    finally:
+        store.close()
     if as_json:
         print(json.dumps(found))
         return

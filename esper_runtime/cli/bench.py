@@ -34,13 +34,8 @@ def events(
     """Avro encode rate, produce rate to the broker, consume+decode rate."""
     from esper_runtime.bench import events as bench_events
 
-    try:
-        console.print(f"[dim]bench events: encoding, producing and consuming {n:,} records...[/dim]")
-        result = bench_events.run(events=n)
-    except EsperError as exc:
-        console.print(f"[red]error:[/red] {exc} (is the broker up? `esper infra up`)")
-        raise typer.Exit(1)
-    _report(result, as_json)
+    console.print(f"[dim]bench events: encoding, producing and consuming {n:,} records...[/dim]")
+    _streaming("events", lambda: bench_events.run(events=n), as_json)
 
 
 @app.command("dormant-overhead")
@@ -80,9 +75,8 @@ def disruption(as_json: bool = typer.Option(False, "--json"),
 def _streaming(name: str, call, as_json: bool) -> None:
     try:
         result = call()
-    except (EsperError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc} (is the broker up? `esper infra up`)")
-        raise typer.Exit(1)
+    except (EsperError, RuntimeError) as exc:  # the broker's absence, said with what to do about it
+        raise EsperError(f"{exc} (is the broker up? `esper infra up`)") from exc
     _report(result, as_json)
 
 

@@ -5,29 +5,21 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from streams import Backbone, EsperError, load_settings
+from streams import Backbone, load_settings
 from esper_runtime.infra import LocalKafka
 
 app = typer.Typer(no_args_is_help=True, help="Local infrastructure: the Kafka broker and Esper's topics.")
 console = Console(stderr=True)
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1)
-
-
 @app.command()
 def up(timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to answer.")) -> None:
     """Start the local broker if needed (or check ESPER_KAFKA_BOOTSTRAP), then create topics. Idempotent."""
     settings = load_settings()
-    try:
-        status = LocalKafka(settings).up(timeout=timeout, echo=lambda m: console.print(f"[dim]{m}[/dim]"))
-        bb = Backbone(settings)
-        created = bb.ensure_topics()
-        bb.close()
-    except EsperError as exc:
-        _fail(exc)
+    status = LocalKafka(settings).up(timeout=timeout, echo=lambda m: console.print(f"[dim]{m}[/dim]"))
+    bb = Backbone(settings)
+    created = bb.ensure_topics()
+    bb.close()
     where = "local broker" if status.managed else "external cluster"
     console.print(f"[green]Kafka is up[/green] at {status.bootstrap} ({where}"
                   + (f", pid {status.pid})" if status.pid else ")"))
@@ -37,10 +29,7 @@ def up(timeout: float = typer.Option(90.0, help="Seconds to wait for the broker 
 @app.command()
 def down() -> None:
     """Stop the local broker this checkout started (by its PID file). Data stays under .esper/."""
-    try:
-        stopped = LocalKafka(load_settings()).down(echo=console.print)
-    except EsperError as exc:
-        _fail(exc)
+    stopped = LocalKafka(load_settings()).down(echo=console.print)
     console.print("stopped the local broker" if stopped else "no local broker was running")
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams import Backbone, EsperError
+from streams.exceptions import ConfigError
 
 blueprints_app = typer.Typer(no_args_is_help=True, help="The blueprint library (Urza), folded from the log.")
 kernels_app = typer.Typer(no_args_is_help=True, help="Compiled kernel artifacts in Urza.")
@@ -47,8 +48,7 @@ def submit(
         try:
             bps.append(Blueprint.parse(path.read_text()))
         except (OSError, BlueprintInvalid) as exc:
-            console.print(f"[red]error:[/red] {path}: {exc}")
-            raise typer.Exit(1)
+            raise ConfigError(f"{path}: {exc}") from None
     if not bps:
         console.print("nothing to submit: give files or --starter")
         raise typer.Exit(1)
@@ -91,8 +91,7 @@ def show(blueprint_id: str = typer.Argument(..., help="Id, unambiguous id prefix
     bb.close()
     bp = view.blueprint(blueprint_id)
     if bp is None:
-        console.print(f"[red]error:[/red] no blueprint {blueprint_id!r}")
-        raise typer.Exit(1)
+        raise EsperError(f"no blueprint {blueprint_id!r}")
     record = bp.to_dict() | {"kernels": [view.kernels[a].to_dict() for a in bp.artifacts if a in view.kernels]}
     print(json.dumps(record, indent=None if as_json else 2, default=str))
 
@@ -131,10 +130,9 @@ def _serve(bb: Backbone, topic: str, group: str, name: str, work) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         consumer = bb.consumer([bb.resolve_topic(topic)], group_id=group, name=name)
-    except EsperError as exc:
+    except EsperError:
         bb.close()
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
+        raise
     console.print(f"{name}: consuming {bb.resolve_topic(topic)} as group {group!r}")
     try:
         work(consumer)

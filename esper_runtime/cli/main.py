@@ -1,12 +1,36 @@
-"""``esper``: the command users run. Each sub-command lives in its own module beside this one."""
+"""``esper``: the command users run. Each sub-command lives in its own module beside this one.
+
+Errors reach the user in one place, ``_Funnel``: an ``EsperError`` from any command is one line on stderr and the
+exit code its class names (``EsperError.exit_code``: 1 a failure, 2 input to fix, 4 nothing grew); anything else is
+a bug and keeps its traceback. Commands raise; they do not print errors and exit themselves.
+"""
 
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from esper_runtime.cli import analytics, api, bench, infra, library, processors, replay, simic, tail
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Esper: neural networks that grow while they train.")
+
+
+class _Funnel(TyperGroup):
+    """The top command group: every EsperError a command raises becomes its message and its exit code."""
+
+    def invoke(self, ctx):
+        from rich.markup import escape
+
+        from streams.exceptions import EsperError
+
+        try:
+            return super().invoke(ctx)
+        except EsperError as exc:
+            _console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(cls=_Funnel, no_args_is_help=True, add_completion=False,
+                  help="Esper: neural networks that grow while they train.")
 app.add_typer(infra.app, name="infra")
 app.add_typer(bench.app, name="bench")
 app.command("tail")(tail.tail)
@@ -39,35 +63,13 @@ def _progress(console):
 
 
 def _run_pipeline(console, make_prepared, options) -> dict:
-    """Prepare (exit 2 on bad input), run (exit 1 if the library or the infrastructure fails, 2 if the run failed on
-    its data, 4 if nothing grew), and print the headline. Errors are one line, never a stack trace."""
-    from esper_runtime.kasmina.exceptions import KernelLoadError
-    from esper_runtime.run.data import DataError
-    from esper_runtime.run.pipeline import NoGrowth, RunBroke, run
-    from esper_runtime.tamiyo.hierarchical import DomainError
-    from esper_runtime.tamiyo.policy import PolicyError
-    from streams import EsperError
-    from streams.exceptions import ConfigError
+    """Prepare, run and print the headline. Bad input exits 2, a broken library or infrastructure 1, a run that
+    failed on its data 2, nothing grown 4 (each error's ``exit_code``, printed by ``main``)."""
+    from esper_runtime.run.pipeline import run
 
-    def fail(code: int, exc: BaseException):
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code)
-
-    try:
-        prep = make_prepared()
-    except (ConfigError, DataError, DomainError) as exc:
-        fail(2, exc)
-    try:
-        summary = run(prep, options, echo=lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True),
-                      progress=_progress(console))
-    except NoGrowth as exc:
-        fail(4, exc)
-    except RunBroke as exc:
-        fail(2 if isinstance(exc.cause, (DataError, DomainError, KernelLoadError)) else 1, exc)
-    except DataError as exc:  # e.g. --resume with a changed configuration
-        fail(2, exc)
-    except (EsperError, PolicyError) as exc:
-        fail(1, exc)
+    prep = make_prepared()
+    summary = run(prep, options, echo=lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True),
+                  progress=_progress(console))
     o = summary["over_seeds"]
     metric = "R^2" if summary["metric"] == "r2" else "accuracy"
     line = (f"grown host {metric} {o['final_accuracy']['mean']:.3f} ± {o['final_accuracy']['std']:.3f} "
@@ -122,24 +124,15 @@ def study(
     from pathlib import Path
 
     from esper_runtime.study.study import StudyOptions, run_study
-    from streams import EsperError
 
     console = _console()
     try:
         widths = [tuple(int(w) for w in item.split("x")) for item in sweep.split(",") if item.strip()]
     except ValueError:
-        console.print(f"[red]error:[/red] --sweep must look like 16x16,32x32, not {sweep!r}")
-        raise typer.Exit(2)
-    try:
-        result = run_study(StudyOptions(out=Path(out), tasks=[t for t in tasks.split(",") if t], seeds=seeds,
-                                        epochs=epochs, sweep=widths or None),
-                           echo=lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True), progress=_progress(console))
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
-    except EsperError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
+        raise typer.BadParameter(f"must look like 16x16,32x32, not {sweep!r}", param_hint="--sweep") from None
+    result = run_study(StudyOptions(out=Path(out), tasks=[t for t in tasks.split(",") if t], seeds=seeds,
+                                    epochs=epochs, sweep=widths or None),
+                       echo=lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True), progress=_progress(console))
     for name, t in result["tasks"].items():
         g, m = t["grown"], t["param_matched"]
         console.print(f"{name}: grown {g['accuracy_mean']:.3f} ± {g['accuracy_std']:.3f} ({g['params_mean']:.0f} "
@@ -170,8 +163,7 @@ def demo(
     from esper_runtime.run.pipeline import RunOptions, prepare
 
     if controller not in ("heuristic", "gnn", "hierarchical"):
-        _console().print(f"[red]error:[/red] --controller must be heuristic, gnn or hierarchical, not {controller!r}")
-        raise typer.Exit(2)
+        raise typer.BadParameter(f"must be heuristic, gnn or hierarchical, not {controller!r}", param_hint="--controller")
     opts = DemoOptions(out=Path(out), epochs=epochs, seeds=seeds, controller=controller)
     _run_pipeline(_console(), lambda: prepare(demo_config(opts)),
                   RunOptions(out=Path(out), policy=Path(policy) if policy else None))

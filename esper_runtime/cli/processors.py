@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from streams import EsperError
 
 console = Console(stderr=True)
 
@@ -21,17 +20,12 @@ def processors(
     state.urza.library, Urabrask's peers -> state.urabrask.distributions, telemetry -> ClickHouse (this process
     owns the embedded store and serves `esper sql` while it runs)."""
     from processors.app import AGENTS, Processors
-    from processors.clickhouse import StoreBusy
 
     chosen = tuple(a.strip() for a in agents.split(",") if a.strip())
     unknown = set(chosen) - set(AGENTS)
     if unknown:
         raise typer.BadParameter(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
-    try:
-        procs = Processors(agents=chosen, web_port=port)
-        console.print(f"processors {procs.app_id}: {', '.join(chosen)}; status at "
-                      f"http://127.0.0.1:{procs.web_port}/esper/status/")
-        procs.run(loglevel=loglevel)
-    except (StoreBusy, EsperError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
+    procs = Processors(agents=chosen, web_port=port)
+    console.print(f"processors {procs.app_id}: {', '.join(chosen)}; status at "
+                  f"http://127.0.0.1:{procs.web_port}/esper/status/")
+    procs.run(loglevel=loglevel)

@@ -41,12 +41,8 @@ def replay(
     try:
         view, undecodable = fold_run(bb, run, **bounds)
         if view.events == 0:
-            console.print(f"[red]error:[/red] no events of run {run!r} on the log")
-            raise typer.Exit(1)
+            raise EsperError(f"no events of run {run!r} on the log")
         differences = verify_live(bb, view, timeout=timeout) if verify else None
-    except EsperError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
     finally:
         bb.close()
     if as_json:

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.console import Console
 
-from streams import Backbone, EsperError
+from streams import Backbone
 
 console = Console(stderr=True)
 app = typer.Typer(no_args_is_help=True, help="Simic: Tamiyo's policy trained from logged decisions and outcomes.")
@@ -27,9 +27,6 @@ def train(epochs: int = typer.Option(40, help="Passes over the training examples
     try:
         result = train_from_log(bb, epochs=epochs, teacher=teacher, rl_epochs=rl_epochs,
                                 echo=lambda m: console.print(f"[dim]{m}[/dim]"))
-    except (EsperError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
     finally:
         bb.close()
     console.print(f"policy saved to {result.directory}")

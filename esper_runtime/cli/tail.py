@@ -9,7 +9,7 @@ from datetime import datetime
 
 import typer
 
-from streams import Backbone, DecodeError, EsperError
+from streams import Backbone, DecodeError
 
 
 def _jsonable(value):
@@ -31,12 +31,8 @@ def tail(
     from confluent_kafka import Consumer, OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
     bb = Backbone()
-    try:
-        topic = bb.resolve_topic(topic)
-        serde = bb.serde
-    except EsperError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+    topic = bb.resolve_topic(topic)
+    serde = bb.serde
     consumer = Consumer({"bootstrap.servers": bb.bootstrap, "group.id": f"esper-tail-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})
     md = consumer.list_topics(topic, timeout=10).topics.get(topic)

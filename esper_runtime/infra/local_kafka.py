@@ -19,16 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.config import StreamSettings, project_root
-from streams.exceptions import EsperError
+from esper_runtime.infra.exceptions import BrokerError
 
 __all__ = ["BrokerError", "BrokerStatus", "LocalKafka"]
 
 KAFKA_MAIN = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
-
-
-class BrokerError(EsperError):
-    """The local broker could not be fetched, started, reached or stopped."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.exceptions import EsperError
+from streams.exceptions import ConfigError, EsperError
 
 __all__ = ["KasminaError", "IllegalTransition", "KernelLoadError", "StateChecksumError", "ConfigError"]
 
@@ -25,7 +25,3 @@ class KernelLoadError(KasminaError):
 
 class StateChecksumError(KasminaError):
     """The seed state tensors changed outside a lifecycle transition: the signal Tolaria rolls back on."""
-
-
-class ConfigError(KasminaError):
-    """The wrap configuration selects nothing or is inconsistent."""

@@ -19,13 +19,9 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
 
 from esper_runtime.run.config import DataConfig
-from streams.exceptions import EsperError
+from esper_runtime.run.exceptions import DataError
 
 __all__ = ["DataError", "RunData", "load_data", "make_loader", "import_factory"]
-
-
-class DataError(EsperError):
-    """The data cannot be used: a missing file or column, a bad cell, a label out of range."""
 
 
 @dataclass

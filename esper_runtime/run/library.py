@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams import Backbone
-from streams.exceptions import EsperError
+from esper_runtime.run.exceptions import LibraryError
 
 __all__ = ["LibraryError", "WidthStatus", "library_status", "ensure_library"]
 
 ENDED = ("VALIDATED", "REJECTED", "RETIRED")
-
-
-class LibraryError(EsperError):
-    """No validated kernel for a width a run needs, or a worker that stopped before the library was ready."""
 
 
 @dataclass

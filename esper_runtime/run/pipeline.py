@@ -26,21 +26,9 @@ from torch import nn
 
 from esper_runtime.run.config import ModelConfig, RunConfig
 from esper_runtime.run.data import DataError, RunData, call_factory, import_factory, load_data, make_loader
-from streams.exceptions import EsperError
+from esper_runtime.run.exceptions import NoGrowth, RunBroke
 
 __all__ = ["RunOptions", "Prepared", "prepare", "run", "build_host", "local_infrastructure", "NoGrowth", "RunBroke"]
-
-
-class RunBroke(EsperError):
-    """A run failed after it started; its RunFailed event is on the log. ``cause`` is the original error."""
-
-    def __init__(self, run_id: str, cause: BaseException):
-        super().__init__(f"run {run_id} failed (a RunFailed event is on the log): {cause}")
-        self.run_id, self.cause = run_id, cause
-
-
-class NoGrowth(EsperError):
-    """The run finished but nothing germinated in any seed's run: the summary says why."""
 
 
 @dataclass
@@ -110,7 +98,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     """Check the data and the model against each other without touching the broker; raise DataError (or
     ConfigError) naming the problem."""
     from esper_runtime.kasmina import wrap
-    from esper_runtime.kasmina.exceptions import ConfigError as KasminaConfigError
+    from streams.exceptions import ConfigError as WrapConfigError
 
     data = load_data(cfg.data, cfg.task)
     device = _device(cfg.device)
@@ -129,7 +117,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     host.to(device)
     try:
         model = wrap(host, kasmina_config(cfg))
-    except KasminaConfigError as exc:
+    except WrapConfigError as exc:
         raise DataError(f"the model has no layer to put seeds in: {exc} (seeds go into nn.Linear and nn.Conv2d)") \
             from None
     model.eval()

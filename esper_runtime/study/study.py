@@ -20,6 +20,7 @@ from pathlib import Path
 from esper_runtime.config import EsperConfig
 from esper_runtime.run.defaults import growth_defaults
 from esper_runtime.run.config import BaselinesConfig, DataConfig, ModelConfig, RunConfig
+from streams.exceptions import ConfigError
 
 __all__ = ["StudyOptions", "StudyTask", "TASKS", "run_study", "controller_defaults", "mlp_params", "matched_width"]
 
@@ -83,7 +84,7 @@ def run_study(opts: StudyOptions, echo=print, progress=None) -> dict:
 
     unknown = [t for t in opts.tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown task {unknown[0]!r}: the study knows {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {unknown[0]!r}: the study knows {', '.join(TASKS)}")
     opts.out.mkdir(parents=True, exist_ok=True)
     with local_infrastructure(echo) as bb:
         return _study(opts, bb, echo, progress)

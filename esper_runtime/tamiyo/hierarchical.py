@@ -29,14 +29,11 @@ from esper_runtime.tamiyo.graph import observe_model
 from esper_runtime.tamiyo.heuristic import EpochState, TamiyoController
 from esper_runtime.tamiyo.learned import choose
 from streams.contracts import DecisionCandidate
+from esper_runtime.tamiyo.exceptions import DomainError
 
 __all__ = ["HierarchicalTamiyo", "HealthSummary", "DomainError", "allocate", "domains_of"]
 
 SUMMARY_FIELDS = ("dormant_share", "dead_node_ratio", "avg_correlation", "log_variance", "in_flight", "culled")
-
-
-class DomainError(ValueError):
-    """The domain configuration does not fit the model."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from esper_runtime.tamiyo.graph import EDGE_TYPES, LAYER_FEATURES, SEED_FEATURES
+from esper_runtime.tamiyo.exceptions import PolicyError
 
 __all__ = ["TamiyoPolicy", "kernel_features", "tag_vector", "KERNEL_FEATURES", "TAGS", "save_policy", "load_policy",
            "PolicyError"]
@@ -31,10 +32,6 @@ TAGS = ("high_speed", "medium_speed", "low_speed", "low_memory", "medium_memory"
         "numerically_stable", "trainable", "fixed_function")
 KERNEL_FEATURES = len(TAGS) + 5
 POLICY_KIND = "esper.tamiyo.gnn.v2"  # v2: the query head
-
-
-class PolicyError(Exception):
-    """A policy checkpoint is missing, corrupt, or of another kind."""
 
 
 def kernel_features(kernel, tried_on_slot: bool, width: int) -> list[float]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from esper_runtime.tezzeret.exceptions import CompilationError
 from torch import nn
 
 from esper_runtime.blueprints import ConcreteIR, build_module
@@ -40,10 +42,6 @@ PIPELINES: dict[str, dict] = {
     "standard": {},
     "aggressive": {"max_autotune": True, "coordinate_descent_tuning": True},
 }
-
-
-class CompilationError(Exception):
-    pass
 
 
 @dataclass(frozen=True)

@@ -44,16 +44,12 @@ from streams.contracts import (
     TopicOffset,
 )
 from streams.envelope import EnvelopeFactory
-from streams.exceptions import EsperError
 from streams.publisher import Publisher
+from esper_runtime.tolaria.exceptions import TrainingError
 
 __all__ = ["TolariaTrainer", "History", "Checkpoint", "TrainingError"]
 
 PRODUCER = "tolaria/0.1.0"
-
-
-class TrainingError(EsperError):
-    """The trainer was set up wrong (no data, an unknown objective)."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.exceptions import EsperError
+from esper_runtime.urza.exceptions import ArtifactNotFound
 
 __all__ = ["ArtifactNotFound", "ArtifactStore", "KernelArtifact", "MAX_ARTIFACT_BYTES"]
 
@@ -25,10 +26,6 @@ MAX_ARTIFACT_BYTES = 128 << 20
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-
-
-class ArtifactNotFound(EsperError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -67,7 +64,6 @@ class ArtifactStore:
 
     def get_artifact(self, artifact_id: str) -> KernelArtifact:
         self._check_id(artifact_id)
-        index = self.root / "index" / f"{artifact_id}.json"
         try:
             entry = self._entry(artifact_id)
             blob = self._blob(entry["sha256"])

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from streams.config import project_root
-from streams.exceptions import EsperError
+from processors.exceptions import StoreBusy, StoreError
 
 __all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "open_store", "SCHEMA_FILE",
            "TABLES", "READ_LIMITS"]
@@ -30,14 +30,6 @@ READ_LIMITS = {"max_execution_time": 20, "max_memory_usage": 2 << 30, "max_resul
                "result_overflow_mode": "'throw'"}
 MAX_QUERY_BYTES = 64 * 1024
 TABLES = ("epochs", "seed_telemetry", "lifecycle_transitions", "decisions", "kernel_measurements", "field_reports")
-
-
-class StoreBusy(EsperError):
-    """Another process owns the embedded store and offers no way in."""
-
-
-class StoreError(EsperError):
-    """The query failed (bad SQL, unknown table): ClickHouse's message, without a stack."""
 
 
 def _statements(sql: str) -> list[str]:
@@ -61,7 +53,10 @@ class _Store:
     def read(self, sql: str) -> list[dict]:
         """A user's query, read-only: exactly one SELECT (ClickHouse's own parser says so), run with ``readonly = 1``
         (no writes, DDL, SET, ``file()`` or ``url()``) under ``READ_LIMITS`` on time, memory and rows."""
-        return self.rows(self._read_only(sql))
+        try:
+            return self.rows(self._read_only(sql))
+        except StoreError as exc:
+            raise StoreError(f"SQL error: {exc}") from None
 
     def _read_only(self, sql: str) -> str:
         if not isinstance(sql, str) or not sql.strip():
@@ -97,12 +92,12 @@ class EmbeddedStore(_Store):
         owner = self.path / "owner.pid"
         other = _live_owner(owner)
         if other is not None and other != os.getpid():
-            raise StoreBusy(f"the ClickHouse store at {self.path} is owned by process {other}, which serves no SQL "
+            raise StoreBusy(f"the ClickHouse store at {self.path} is busy: owned by process {other}, which serves no SQL "
                             "endpoint; stop it, or start the processors (`esper processors`) and query through them")
         try:
             self._session = session.Session(str(self.path))
         except Exception as exc:  # chdb's lock error names no owner
-            raise StoreBusy(f"the ClickHouse store at {self.path} is in use by another process: {exc}") from None
+            raise StoreBusy(f"the ClickHouse store at {self.path} is busy (in use by another process): {exc}") from None
         owner.write_text(str(os.getpid()))
         self._owner_file = owner
         for statement in _statements(SCHEMA_FILE.read_text()):

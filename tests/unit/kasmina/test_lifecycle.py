@@ -3,9 +3,8 @@
 import itertools
 
 import pytest
-import torch
 
-from esper_runtime.kasmina import Code, Command, IllegalTransition
+from esper_runtime.kasmina import Code, Command
 from esper_runtime.kasmina.lifecycle import next_state
 
 from .conftest import Trainer
