@@ -32,11 +32,13 @@ from typing import Any
 
 import faust
 
-from processors.clickhouse.sink import SINK_TOPICS, rows_for_record
+from processors.clickhouse.sink import SINK_TOPICS, insert_batch
+from processors.faust_patch import limit_fetch_wait
 from views.seed_state import APPLIED, GAP, fold_seed, seed_key
 from streams.state import read_state_topic
 from views.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
+from streams.deadletter import dead_letter_headers, decode_for_topic
 from streams.exceptions import DecodeError
 
 __all__ = ["Processors", "MaterializedState", "SEED_STATE_TOPIC", "URZA_STATE_TOPIC", "DISTRIBUTIONS_TOPIC",
@@ -48,24 +50,6 @@ SEED_STATE_TOPIC = "state.kasmina.seeds"
 URZA_STATE_TOPIC = "state.urza.library"
 DISTRIBUTIONS_TOPIC = "state.urabrask.distributions"
 AGENTS = ("seed-state", "urza", "distributions", "telemetry-sink")
-
-
-def _limit_fetch_wait(wait_ms: int) -> None:
-    """faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``; measured with ``esper bench materialize``,
-    that held a steady 5k events/s at ~1.3 s median lag. Its consumers are made with ``wait_ms`` instead (one
-    process runs one app, so patching the driver class is safe)."""
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
-    original = getattr(cls, "_esper_original_create", cls._create_worker_consumer)
-
-    def create(self, transport):
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
-        return consumer
-
-    cls._esper_original_create = original
-    cls._create_worker_consumer = create
 
 
 class Processors:
@@ -81,14 +65,16 @@ class Processors:
         self.web_port = web_port if web_port is not None else settings.processors_port
         self.sink_batch = sink_batch
         self.batch, self.batch_within = batch, batch_within
-        _limit_fetch_wait(fetch_wait_ms)
+        self.fetch_wait_ms = fetch_wait_ms
         self.serde = self.bb.serde
         self.stats: dict[str, Counter] = defaultdict(Counter)
         self.lag_ms: deque[float] = deque(maxlen=100_000)  # log append time -> applied, seed-state agent
         self._sink_marks: list[tuple[float, int]] = []  # (time an insert finished, its rows)
         self.store = None
         self._store_token: str | None = None
-        self._store_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")  # chdb: one thread
+        # chdb is driven from one thread, and only by the sink agent and its SQL endpoint
+        self._store_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse") \
+            if "telemetry-sink" in self.agents else None
         datadir = self.bb.settings.home / "processors" / "faust" / self.app_id
         datadir.mkdir(parents=True, exist_ok=True)  # faust creates the last level only
         self.app = faust.App(
@@ -118,39 +104,25 @@ class Processors:
 
     async def _dead_letter(self, event, reason: str, detail: str, agent: str) -> None:
         msg = event.message
-        headers = list(msg.headers or []) + [
-            ("esper.dlq.reason", reason.encode()), ("esper.dlq.detail", detail.encode()[:4000]),
-            ("esper.dlq.source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
-            ("esper.dlq.consumer", f"processors/{agent}".encode()),
-            ("esper.dlq.at", str(int(time.time() * 1000)).encode())]
+        headers = dead_letter_headers(msg.headers, reason, detail, f"{msg.topic}/{msg.partition}/{msg.offset}",
+                                      f"processors/{agent}")
         await self._deadletter.send(key=msg.key, value=msg.value, headers=headers)
         self.stats[agent]["dead_lettered"] += 1
 
-    async def _decode_record(self, event, agent: str):
-        """The decoded record (``Decoded``: schema name, Avro data), or None after dead-lettering what cannot be
-        decoded or does not belong on its topic."""
+    async def _decode_record(self, event, agent: str, typed: bool = False):
+        """The decoded record (``Decoded``: schema name, Avro data; with ``typed`` the generated event), or None
+        after dead-lettering what cannot be decoded, does not belong on its topic or (``typed``) has no type here:
+        ``streams.deadletter``'s rule."""
         msg = event.message
         try:
-            decoded = self.serde.decode(msg.value, msg.topic)
+            return decode_for_topic(self.serde, self.bb.registry, msg.value, msg.topic, typed=typed)
         except DecodeError as exc:
             await self._dead_letter(event, exc.reason, exc.detail, agent)
             return None
-        allowed = self.bb.registry.spec(msg.topic).events
-        if decoded.name not in allowed:
-            await self._dead_letter(event, "wrong-topic", f"{decoded.name} does not belong on {msg.topic}", agent)
-            return None
-        return decoded
 
     async def _decode(self, event, agent: str) -> Any | None:
-        """The typed event (see ``_decode_record``); a record with no type here is dead-lettered too."""
-        decoded = await self._decode_record(event, agent)
-        if decoded is None:
-            return None
-        try:
-            return decoded.typed()
-        except DecodeError as exc:
-            await self._dead_letter(event, exc.reason, exc.detail, agent)
-            return None
+        """The typed event (see ``_decode_record``)."""
+        return await self._decode_record(event, agent, typed=True)
 
     # ------------------------------------------------------------------ agents
     def _build(self) -> None:
@@ -220,14 +192,13 @@ class Processors:
             async def telemetry_sink(stream):
                 loop = asyncio.get_running_loop()
                 async for events in stream.take_events(self.sink_batch, within=0.5):
-                    tables: dict[str, list[dict]] = defaultdict(list)
+                    records = []
                     for event in events:
                         decoded = await self._decode_record(event, "telemetry-sink")
                         if decoded is not None:
-                            for table, row in rows_for_record(decoded.name, decoded.record):
-                                tables[table].append(row)
-                    if tables:
-                        await loop.run_in_executor(self._store_exec, self._insert, tables)
+                            records.append((decoded.name, decoded.record))
+                    if records:
+                        await loop.run_in_executor(self._store_exec, self._insert, records)
 
             procs = self
 
@@ -253,13 +224,11 @@ class Processors:
         async def status_view(web, request):
             return web.json(self.status())
 
-    def _insert(self, tables: dict[str, list[dict]]) -> None:
-        rows = 0
-        for table, batch in tables.items():
-            n = self.store.insert(table, batch)
+    def _insert(self, records: list[tuple[str, dict]]) -> None:
+        inserted = insert_batch(self.store, records)
+        for table, n in inserted.items():
             self.stats["telemetry-sink"][f"rows:{table}"] += n
-            rows += n
-        self._sink_marks.append((time.monotonic(), rows))
+        self._sink_marks.append((time.monotonic(), sum(inserted.values())))
 
     def _state(self, name: str, agent: str) -> "MaterializedState":
         return MaterializedState(self.bb, name, self.app, self.stats[agent])
@@ -301,6 +270,7 @@ class Processors:
 
     def run(self, loglevel: str = "warning") -> None:
         """Run the worker until SIGTERM / SIGINT (blocking); the store is closed on the way out."""
+        limit_fetch_wait(self.fetch_wait_ms)
         self.bb.ensure_topics()
         if "telemetry-sink" in self.agents:
             self.open_store()
@@ -311,7 +281,8 @@ class Processors:
         finally:
             if self.store is not None:
                 self._store_exec.submit(self.store.close).result(timeout=30)
-            self._store_exec.shutdown(wait=False)
+            if self._store_exec is not None:
+                self._store_exec.shutdown(wait=False)
             self.bb.close()
 
 

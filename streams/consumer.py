@@ -11,14 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from streams.deadletter import DLQ_HEADERS, dead_letter_headers, decode_for_topic
 from streams.exceptions import DecodeError, EsperError
 from streams.publisher import LogRecord, Publisher
 from streams.serde import Decoded, Serde
 from streams.topics import TOPICS, TopicRegistry
 
 __all__ = ["ConsumedEvent", "DeadLetterSink", "EventConsumer", "DLQ_HEADERS"]
-
-DLQ_HEADERS = ("esper.dlq.reason", "esper.dlq.detail", "esper.dlq.source", "esper.dlq.consumer", "esper.dlq.at")
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,8 @@ class DeadLetterSink:
         self.sent = 0
 
     def send(self, record: LogRecord, reason: str, detail: str) -> None:
-        headers = list(record.headers) + [
-            ("esper.dlq.reason", reason.encode()),
-            ("esper.dlq.detail", detail.encode()[:4000]),
-            ("esper.dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-            ("esper.dlq.consumer", self.consumer_name.encode()),
-            ("esper.dlq.at", str(int(time.time() * 1000)).encode()),
-        ]
+        headers = dead_letter_headers(record.headers, reason, detail,
+                                      f"{record.topic}/{record.partition}/{record.offset}", self.consumer_name)
         self.publisher.publish_raw(self.publisher.registry.deadletter, record.value, record.key, headers)
         self.sent += 1
 
@@ -69,6 +63,7 @@ class EventConsumer:
         for t in self.topics:
             registry.spec(t)
         self.serde = serde
+        self.registry = registry
         self.deadletter = deadletter
         config = {
             "bootstrap.servers": bootstrap,
@@ -103,7 +98,7 @@ class EventConsumer:
                             list(msg.headers() or []))
             self._pending.append(msg)
             try:
-                out.append(ConsumedEvent(rec, self.serde.decode(rec.value, rec.topic)))
+                out.append(ConsumedEvent(rec, decode_for_topic(self.serde, self.registry, rec.value, rec.topic)))
             except DecodeError as exc:
                 self.deadletter.send(rec, exc.reason, exc.detail)
                 dead += 1

@@ -110,6 +110,14 @@ class TopicRegistry:
         except KeyError:
             raise TopicError(f"unknown topic {name!r}; known topics: {', '.join(sorted(self._specs))}") from None
 
+    def carrying(self, *event_names: str) -> tuple[str, ...]:
+        """The topics (unprefixed names, in the registry's order) that carry any of these events (full Avro names):
+        what a reader subscribes to, derived here instead of kept by hand."""
+        unknown = set(event_names) - set(self._by_event)
+        if unknown:
+            raise TopicError(f"no topic carries {sorted(unknown)}")
+        return tuple(s.name[len(self.prefix):] for s in self._specs.values() if set(s.events) & set(event_names))
+
     def for_event(self, event_name: str) -> str:
         try:
             return self._by_event[event_name]

@@ -5,15 +5,16 @@ decoded or applied is skipped and counted, never fatal."""
 from __future__ import annotations
 
 from views.run_view import RunView
-from views.urza_view import URZA_TOPICS, UrzaView
+from views.urza_view import URZA_EVENTS, URZA_TOPICS, UrzaView
 from streams.backbone import Backbone
 from streams.exceptions import DecodeError
+from streams.topics import TOPICS
 
 __all__ = ["fold_run", "fold_runs", "fold_library", "last_versions", "RUN_TOPICS"]
 
-RUN_TOPICS = ("kasmina.lifecycle.transitions", "tolaria.run.events", "innovation.field_reports", "tamiyo.decisions",
-              "control.kasmina.commands", "kasmina.telemetry.seeds", "tolaria.system.state",
-              "tamiyo.adaptation.signals")
+# a run's events: everything on the log but the library's (which no run owns)
+RUN_TOPICS = TOPICS.carrying(*(ev for spec in TOPICS for ev in spec.events
+                               if ev not in {e.AVRO_NAME for e in URZA_EVENTS}))
 
 
 def fold_runs(backbone: Backbone, run_ids, **bounds) -> tuple[dict[str, RunView], int]:

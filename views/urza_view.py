@@ -30,6 +30,7 @@ from streams.contracts import (
     KernelTagsAssigned,
     KernelValidationReport,
 )
+from streams.topics import TOPICS
 from views.exceptions import Unapplicable
 
 __all__ = ["UrzaView", "BlueprintRecord", "KernelRecord", "URZA_TOPICS", "Unapplicable", "parse_json"]
@@ -54,10 +55,9 @@ def parse_json(text: str, what: str) -> Any:
             stack.extend((v, depth + 1) for v in node)
     return value
 
-URZA_TOPICS = ("urza.blueprints.events", "tezzeret.kernels.events", "urabrask.kernels.reports", "urza.kernels.events")
-
 URZA_EVENTS = (BlueprintSubmitted, BlueprintRejected, KernelCompiled, KernelCompilationFailed, KernelStatusChanged,
                KernelValidationReport, KernelTagsAssigned)
+URZA_TOPICS = TOPICS.carrying(*(e.AVRO_NAME for e in URZA_EVENTS))
 
 
 @dataclass

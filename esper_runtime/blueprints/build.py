@@ -8,6 +8,7 @@ from torch import nn
 from esper_runtime.blueprints.ir import ConcreteIR
 from esper_runtime.blueprints.ops import OPS
 from esper_runtime.blueprints.validate import topo_order, validate_concrete
+from esper_runtime.rng import seeded
 
 __all__ = ["IRModule", "build_module"]
 
@@ -48,6 +49,8 @@ class IRModule(nn.Module):
 
 
 def build_module(ir: ConcreteIR, seed: int | None = None) -> IRModule:
-    if seed is not None:
-        torch.manual_seed(seed)
-    return IRModule(ir)
+    """The module for ``ir``; with ``seed``, initialized from that seed (the caller's RNG is left as it was)."""
+    if seed is None:
+        return IRModule(ir)
+    with seeded(seed):
+        return IRModule(ir)

@@ -68,8 +68,6 @@ class Kasmina:
         for layer in layers:
             layer.model_input = self.model_input
         self.cache = KernelCache(artifacts, config.cache_capacity) if artifacts is not None else None
-        if self.cache is not None:
-            self.cache.warm_up()  # pay the one-off import cost of compiled kernels now, not at a germination
         self.publisher = publisher
         self.run_id = run_id or uuid.uuid4().hex
         self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
@@ -86,6 +84,12 @@ class Kasmina:
         self._sealed = self._checksums()
 
     # ------------------------------------------------------------------ queries
+
+    def prepare(self) -> None:
+        """What training needs before its first step and a constructor must not do: import what loading a compiled
+        kernel needs (about a second, once per process), so the first germination does not pay for it."""
+        if self.cache is not None:
+            self.cache.warm_up()
     def layer(self, layer_id: int) -> KasminaLayer:
         if not 0 <= layer_id < len(self.layers):
             raise KasminaError(f"no layer {layer_id} (this model has {len(self.layers)} seed layers)")

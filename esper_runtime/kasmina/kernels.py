@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from esper_runtime.kasmina.exceptions import KernelLoadError
+from esper_runtime.rng import seeded
 from esper_runtime.urza.store import KernelArtifact
 
 __all__ = [
@@ -49,13 +50,26 @@ class LoadedKernel:
 
 
 Builder = Callable[[KernelArtifact], LoadedKernel]
+# Kinds added with ``register_kernel_kind`` (the reference kind is in ``_builder`` below)
 _BUILDERS: dict[str, Builder] = {}
-# Kinds whose builder lives in a module imported on first use (keeps torch-free paths light).
-_LAZY_KINDS = {"esper.kernel.v1": "esper_runtime.tezzeret.bundle"}
+# Kinds whose builder lives in a module imported on first use: kind -> (module, function)
+_LAZY_KINDS = {"esper.kernel.v1": ("esper_runtime.tezzeret.bundle", "load_bundle")}
 
 
 def register_kernel_kind(kind: str, builder: Builder) -> None:
+    """Teach every kernel cache a kind of artifact (an explicit call: nothing registers itself on import)."""
     _BUILDERS[kind] = builder
+
+
+def _builder(kind: str) -> Builder | None:
+    if kind == REFERENCE_KIND:
+        return _build_reference
+    if kind in _LAZY_KINDS:
+        import importlib
+
+        module, function = _LAZY_KINDS[kind]
+        return getattr(importlib.import_module(module), function)
+    return _BUILDERS.get(kind)
 
 
 class KernelCache:
@@ -79,7 +93,7 @@ class KernelCache:
         import importlib
 
         t0 = time.perf_counter()
-        for module in _LAZY_KINDS.values():
+        for module, _ in _LAZY_KINDS.values():
             importlib.import_module(module)
         for module in ("torch._inductor.package", "torch.export.pt2_archive._package", "torch._inductor.codecache",
                        "torch._inductor.cpp_builder", "torch.utils.cpp_extension"):
@@ -123,11 +137,7 @@ class KernelCache:
         if actual != artifact.sha256:
             raise KernelLoadError(f"kernel {artifact_id}: hash mismatch (declared {artifact.sha256[:12]}…, "
                                   f"content {actual[:12]}…): corrupt or tampered artifact refused")
-        if artifact.kind not in _BUILDERS and artifact.kind in _LAZY_KINDS:
-            import importlib
-
-            importlib.import_module(_LAZY_KINDS[artifact.kind])
-        builder = _BUILDERS.get(artifact.kind)
+        builder = _builder(artifact.kind)
         if builder is None:
             raise KernelLoadError(f"kernel {artifact_id}: unknown kind {artifact.kind!r}")
         try:
@@ -183,8 +193,8 @@ REFERENCE_OPS: dict[str, tuple[Callable[..., nn.Module], bool]] = {
 def reference_artifact(op: str, features: int, seed: int = 0, **params) -> tuple[str, bytes]:
     """Bytes of an ``esper.reference.v1`` artifact and a content-derived id."""
     factory, _ = REFERENCE_OPS[op]
-    torch.manual_seed(seed)
-    module = factory(features, **params)
+    with seeded(seed):
+        module = factory(features, **params)
     header = json.dumps({"op": op, "features": features, "params": params}, sort_keys=True).encode()
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
@@ -208,8 +218,6 @@ def _build_reference(artifact: KernelArtifact) -> LoadedKernel:
     module.load_state_dict(state)
     return LoadedKernel(artifact.artifact_id, artifact.kind, features, trainable, module, {"op": op, **params})
 
-
-register_kernel_kind(REFERENCE_KIND, _build_reference)
 
 
 def module_from_recipe(recipe: dict) -> nn.Module:

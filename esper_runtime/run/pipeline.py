@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from esper_runtime.run.config import ModelConfig, RunConfig
+from esper_runtime.rng import seeded
 from esper_runtime.run.data import DataError, RunData, call_factory, import_factory, load_data, make_loader
 from esper_runtime.run.exceptions import NoGrowth, RunBroke
 
@@ -56,7 +57,11 @@ class Prepared:
 # ----------------------------------------------------------------------------- models
 def build_host(model: ModelConfig, in_features: int, n_outputs: int, seed: int) -> nn.Module:
     """The host for one random seed: an MLP of ReLU layers, or what the factory returns (seeded the same way)."""
-    torch.manual_seed(seed)
+    with seeded(seed):
+        return _build_host(model, in_features, n_outputs)
+
+
+def _build_host(model: ModelConfig, in_features: int, n_outputs: int) -> nn.Module:
     if model.mlp is not None:
         layers: list[nn.Module] = []
         width = in_features

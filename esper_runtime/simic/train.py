@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from esper_runtime.simic.dataset import Example, ExperienceDataset
+from esper_runtime.rng import seeded
 from esper_runtime.tamiyo.graph import build_graph
 from esper_runtime.tamiyo.policy import TamiyoPolicy, save_policy
 
@@ -102,7 +103,11 @@ def train_imitation(dataset: ExperienceDataset, out: Path | None = None, epochs:
                     hidden: int = 32, seed: int = 0, holdout: float = 0.25, echo=lambda m: None) -> ImitationResult:
     if not dataset.examples:
         raise ValueError("no germination decisions in the experience: run the heuristic first (e.g. `esper demo`)")
-    torch.manual_seed(seed)
+    with seeded(seed):
+        return _train_imitation(dataset, out, epochs, lr, hidden, seed, holdout, echo)
+
+
+def _train_imitation(dataset, out, epochs, lr, hidden, seed, holdout, echo) -> ImitationResult:
     train, held = dataset.split(holdout)
     if not train:
         train, held = held, []

@@ -77,21 +77,10 @@ def compute_reward(outcome: str, pre: float, post: float, report: dict | None) -
 class TamiyoController:
     def __init__(self, model: MorphableModel, config: TamiyoConfig, urza: UrzaView | None = None,
                  publisher: Publisher | None = None, run_id: str | None = None):
-        if urza is None:  # the SDK journey: kernels for this model's chunk widths, then the library from the log
-            from esper_runtime.run.library import ensure_library
-            from esper_runtime.urza.library import load_view
-            from streams.backbone import Backbone
-
-            backbone = Backbone()
-            try:
-                ensure_library(backbone, model.kasmina.seed_shapes())
-                urza = load_view(backbone)
-            finally:
-                backbone.close()
         self.model = model
         self.kasmina = model.kasmina
         self.config = config
-        self.urza = urza
+        self._urza = urza  # None: the library from the log, at ``prepare`` (a constructor does no I/O)
         if self.kasmina.cache is not None and self.kasmina.cache.expected_digest is None:
             # the kernels she commands are loaded only if their bytes hash to what the log recorded for them
             self.kasmina.cache.expected_digest = self._logged_digest
@@ -114,6 +103,33 @@ class TamiyoController:
         self.first_signal: float | None = None  # the growth signal where the run first germinated
         self.policy_name = PRODUCER.split("/")[1]
 
+
+    def prepare(self) -> None:
+        """The SDK journey's I/O, before training starts (``TolariaTrainer.train`` calls it): with no Urza view
+        given, kernels for this model's chunk widths are compiled if the library lacks them, then the library is
+        folded from the log."""
+        if self._urza is not None:
+            return
+        from esper_runtime.run.library import ensure_library
+        from esper_runtime.urza.library import load_view
+        from streams.backbone import Backbone
+
+        backbone = Backbone()
+        try:
+            ensure_library(backbone, self.kasmina.seed_shapes())
+            self._urza = load_view(backbone)
+        finally:
+            backbone.close()
+
+    @property
+    def urza(self) -> UrzaView:
+        if self._urza is None:
+            self.prepare()
+        return self._urza
+
+    @urza.setter
+    def urza(self, view: UrzaView) -> None:
+        self._urza = view
     def _logged_digest(self, artifact_id: str) -> str | None:
         record = self.urza.kernels.get(artifact_id)
         return record.sha256 if record is not None else None

@@ -22,11 +22,11 @@ from torch import nn
 
 from esper_runtime.blueprints import BlueprintInvalid, ConcreteIR, build_module
 from esper_runtime.kasmina.exceptions import KernelLoadError
-from esper_runtime.kasmina.kernels import LoadedKernel, register_kernel_kind
+from esper_runtime.kasmina.kernels import LoadedKernel
 from esper_runtime.tezzeret.compiler import BUNDLE_KIND
 from esper_runtime.urza.store import KernelArtifact
 
-__all__ = ["CompiledChild", "load_bundle", "register"]
+__all__ = ["CompiledChild", "load_bundle"]
 
 # what each member of a bundle may declare, checked before it is read (a member cannot inflate past its declared
 # size: zipfile stops there)
@@ -139,9 +139,3 @@ def _sha256_file(path: Path) -> str:
             h.update(block)
     return h.hexdigest()
 
-
-def register() -> None:
-    register_kernel_kind(BUNDLE_KIND, load_bundle)
-
-
-register()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from esper_runtime.config import TolariaConfig
+from esper_runtime.rng import seeded
 from esper_runtime.run.data import DataError, make_loader
 from esper_runtime.kasmina import Code, MorphableModel, StateChecksumError
 from esper_runtime.kasmina.lifecycle import CHILD_STATES
@@ -208,12 +209,18 @@ class TolariaTrainer:
         The run is on the log from ``RunStarted`` to ``RunCompleted``; if anything goes wrong once it has started
         (bad data in a batch, an error in the model, Ctrl-C) a ``RunFailed`` says why before the error propagates,
         so no run stays open on the log."""
+        if self.kasmina is not None:
+            self.kasmina.prepare()
+        if self.controller is not None and hasattr(self.controller, "prepare"):
+            self.controller.prepare()
         if self._resumed is None:
             self._publish(RunStarted(envelope=self._env(), task=self.task,
                                      config_json=json.dumps(self.resolved_config(), sort_keys=True, default=str),
                                      host_params=count_params(self.model), epochs_planned=self.config.epochs))
         try:
-            status = self._loop()
+            # the run's randomness is its own: seeded once at its start, the caller's RNG state restored after
+            with seeded(None):
+                status = self._loop()
         except BaseException as exc:
             self._publish(RunFailed(envelope=self._env(), epoch=self.epoch, error_type=type(exc).__name__,
                                     reason=(str(exc) or type(exc).__name__)[:2000]))

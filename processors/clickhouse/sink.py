@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterable
 
-__all__ = ["TelemetrySink", "rows_for", "rows_for_record", "SINK_TOPICS"]
+from streams.topics import TOPICS
 
-SINK_TOPICS = ("tolaria.run.events", "kasmina.telemetry.seeds", "kasmina.lifecycle.transitions", "tamiyo.decisions",
-               "urabrask.kernels.reports", "innovation.field_reports")
+__all__ = ["TelemetrySink", "insert_batch", "rows_for", "rows_for_record", "SINK_TOPICS"]
+
+# the events the analytics tables hold (``rows_for_record`` maps each to rows of its table)
+TABLE_OF_EVENT = {"esper.tolaria.EpochCompleted": "epochs", "esper.kasmina.SeedTelemetry": "seed_telemetry",
+          "esper.kasmina.SeedLifecycleTransition": "lifecycle_transitions", "esper.tamiyo.TamiyoDecision": "decisions",
+          "esper.urabrask.KernelValidationReport": "kernel_measurements", "esper.innovation.FieldReport": "field_reports"}
+SINK_TOPICS = TOPICS.carrying(*TABLE_OF_EVENT)
 
 
 def _base(env: dict) -> dict:
@@ -74,6 +79,17 @@ def rows_for(ev: Any) -> list[tuple[str, dict]]:
     return rows_for_record(ev.AVRO_NAME, ev.to_avro())
 
 
+def insert_batch(store, records: Iterable[tuple[str, dict]]) -> dict[str, int]:
+    """One batch of decoded records (schema name, Avro data) into ClickHouse: their rows grouped by table, one
+    insert per table. Returns the rows inserted per table. What both the processors' sink agent and ``esper sink``
+    run for every batch."""
+    tables: dict[str, list[dict]] = defaultdict(list)
+    for name, record in records:
+        for table, row in rows_for_record(name, record):
+            tables[table].append(row)
+    return {table: store.insert(table, rows) for table, rows in tables.items()}
+
+
 class TelemetrySink:
     def __init__(self, store, consumer):
         self.store = store
@@ -86,12 +102,8 @@ class TelemetrySink:
             events = self.consumer.poll(timeout=0.5, max_records=batch)
             if events:
                 last = time.monotonic()
-                tables: dict[str, list[dict]] = defaultdict(list)
-                for item in events:
-                    for table, row in rows_for_record(item.decoded.name, item.decoded.record):
-                        tables[table].append(row)
-                for table, rows in tables.items():
-                    self.inserted[table] += self.store.insert(table, rows)
+                for table, n in insert_batch(self.store, ((e.decoded.name, e.decoded.record) for e in events)).items():
+                    self.inserted[table] += n
             elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
                 break
         self.consumer.commit()  # stores the last batch's offsets: its rows are in

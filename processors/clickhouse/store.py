@@ -21,7 +21,7 @@ from streams.config import project_root
 from processors.exceptions import StoreBusy, StoreError
 
 __all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "open_store", "SCHEMA_FILE",
-           "TABLES", "READ_LIMITS"]
+           "READ_LIMITS"]
 
 SCHEMA_FILE = project_root() / "ops" / "clickhouse" / "schema.sql"
 # what one user query may use (``_Store.read``): ClickHouse enforces them, with ``readonly = 1`` applied last so the
@@ -29,7 +29,6 @@ SCHEMA_FILE = project_root() / "ops" / "clickhouse" / "schema.sql"
 READ_LIMITS = {"max_execution_time": 20, "max_memory_usage": 2 << 30, "max_result_rows": 1_000_000,
                "result_overflow_mode": "'throw'"}
 MAX_QUERY_BYTES = 64 * 1024
-TABLES = ("epochs", "seed_telemetry", "lifecycle_transitions", "decisions", "kernel_measurements", "field_reports")
 
 
 def _statements(sql: str) -> list[str]:

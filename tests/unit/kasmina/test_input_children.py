@@ -29,7 +29,9 @@ def branch(store):
     return make
 
 
-def test_a_learning_branch_leaves_the_host_alone_and_learns_to_point_downhill(make_model, branch):
+@pytest.mark.parametrize("seed", range(4))
+def test_a_learning_branch_leaves_the_host_alone_and_learns_to_point_downhill(make_model, branch, seed):
+    torch.manual_seed(seed)
     reference = mlp()
     model = make_model(host=copy.deepcopy(reference))
     trainer = Trainer(model)
@@ -52,9 +54,10 @@ def test_a_learning_branch_leaves_the_host_alone_and_learns_to_point_downhill(ma
 
     trainer.steps(60)
     assert layer.ready[2] and float(layer.health_accumulator[2, HEALTH["recon_error"]]) < 1.0  # cos > 0
-    # the step it learned lowers the loss when added to the chunk, measured on fresh data
+    # the step it learned lowers the loss when added to the chunk, on the data it learned from (random targets:
+    # there is nothing to generalize to, so fresh data would test luck, not the branch)
     s, e = layer.bounds[2]
-    xs, ys = torch.randn(256, 6), torch.randn(256, 3)
+    xs, ys = trainer.x, trainer.y
     base = nn.Sequential(*list(model.host.children())[:2])
     with torch.no_grad():
         u = base(xs)
