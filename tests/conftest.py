@@ -11,6 +11,24 @@ from streams import SchemaCatalog, load_settings
 from streams.topics import TOPICS, ensure_topics
 
 
+BROKER_FIXTURES = {"kafka_bootstrap", "kafka_admin", "topic_registry"}
+
+
+def unmarked_broker_tests(items) -> list[str]:
+    """Tests that reach the broker (a broker fixture, directly or through another fixture, or a module under
+    tests/integration) without the ``integration`` marker: ``pytest -m "not integration"`` would need a broker."""
+    return [item.nodeid for item in items
+            if (BROKER_FIXTURES & set(getattr(item, "fixturenames", ())) or "tests/integration/" in item.nodeid
+                or item.nodeid.startswith("integration/"))
+            and item.get_closest_marker("integration") is None]
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = unmarked_broker_tests(items)
+    if unmarked:
+        raise pytest.UsageError("these tests need the broker but lack @pytest.mark.integration: " + ", ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def catalog() -> SchemaCatalog:
     return SchemaCatalog.load()

@@ -26,7 +26,7 @@ from streams.contracts import SeedLifecycleTransition, SeedState
 from streams.envelope import EnvelopeFactory
 from streams.synthetic import synthetic_library, synthetic_run
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 
 def _free_port() -> int:
