@@ -36,7 +36,6 @@ class TamiyoConfig(BaseModel):
     accept_tolerance: float = Field(default=0.01, ge=0,
                                     description="EVALUATING passes if val accuracy is at most this below the pre-graft.")
     min_improvement: float = Field(default=0.0, description="FINE_TUNING fossilizes if val accuracy gained this much.")
-    embargo_epochs: int = Field(default=3, ge=0)
     emergency_factor: float = Field(default=3.0, gt=1,
                                     description="With an adaptation in flight, a val loss this many times the best "
                                                 "so far makes Tamiyo ask Tolaria for an emergency rollback.")

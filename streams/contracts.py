@@ -90,6 +90,7 @@ class FieldReport:
     eval_metrics: dict[str, float]
     kernel_artifact_id: str | None = None
     reward: float | None = None
+    decision_id: str = ''
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class FieldReport:
             "eval_metrics": self.eval_metrics,
             "kernel_artifact_id": self.kernel_artifact_id,
             "reward": self.reward,
+            "decision_id": self.decision_id,
         }
 
     @classmethod
@@ -116,6 +118,7 @@ class FieldReport:
             eval_metrics=dict(d["eval_metrics"]),
             kernel_artifact_id=d.get("kernel_artifact_id", None),
             reward=d.get("reward", None),
+            decision_id=d.get("decision_id", ''),
         )
 
 
@@ -134,6 +137,7 @@ class KasminaControlCommand:
     grafting_strategy: str
     command_id: str
     epoch: int = 0
+    decision_id: str = ''
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -146,6 +150,7 @@ class KasminaControlCommand:
             "grafting_strategy": self.grafting_strategy,
             "command_id": self.command_id,
             "epoch": self.epoch,
+            "decision_id": self.decision_id,
         }
 
     @classmethod
@@ -160,6 +165,7 @@ class KasminaControlCommand:
             grafting_strategy=d["grafting_strategy"],
             command_id=d["command_id"],
             epoch=d.get("epoch", 0),
+            decision_id=d.get("decision_id", ''),
         )
 
 

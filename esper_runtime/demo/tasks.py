@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["two_spirals", "TASKS"]
+__all__ = ["two_spirals"]
 
 
 def two_spirals(seed: int = 42, n: int = 2000, noise: float = 0.25, rotations: int = 4, distractor: bool = False):
@@ -28,5 +28,3 @@ def two_spirals(seed: int = 42, n: int = 2000, noise: float = 0.25, rotations: i
     return ((as_t(x[tr], torch.float32), as_t(y[tr], torch.int64)),
             (as_t(x[va], torch.float32), as_t(y[va], torch.int64)))
 
-
-TASKS = {"two_spirals": two_spirals}

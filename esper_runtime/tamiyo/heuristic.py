@@ -27,10 +27,10 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from esper_runtime.config import TamiyoConfig
-from esper_runtime.kasmina import Code, MorphableModel
+from esper_runtime.kasmina import Code, MorphableModel, seed_name
 from esper_runtime.kasmina.lifecycle import OUTCOME_CODES
 from views.urza_view import UrzaView
-from streams.contracts import DecisionCandidate, FieldReport, TamiyoDecision
+from streams.contracts import DecisionCandidate, FieldReport, KasminaControlCommand, TamiyoDecision
 from streams.envelope import EnvelopeFactory
 from streams.lifecycle import OUTCOMES
 from streams.publisher import Publisher
@@ -58,6 +58,7 @@ class _Adaptation:
     pre_metric: float
     params_before: int
     fine_tune_since: int | None = None
+    decision_id: str = ""  # the germination decision: its field report carries it
 
 
 def _params(kernel) -> int:
@@ -87,6 +88,7 @@ class TamiyoController:
         self.publisher = publisher if publisher is not None else self.kasmina.publisher
         self.run_id = run_id or self.kasmina.run_id
         self.envelopes = EnvelopeFactory(self.run_id, PRODUCER)
+        self.command_envelopes = EnvelopeFactory(self.run_id, PRODUCER)  # her commands, one originator per seed
         self.best_val_loss = float("inf")
         self.since_improvement = 0
         self.germinations = 0
@@ -260,14 +262,14 @@ class TamiyoController:
             eval_metrics={"val_loss": state.val_loss, "val_accuracy": state.val_accuracy,
                           "epochs": float(state.epoch - ad.germinated_epoch),
                           "params_added": float(params_now - ad.params_before)},
-            kernel_artifact_id=ad.kernel, reward=reward,
+            kernel_artifact_id=ad.kernel, reward=reward, decision_id=ad.decision_id,
         )
         self.field_reports.append(fr)
         if self.publisher is not None:
             self.publisher.publish(fr)
         if outcome == "CULLED":
             self.culled_designs.setdefault(key, set()).add(ad.blueprint_id)
-            self.reset_at[key] = state.epoch + self.config.embargo_epochs
+            self.reset_at[key] = state.epoch + self.kasmina.config.embargo_epochs  # the one embargo: Kasmina enforces it
         self.lineage.append({
             "layer": self.kasmina.layer(key[0]).path, "layer_id": key[0], "seed": key[1],
             "blueprint_id": ad.blueprint_id, "blueprint": self._blueprint_name(ad.blueprint_id),
@@ -369,18 +371,29 @@ class TamiyoController:
                                           state.val_accuracy, sum(p.numel() for p in self.model.parameters()))
         self.germinations += 1
         self.since_improvement = 0
-        return self._command(key, "request_germination", kernel.artifact_id, state, reason=reason,
+        said = self._command(key, "request_germination", kernel.artifact_id, state, reason=reason,
                              candidates=candidates, tags=query_tags or self.config.preferred_tags)
+        self.in_flight[key].decision_id = self.decisions[-1].decision_id
+        return said
 
     # ------------------------------------------------------------------ commands and decisions
     def _command(self, key, command: str, kernel: str, state: EpochState, reason: str,
                  candidates=None, tags=None) -> str:
-        self.kasmina.command(key[0], key[1], command, kernel, tags=tags)
-        self._decide(state, command, key, kernel or None, candidates or [], reason=reason, query_tags=tags)
-        return f"{command} seed/{key[0]}/{key[1]}"
+        """Decide, then carry the decision out: Tamiyo publishes the command (with the decision's id) and Kasmina
+        applies it at the next epoch boundary."""
+        decision = self._decide(state, command, key, kernel or None, candidates or [], reason=reason, query_tags=tags)
+        cmd = KasminaControlCommand(
+            envelope=self.command_envelopes.next(seed_name(*key)), target_layer_id=key[0], target_seed_id=key[1],
+            command=command, kernel_artifact_id=kernel or self.kasmina.kernel_of(*key), selected_for_tags=tags,
+            grafting_strategy="cosine_ramp", command_id=uuid.uuid4().hex, epoch=self.kasmina.epoch,
+            decision_id=decision.decision_id)
+        if self.publisher is not None:
+            self.publisher.publish(cmd)
+        self.kasmina.submit(cmd)
+        return f"{command} {seed_name(*key)}"
 
     def _decide(self, state: EpochState, action: str, key, kernel, candidates, reason: str,
-                features: dict[str, float] | None = None, query_tags=None) -> None:
+                features: dict[str, float] | None = None, query_tags=None) -> TamiyoDecision:
         decision = TamiyoDecision(
             envelope=self.envelopes.next(f"run/{self.run_id}/tamiyo"), epoch=state.epoch,
             decision_id=uuid.uuid4().hex, policy=self.policy_name, action=action,
@@ -395,3 +408,4 @@ class TamiyoController:
         self.decisions.append(decision)
         if self.publisher is not None:
             self.publisher.publish(decision, key=f"run/{self.run_id}")
+        return decision

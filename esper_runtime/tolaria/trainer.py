@@ -515,6 +515,8 @@ class TolariaTrainer:
             yield self.kasmina._command_envelopes
         if self.controller is not None:
             yield self.controller.envelopes
+            if hasattr(self.controller, "command_envelopes"):
+                yield self.controller.command_envelopes
 
     def _rollback(self, epoch: int, trigger: str) -> int:
         ckpt = self._last_good

@@ -25,13 +25,22 @@ ALTER TABLE esper.seed_telemetry ADD COLUMN IF NOT EXISTS growth_from_model UInt
 CREATE TABLE IF NOT EXISTS esper.lifecycle_transitions (
     run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), layer_id UInt32, seed_id UInt32,
     from_state LowCardinality(String), to_state LowCardinality(String), kernel_artifact_id String, reason String,
-    originator_version UInt64, event_id String
+    originator_version UInt64, event_id String, command_id String DEFAULT ''
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, layer_id, seed_id, originator_version, event_id);
+-- stores made before transitions kept the command that caused them
+ALTER TABLE esper.lifecycle_transitions ADD COLUMN IF NOT EXISTS command_id String DEFAULT '';
 
 CREATE TABLE IF NOT EXISTS esper.decisions (
     run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), policy LowCardinality(String),
     action LowCardinality(String), target_layer_id Int32, target_seed_id Int32, kernel_artifact_id String,
-    candidates UInt32, reason String, event_id String
+    candidates UInt32, reason String, event_id String, decision_id String DEFAULT ''
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
+ALTER TABLE esper.decisions ADD COLUMN IF NOT EXISTS decision_id String DEFAULT '';
+
+-- the commands Tamiyo issued: the link from a decision (decision_id) to the transitions it caused (command_id)
+CREATE TABLE IF NOT EXISTS esper.commands (
+    run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), layer_id UInt32, seed_id UInt32,
+    command LowCardinality(String), kernel_artifact_id String, command_id String, decision_id String, event_id String
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
 
 CREATE TABLE IF NOT EXISTS esper.kernel_measurements (
@@ -43,5 +52,6 @@ CREATE TABLE IF NOT EXISTS esper.kernel_measurements (
 CREATE TABLE IF NOT EXISTS esper.field_reports (
     run_id String, occurred_at DateTime64(3, 'UTC'), blueprint_id String, seed_id String,
     outcome LowCardinality(String), pre_metric Float64, post_metric Float64, reward Float64,
-    kernel_artifact_id String, event_id String
+    kernel_artifact_id String, event_id String, decision_id String DEFAULT ''
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, blueprint_id, event_id);
+ALTER TABLE esper.field_reports ADD COLUMN IF NOT EXISTS decision_id String DEFAULT '';

@@ -17,7 +17,8 @@ __all__ = ["TelemetrySink", "insert_batch", "rows_for", "rows_for_record", "SINK
 # the events the analytics tables hold (``rows_for_record`` maps each to rows of its table)
 TABLE_OF_EVENT = {"esper.tolaria.EpochCompleted": "epochs", "esper.kasmina.SeedTelemetry": "seed_telemetry",
           "esper.kasmina.SeedLifecycleTransition": "lifecycle_transitions", "esper.tamiyo.TamiyoDecision": "decisions",
-          "esper.urabrask.KernelValidationReport": "kernel_measurements", "esper.innovation.FieldReport": "field_reports"}
+          "esper.urabrask.KernelValidationReport": "kernel_measurements", "esper.innovation.FieldReport": "field_reports",
+          "esper.kasmina.KasminaControlCommand": "commands"}
 SINK_TOPICS = TOPICS.carrying(*TABLE_OF_EVENT)
 
 
@@ -50,13 +51,20 @@ def rows_for_record(name: str, r: dict) -> list[tuple[str, dict]]:
         return [("lifecycle_transitions", {**run, "epoch": r["epoch"], **_base(env), "layer_id": r["layer_id"],
                                            "seed_id": r["seed_id"], "from_state": r["from_state"],
                                            "to_state": r["to_state"], "kernel_artifact_id": r["kernel_artifact_id"] or "",
-                                           "reason": r["reason"], "originator_version": env["originator_version"]})]
+                                           "reason": r["reason"], "originator_version": env["originator_version"],
+                                           "command_id": r.get("command_id") or ""})]
     if short == "TamiyoDecision":
         return [("decisions", {**run, "epoch": r["epoch"], **_base(env), "policy": r["policy"], "action": r["action"],
                                "target_layer_id": -1 if r["target_layer_id"] is None else r["target_layer_id"],
                                "target_seed_id": -1 if r["target_seed_id"] is None else r["target_seed_id"],
                                "kernel_artifact_id": r["chosen_kernel_artifact_id"] or "",
-                               "candidates": len(r["candidates"]), "reason": r["reason"]})]
+                               "candidates": len(r["candidates"]), "reason": r["reason"],
+                               "decision_id": r["decision_id"]})]
+    if short == "KasminaControlCommand":
+        return [("commands", {**run, "epoch": r["epoch"], **_base(env), "layer_id": r["target_layer_id"],
+                              "seed_id": r["target_seed_id"], "command": r["command"],
+                              "kernel_artifact_id": r["kernel_artifact_id"], "command_id": r["command_id"],
+                              "decision_id": r.get("decision_id", "")})]
     if short == "KernelValidationReport":
         return [("kernel_measurements", {"artifact_id": r["artifact_id"], "hardware": r["hardware"], **_base(env),
                                          "passed": int(r["passed"]), "latency_ms_mean": r["latency_ms_mean"],
@@ -70,7 +78,8 @@ def rows_for_record(name: str, r: dict) -> list[tuple[str, dict]]:
                                    "outcome": r["outcome"], "pre_metric": r["pre_metric"],
                                    "post_metric": r["post_metric"],
                                    "reward": r["reward"] if r["reward"] is not None else float("nan"),
-                                   "kernel_artifact_id": r["kernel_artifact_id"] or ""})]
+                                   "kernel_artifact_id": r["kernel_artifact_id"] or "",
+                                   "decision_id": r.get("decision_id", "")})]
     return []
 
 

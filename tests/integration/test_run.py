@@ -89,6 +89,25 @@ def test_a_user_grows_an_mlp_on_their_csv(user):
     res = _esper(env, "sql", "--format", "json",
                  f"SELECT count() AS n FROM esper.epochs FINAL WHERE run_id = '{summary['run_id']}'", timeout=120)
     assert res.returncode == 0 and int(json.loads(res.stdout.strip().splitlines()[-1])["n"]) == 40, res.stderr
+    # a decision joins the command that carried it out, the transitions that command caused and the field report
+    # of the adaptation it started (docs: "From a decision to its rows")
+    run_id = summary["run_id"]
+    res = _esper(env, "sql", "--format", "json", f"""
+        SELECT d.decision_id AS decision, t.to_state AS to_state, f.outcome AS outcome
+        FROM esper.decisions AS d FINAL
+        JOIN esper.commands AS c FINAL ON c.decision_id = d.decision_id
+        JOIN esper.lifecycle_transitions AS t FINAL ON t.command_id = c.command_id
+        LEFT JOIN esper.field_reports AS f FINAL ON f.decision_id = d.decision_id
+        WHERE d.run_id = '{run_id}' AND d.action = 'request_germination'""", timeout=120)
+    assert res.returncode == 0, res.stderr
+    joined = [json.loads(line) for line in res.stdout.strip().splitlines()]
+    assert joined and {r["to_state"] for r in joined} == {"GERMINATED"}
+    res = _esper(env, "sql", "--format", "json", f"""
+        SELECT count() AS reports, countIf(d.action = 'request_germination') AS linked
+        FROM esper.field_reports AS f FINAL LEFT JOIN esper.decisions AS d FINAL ON d.decision_id = f.decision_id
+        WHERE f.run_id = '{run_id}'""", timeout=120)
+    counts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert int(counts["reports"]) == int(counts["linked"]), counts
     config = _replayed(env, summary["run_id"])["config"]  # how the run was set up, from the log
     assert config["data"]["target"] == "ring" and config["esper"]["tolaria"]["epochs"] == 40
 

@@ -16,9 +16,9 @@ from .conftest import spirals_small
 
 CONFIG = yaml.safe_load("""
 kasmina: {chunk_size: 8, exclude: ["6"], stats_every: 1, reconstruction_steps: 3, graft_steps: 4,
-          stabilize_steps: 2, evaluate_steps: 2}
+          stabilize_steps: 2, evaluate_steps: 2, embargo_epochs: 2}
 tamiyo: {warmup_epochs: 1, patience: 1, min_delta: 0.5, max_germinations: 6, fine_tune_epochs: 1,
-         accept_tolerance: 1.0, min_improvement: -1.0, embargo_epochs: 2}
+         accept_tolerance: 1.0, min_improvement: -1.0}
 tolaria: {epochs: 20, lr: 0.003, batch_size: 128}
 hierarchical_control:
   enabled: true
