@@ -4,7 +4,8 @@
     tamiyo:  {...}   # TamiyoConfig: when and where to grow, which kernels to ask for
     tolaria: {...}   # TolariaConfig: epochs, optimizer, schedule, checkpoints, rollback triggers
 
-Environment overrides: ``ESPER_<SECTION>__<FIELD>`` (e.g. ``ESPER_TOLARIA__EPOCHS=20``).
+Environment overrides: ``ESPER_<SECTION>__<FIELD>`` (e.g. ``ESPER_TOLARIA__EPOCHS=20``), read by pydantic-settings
+(nested delimiter ``__``); they win over the file, which wins over the defaults.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from esper_runtime.kasmina.config import KasminaConfig
 from streams.exceptions import ConfigError
@@ -88,27 +90,43 @@ class HierarchicalConfig(BaseModel):
     domains: dict[str, DomainConfig] = Field(min_length=1)
 
 
-class EsperConfig(BaseModel):
-    model_config = {"extra": "forbid"}
+class EsperConfig(BaseSettings):
+    """Every section of a run's configuration. Constructed from a document (``EsperConfig(**doc)``), the
+    ``ESPER_<SECTION>__<FIELD>`` environment variables override the document's values field by field."""
+
+    model_config = SettingsConfigDict(env_prefix="ESPER_", env_nested_delimiter="__", extra="forbid",
+                                      nested_model_default_partial_update=True)
 
     kasmina: KasminaConfig = Field(default_factory=KasminaConfig)
     tamiyo: TamiyoConfig = Field(default_factory=TamiyoConfig)
     tolaria: TolariaConfig = Field(default_factory=TolariaConfig)
     hierarchical_control: HierarchicalConfig | None = None
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings, file_secret_settings):
+        return env_settings, init_settings  # the environment over the file; no .env file, no secrets directory
+
 
 def env_overrides(doc: dict) -> dict:
-    """Apply ``ESPER_<SECTION>__<FIELD>`` variables to a config document (kasmina, tamiyo, tolaria)."""
-    for key, value in os.environ.items():
-        if not key.startswith("ESPER_") or "__" not in key:
-            continue
-        section, _, field = key[len("ESPER_"):].lower().partition("__")
-        if section in ("kasmina", "tamiyo", "tolaria") and field:
-            try:
-                doc.setdefault(section, {})[field] = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{key}: not a YAML value ({str(exc).splitlines()[0]})") from None
-    return doc
+    """``doc`` (a config document) with the ``ESPER_<SECTION>__<FIELD>`` environment variables applied: the
+    sections as pydantic-settings reads them, unvalidated (validation happens once, on the whole document)."""
+    from pydantic_settings import EnvSettingsSource
+
+    env = EnvSettingsSource(EsperConfig, env_prefix="ESPER_", env_nested_delimiter="__")()
+    merged = dict(doc)
+    for section, values in env.items():
+        if isinstance(values, dict) and isinstance(merged.get(section, {}), dict):
+            merged[section] = {**(merged.get(section) or {}), **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def env_names(loc) -> str:
+    """`` (ESPER_X__Y)`` when an environment variable set the field at ``loc``, else ''."""
+    name = "ESPER_" + "__".join(str(p).upper() for p in loc[:2])
+    return f" (from {name})" if len(loc) >= 2 and name in os.environ else ""
 
 
 def load_config(path: str | Path | None = None) -> EsperConfig:
@@ -123,7 +141,8 @@ def load_config(path: str | Path | None = None) -> EsperConfig:
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of kasmina / tamiyo / tolaria")
     try:
-        return EsperConfig.model_validate(env_overrides(doc))
+        return EsperConfig(**doc)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}{env_names(e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
         raise ConfigError(f"{path or 'configuration'}: {problems}") from None

@@ -130,14 +130,16 @@ def _grown_layers(model: MorphableModel) -> list[dict]:
 
 
 def save_model(model: MorphableModel, path: str | Path, lineage: list[dict] | None = None,
-               extra: dict | None = None, host: dict | None = None) -> Path:
+               extra: dict | None = None, host: dict | None = None, config: dict | None = None) -> Path:
     """Write the grown model to the folder ``path``:
 
     - ``model.pt``: the state_dict (host, seeds and their children), loadable with ``weights_only=True``;
     - ``structure.json``: which seed holds which kernel (what a checkpoint restores Kasmina from);
     - ``grown.json``: what ``load_model`` rebuilds the network from: each seeded layer's children (their blueprint
       IR) and blend, and ``host`` (how ``esper run`` built the host; None for a model of your own);
-    - ``lineage.json``: which blueprint grew where, when, why, and how it ended (the controller's, unless given).
+    - ``lineage.json``: which blueprint grew where, when, why, and how it ended (the controller's, unless given);
+    - ``config.json``: the resolved configuration it was trained with (``config``, else what its trainer recorded
+      in ``RunStarted``), when one is known.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,9 @@ def save_model(model: MorphableModel, path: str | Path, lineage: list[dict] | No
                                                 indent=1))
     adaptations = lineage if lineage is not None else model.kasmina.lineage
     (path / "lineage.json").write_text(json.dumps({**(extra or {}), "adaptations": adaptations}, indent=2))
+    config = config if config is not None else model.kasmina.run_config
+    if config is not None:
+        (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     return path
 
 

@@ -34,7 +34,7 @@ class LocalProcessors:
                    ESPER_PROCESSORS_PORT=str(s.processors_port), ESPER_KAFKA_PORT=str(s.kafka_port))
         for name, value in (("ESPER_KAFKA_BOOTSTRAP", s.kafka_bootstrap),
                             ("ESPER_SCHEMA_REGISTRY_URL", s.schema_registry_url),
-                            ("ESPER_CLICKHOUSE_URL", s.clickhouse_url)):
+                            ("ESPER_CLICKHOUSE_URL", s.clickhouse_dsn)):
             if value:
                 env[name] = value
         return env

@@ -76,6 +76,7 @@ class Kasmina:
         self._queue: list[KasminaControlCommand] = []
         self._seeds = {(l.layer_id, i): _Seed() for l in layers for i in range(l.num_seeds)}
         self._pending_events: list[SeedLifecycleTransition] = []
+        self.run_config: dict | None = None  # the resolved configuration of the run that trains it (its trainer's)
         self._params_changed = False
         self.events_published = 0
         self.lineage: list[dict] = []  # which blueprint grew where and how it ended (the controller appends)

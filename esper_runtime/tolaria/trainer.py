@@ -211,6 +211,7 @@ class TolariaTrainer:
         so no run stays open on the log."""
         if self.kasmina is not None:
             self.kasmina.prepare()
+            self.kasmina.run_config = self.resolved_config()  # what save_model writes beside the weights
         if self.controller is not None and hasattr(self.controller, "prepare"):
             self.controller.prepare()
         if self._resumed is None:

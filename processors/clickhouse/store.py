@@ -228,8 +228,8 @@ def open_store(settings, *, own: bool = False):
     """The analytics store the settings name: the server at ``clickhouse_url`` (ESPER_CLICKHOUSE_URL) if set; else
     the embedded one under ``home`` — through its owner when another process holds it and serves an endpoint,
     directly when nobody does. ``own=True`` (the processors' app) insists on holding it."""
-    if settings.clickhouse_url:
-        return ServerStore(settings.clickhouse_url)
+    if settings.clickhouse_dsn:
+        return ServerStore(settings.clickhouse_dsn)
     path = Path(settings.home) / "clickhouse"
     if not own:
         owner = _live_owner(path / "owner.pid")

@@ -38,6 +38,8 @@ def test_a_grown_model_comes_back_without_the_runtime(library, publisher, tmp_pa
     save_model(model, tmp_path / "model")  # no lineage given: the controller's
     lineage = json.loads((tmp_path / "model" / "lineage.json").read_text())
     assert lineage["adaptations"] == tamiyo.lineage and lineage["adaptations"]
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())  # the config RunStarted recorded
+    assert saved == trainer.resolved_config() and saved["tolaria"]["epochs"] == trainer.config.epochs
     grown = load_model(tmp_path / "model", host=host())
     assert not hasattr(grown, "kasmina") and type(grown).__name__ == "Sequential"
     x = spirals_small()[1][0]
