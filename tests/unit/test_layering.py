@@ -47,3 +47,9 @@ def test_no_module_imports_above_its_floor(path):
 
 def test_every_package_is_checked():
     assert {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()} <= set(FORBIDDEN) | {"esper", "schemas"}
+
+
+def test_every_package_says_what_it_exports():
+    missing = [str(p.relative_to(ROOT)) for pkg in FORBIDDEN for p in (ROOT / pkg).rglob("__init__.py")
+               if "__all__" not in p.read_text()]
+    assert not missing, missing
