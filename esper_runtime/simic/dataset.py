@@ -125,11 +125,11 @@ def experience_from_events(events, urza, offsets: dict, teacher: str = "heuristi
             skipped["kernel candidates unknown to Urza"] += 1
             continue
         width = urza.kernels[d.chosen_kernel_artifact_id].features
-        seed_name = f"{target[0]}/{target[1]}"
-        tried = {fr.blueprint_id for p, fr in reports.get(run, []) if p < position and fr.seed_id == seed_name
+        names = (f"seed/{target[0]}/{target[1]}", f"{target[0]}/{target[1]}")  # the seed's id; older logs: "L/S"
+        tried = {fr.blueprint_id for p, fr in reports.get(run, []) if p < position and fr.seed_id in names
                  and fr.outcome == "CULLED"}
         feats = torch.tensor([kernel_features(r, r.blueprint_id in tried, width) for r in records], dtype=torch.float32)
-        closing = [fr for p, fr in reports.get(run, []) if p > position and fr.seed_id == seed_name]
+        closing = [fr for p, fr in reports.get(run, []) if p > position and fr.seed_id in names]
         chosen = urza.kernels[d.chosen_kernel_artifact_id]
         examples.append(Example(run, d.epoch, layers, eligible, target, kernels, feats,
                                 kernels.index(d.chosen_kernel_artifact_id),

@@ -257,7 +257,7 @@ class TamiyoController:
         params_now = sum(p.numel() for p in self.model.parameters())
         fr = FieldReport(
             envelope=self.envelopes.next(f"blueprint/{ad.blueprint_id}/field/{self.run_id}"),
-            blueprint_id=ad.blueprint_id, seed_id=f"{key[0]}/{key[1]}", pre_metric=ad.pre_metric,
+            blueprint_id=ad.blueprint_id, seed_id=seed_name(*key), pre_metric=ad.pre_metric,
             post_metric=state.val_accuracy, outcome=outcome,
             eval_metrics={"val_loss": state.val_loss, "val_accuracy": state.val_accuracy,
                           "epochs": float(state.epoch - ad.germinated_epoch),
