@@ -180,13 +180,13 @@ def test_processors_survive_kill_and_restart_and_match_a_replay(topic_registry, 
 
     store = open_store(load_settings(home=tmp_path))  # through the running processors' SQL endpoint
     assert type(store).__name__ == "OwnerClient"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:  # every read runs on the sink's one chdb thread: poll gently
         got_rows = {t: store.rows(f"SELECT count() AS n FROM esper.{t} FINAL")[0]["n"] for t in want_rows}
         if got_rows == want_rows:
             break
-        time.sleep(1)
-    assert got_rows == want_rows
+        time.sleep(3)
+    assert got_rows == want_rows, procs.status()  # the agents' counters, for a sink that fell behind
     # the endpoint serves reads only: no DDL, no writes, no file() for a token holder; the owner's sink still writes
     from processors.clickhouse import StoreError
 
