@@ -286,7 +286,6 @@ class Processors:
             self.bb.close()
 
 
-
 class MaterializedState:
     """An agent's state: a dict restored from its compacted topic when the agent starts; each batch's changes
     written back (the last value of each changed key) straight to the Kafka producer, keyed by entry, so the key's

@@ -84,13 +84,13 @@ class Kasmina:
             layer.on_runtime_error = self._on_runtime_error
         self._sealed = self._checksums()
 
-    # ------------------------------------------------------------------ queries
-
     def prepare(self) -> None:
         """What training needs before its first step and a constructor must not do: import what loading a compiled
         kernel needs (about a second, once per process), so the first germination does not pay for it."""
         if self.cache is not None:
             self.cache.warm_up()
+
+    # ------------------------------------------------------------------ queries
     def layer(self, layer_id: int) -> KasminaLayer:
         if not 0 <= layer_id < len(self.layers):
             raise KasminaError(f"no layer {layer_id} (this model has {len(self.layers)} seed layers)")

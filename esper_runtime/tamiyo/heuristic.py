@@ -105,7 +105,6 @@ class TamiyoController:
         self.first_signal: float | None = None  # the growth signal where the run first germinated
         self.policy_name = PRODUCER.split("/")[1]
 
-
     def prepare(self) -> None:
         """The SDK journey's I/O, before training starts (``TolariaTrainer.train`` calls it): with no Urza view
         given, kernels for this model's chunk widths are compiled if the library lacks them, then the library is
@@ -132,6 +131,7 @@ class TamiyoController:
     @urza.setter
     def urza(self, view: UrzaView) -> None:
         self._urza = view
+
     def _logged_digest(self, artifact_id: str) -> str | None:
         record = self.urza.kernels.get(artifact_id)
         return record.sha256 if record is not None else None
