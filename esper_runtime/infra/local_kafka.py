@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.config import StreamSettings, project_root
+from streams.config import StreamSettings, in_checkout, resource_dir
 from esper_runtime.infra.exceptions import BrokerError
 
 __all__ = ["BrokerError", "BrokerStatus", "LocalKafka"]
@@ -40,9 +40,10 @@ class BrokerStatus:
 class LocalKafka:
     def __init__(self, settings: StreamSettings):
         self.settings = settings
-        self.ops_dir = project_root() / "ops" / "kafka"
-        self.libs_dir = self.ops_dir / "libs"
+        self.ops_dir = resource_dir("ops") / "kafka"
         self.base = settings.home / "kafka"
+        # the jars: beside the pom in a checkout (ops/setup.sh fetches them there); under ESPER_HOME when installed
+        self.libs_dir = self.ops_dir / "libs" if in_checkout() else self.base / "libs"
         self.data_dir = self.base / "data"
         self.log_dir = self.base / "logs"
         self.config_file = self.base / "server.properties"
@@ -166,7 +167,7 @@ class LocalKafka:
             echo("fetching Apache Kafka from Maven Central (first run only)")
         if shutil.which("mvn") is None and not stamp.exists():
             raise BrokerError("Maven (mvn) is not installed; it fetches the broker. On Debian: apt-get install maven")
-        res = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        res = subprocess.run(["bash", str(script), str(self.libs_dir)], capture_output=True, text=True)
         if res.returncode != 0:
             raise BrokerError(f"fetching the broker failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
 

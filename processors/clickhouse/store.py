@@ -17,13 +17,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from streams.config import project_root
+from streams.config import resource_dir
 from processors.exceptions import StoreBusy, StoreError
 
-__all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "open_store", "SCHEMA_FILE",
+__all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "open_store", "schema_sql",
            "READ_LIMITS"]
 
-SCHEMA_FILE = project_root() / "ops" / "clickhouse" / "schema.sql"
+
+def schema_sql() -> str:
+    """The tables' DDL (``ops/clickhouse/schema.sql``, from the checkout or the installed wheel)."""
+    return (resource_dir("ops") / "clickhouse" / "schema.sql").read_text()
+
+
 # what one user query may use (``_Store.read``): ClickHouse enforces them, with ``readonly = 1`` applied last so the
 # query's own SETTINGS cannot lift any of them
 READ_LIMITS = {"max_execution_time": 20, "max_memory_usage": 2 << 30, "max_result_rows": 1_000_000,
@@ -99,7 +104,7 @@ class EmbeddedStore(_Store):
             raise StoreBusy(f"the ClickHouse store at {self.path} is busy (in use by another process): {exc}") from None
         owner.write_text(str(os.getpid()))
         self._owner_file = owner
-        for statement in _statements(SCHEMA_FILE.read_text()):
+        for statement in _statements(schema_sql()):
             self._session.query(statement)
 
     def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
@@ -183,7 +188,7 @@ class ServerStore(_Store):
 
         try:
             self._client = clickhouse_connect.get_client(dsn=url)
-            for statement in _statements(SCHEMA_FILE.read_text()):
+            for statement in _statements(schema_sql()):
                 self._client.command(statement)
         except Exception as exc:
             raise StoreError(f"cannot use the ClickHouse server at {_redact(url)}: {exc}") from None
