@@ -5,7 +5,7 @@ faust's aiokafka driver builds its worker consumers with ``fetch_max_wait_ms=150
 5k events/s at ~1.3 s median lag. ``limit_fetch_wait`` wraps that method so each consumer it makes waits at most
 ``wait_ms`` instead (aiokafka reads ``AIOKafkaConsumer._fetch_max_wait_ms`` when it starts its fetcher). One process
 runs one app, so patching the driver class is safe; applying it twice keeps the original, not a wrapper of a
-wrapper. ``tests/unit/test_faust_patch.py`` fails if a faust or aiokafka upgrade moves either hook.
+wrapper. ``tests/unit/processors/test_faust_patch.py`` fails if a faust or aiokafka upgrade moves either hook.
 """
 
 from __future__ import annotations

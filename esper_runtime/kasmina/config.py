@@ -16,6 +16,9 @@ class KasminaConfig(BaseModel):
     chunk_size: int | None = Field(default=None, ge=1, le=65536, description="Output features per seed.")
     seeds_per_layer: int = Field(default=4, ge=1, le=4096, description="Used when chunk_size is not set.")
     stats_every: int = Field(default=32, ge=1, description="Seeds sample activation statistics every N training steps.")
+    measure_latency: bool = Field(default=True, description="Time grafted children's forward on sampled steps (seed "
+                                  "health's latency). Off: no wall-clock reading reaches health, telemetry or the "
+                                  "controller, so a run is reproducible bit for bit.")
     stats_rows: int = Field(default=256, ge=2, description="Rows (samples, or pixels of conv maps) per statistics sample.")
     correlation_every: int = Field(default=4, ge=1, description="Correlation is estimated on every Nth statistics sample.")
     correlation_samples: int = Field(default=64, ge=2, description="Rows used for the chunk correlation estimate.")

@@ -3,7 +3,7 @@ dormant seeds, a query head that forms the KernelQuery (the tags to ask Urza for
 context, and a kernel-selection head that scores the artifacts Urza returns.
 
 The policy is its own module with its own parameters: it reads the graph (plain tensors built from floats, see
-``graph.py``) and returns scores; it never holds a reference to the host. ``tests/unit/tamiyo`` checks both
+``graph.py``) and returns scores; it never holds a reference to the host. ``tests/unit/esper_runtime/simic/test_learned.py`` checks both
 directions of the isolation: the policy's backward pass leaves the host's gradients untouched, and the host's
 leaves the policy's.
 

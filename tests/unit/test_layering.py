@@ -46,10 +46,24 @@ def test_no_module_imports_above_its_floor(path):
 
 
 def test_every_package_is_checked():
-    assert {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()} <= set(FORBIDDEN) | {"esper", "schemas"}
+    assert {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()} <= set(FORBIDDEN) | {"esper", "schemas", "tests"}
 
 
 def test_every_package_says_what_it_exports():
     missing = [str(p.relative_to(ROOT)) for pkg in FORBIDDEN for p in (ROOT / pkg).rglob("__init__.py")
                if "__all__" not in p.read_text()]
     assert not missing, missing
+
+
+# cross-cutting suites, named for what they try rather than for one package
+CROSS_CUTTING = {"hostile"}
+
+
+def test_unit_tests_mirror_the_source_tree():
+    """``tests/unit/<path>`` holds the tests of the package at ``<path>``; a folder that names no package is a typo
+    or a package that moved, and its tests would be looked for in the wrong place."""
+    unit = ROOT / "tests" / "unit"
+    strays = [str(d.relative_to(unit)) for d in unit.rglob("*") if d.is_dir() and d.name != "__pycache__"
+              and d.relative_to(unit).parts[0] not in CROSS_CUTTING
+              and not (ROOT / d.relative_to(unit) / "__init__.py").is_file()]
+    assert strays == []

@@ -39,6 +39,11 @@ print(json.dumps({
 """
 
 
+def _env_has_esper(cwd: Path) -> bool:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", "import streams"], cwd=cwd, env=env).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
@@ -50,8 +55,11 @@ def installed(tmp_path_factory):
                    check=True, capture_output=True)
     wheel = next((tmp / "dist").glob("esper-*.whl"))
     prefix = tmp / "prefix"
-    subprocess.run(pip + ["install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True,
+    before = _env_has_esper(tmp)
+    # --ignore-installed: without it pip "upgrades" the esper installed in this environment, i.e. uninstalls it
+    subprocess.run(pip + ["install", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)], check=True,
                    capture_output=True)
+    assert _env_has_esper(tmp) == before, "installing the wheel under a prefix changed this environment's esper"
     site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
     home = tmp / "home"
     home.mkdir()

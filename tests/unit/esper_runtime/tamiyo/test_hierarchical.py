@@ -12,7 +12,7 @@ from esper_runtime.tamiyo.hierarchical import DomainError, HierarchicalTamiyo, a
 from esper_runtime.tolaria import TolariaTrainer
 from streams.replay import MemorySource, ReplayReader
 
-from .conftest import spirals_small
+from ..helpers import spirals_small
 
 CONFIG = yaml.safe_load("""
 kasmina: {chunk_size: 8, exclude: ["6"], stats_every: 1, reconstruction_steps: 3, graft_steps: 4,

@@ -1,29 +1,18 @@
+"""Helpers the runtime's tests share: a small task, a small host, a library of reference kernels."""
+
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from torch import nn
 
 from esper_runtime.kasmina import reference_artifact
 from esper_runtime.kasmina.kernels import REFERENCE_KIND
 from esper_runtime.urza import ArtifactStore
-from views.urza_view import UrzaView
-from streams import InMemoryPublisher, SingleObjectSerde
 from streams.contracts import BlueprintSubmitted, KernelCompiled, KernelStatusChanged, KernelTagsAssigned
 from streams.envelope import EnvelopeFactory
-
-
-@pytest.fixture
-def publisher(catalog):
-    return InMemoryPublisher(SingleObjectSerde(catalog))
-
-
-@pytest.fixture
-def library(tmp_path):
-    """Reference kernels for 8-wide chunks in a store, and an Urza view in which they are VALIDATED."""
-    return make_library(tmp_path)
+from views.urza_view import UrzaView
 
 
 def make_library(tmp_path):

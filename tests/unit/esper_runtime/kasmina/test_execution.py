@@ -175,6 +175,16 @@ def test_transitions_and_telemetry_are_events_once_per_epoch(make_model, kernels
     assert int(model.seed_layers()[L].exec_latency_us[S]) > 0
 
 
+def test_latency_off_keeps_the_wall_clock_out_of_health(make_model, kernels):
+    model = make_model(measure_latency=False)
+    t = Trainer(model)
+    for cmd in ["request_germination", "promote", "advance"]:
+        t.do(L, S, cmd, kernels["residual_mlp"], train=10)
+    t.boundary()
+    assert model.seed_layers()[L]._codes[S] == Code.GRAFTING
+    assert int(model.seed_layers()[L].exec_latency_us[S]) == 0  # grafted and running, never timed
+
+
 def test_health_statistics_see_dead_units(store, publisher):
     host = nn.Sequential(nn.Linear(4, 8))
     with torch.no_grad():

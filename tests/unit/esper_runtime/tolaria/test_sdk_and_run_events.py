@@ -18,7 +18,7 @@ from views.run_view import RunView
 from views.urza_view import UrzaView
 from streams.replay import MemorySource, ReplayReader
 
-from .conftest import host, spirals_small
+from ..helpers import host, spirals_small
 from .test_training_run import CFG, _run
 
 

@@ -19,13 +19,12 @@ from esper_runtime.tolaria import TolariaTrainer
 from streams import InMemoryPublisher, SingleObjectSerde
 from streams.replay import MemorySource, ReplayReader
 
-try:
-    from .conftest import host, make_library, spirals_small
-except ImportError:  # run as a script
-    from conftest import host, make_library, spirals_small
+from ..helpers import host, make_library, spirals_small
 
+# no wall-clock in the seeds' health: the experience, and what the policy learns from it, are the same on a busy
+# machine as on an idle one (timings in the features made the held-out agreement flaky under load)
 CFG = {
-    "kasmina": {"chunk_size": 8, "exclude": ["4"], "stats_every": 1, "reconstruction_steps": 3, "graft_steps": 4,
+    "kasmina": {"chunk_size": 8, "exclude": ["4"], "stats_every": 1, "measure_latency": False, "reconstruction_steps": 3, "graft_steps": 4,
                 "stabilize_steps": 2, "evaluate_steps": 2, "embargo_epochs": 2},
     "tamiyo": {"warmup_epochs": 1, "patience": 1, "min_delta": 0.5, "max_germinations": 6, "fine_tune_epochs": 1,
                "accept_tolerance": 1.0, "min_improvement": -1.0},

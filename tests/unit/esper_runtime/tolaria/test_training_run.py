@@ -13,7 +13,7 @@ from esper_runtime.tolaria import TolariaTrainer
 from streams import ConfigError
 from streams.replay import MemorySource, ReplayReader
 
-from .conftest import host, spirals_small
+from ..helpers import host, spirals_small
 
 CFG = {
     "kasmina": {"chunk_size": 8, "exclude": ["4"], "stats_every": 1, "reconstruction_steps": 5, "graft_steps": 10,
