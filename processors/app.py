@@ -22,6 +22,7 @@ the worker in seconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -32,7 +33,8 @@ from typing import Any
 
 import faust
 
-from processors.clickhouse.sink import SINK_TOPICS, insert_batch
+from processors.clickhouse.sink import SINK_TOPICS, backoff, insert_or_set_aside
+from processors.exceptions import StoreUnavailable
 from processors.faust_patch import limit_fetch_wait
 from views.seed_state import APPLIED, GAP, fold_seed, seed_key
 from streams.state import read_state_topic
@@ -66,7 +68,6 @@ class Processors:
         self.sink_batch = sink_batch
         self.batch, self.batch_within = batch, batch_within
         self.fetch_wait_ms = fetch_wait_ms
-        self.serde = self.bb.serde
         self.stats: dict[str, Counter] = defaultdict(Counter)
         self.lag_ms: deque[float] = deque(maxlen=100_000)  # log append time -> applied, seed-state agent
         self._sink_marks: list[tuple[float, int]] = []  # (time an insert finished, its rows)
@@ -99,6 +100,11 @@ class Processors:
         self._build()
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def serde(self):
+        """The backbone's serde, built on first use (it reads the schemas on the log: not in the constructor)."""
+        return self.bb.serde
+
     def _topic(self, *names: str):
         return self.app.topic(*(self.bb.resolve_topic(n) for n in names), **self._raw)
 
@@ -124,6 +130,21 @@ class Processors:
         """The typed event (see ``_decode_record``)."""
         return await self._decode_record(event, agent, typed=True)
 
+    def _reports_crashes(self, name: str):
+        """An agent's body, made to say loudly (log, ``status()``'s ``crashes``) that it raised before faust restarts
+        it, so a restarted agent never leaves an unexplained gap in the figures."""
+        def wrap(fun):
+            @functools.wraps(fun)
+            async def agent(stream):
+                try:
+                    await fun(stream)
+                except Exception as exc:
+                    self.stats[name]["crashes"] += 1
+                    log.error("agent %s raised; faust restarts it: %r", name, exc, exc_info=exc)
+                    raise
+            return agent
+        return wrap
+
     # ------------------------------------------------------------------ agents
     def _build(self) -> None:
         app = self.app
@@ -131,6 +152,7 @@ class Processors:
             seeds = self._state(SEED_STATE_TOPIC, "seed-state")
 
             @app.agent(self._topic("kasmina.lifecycle.transitions"), name="seed-state")
+            @self._reports_crashes("seed-state")
             async def seed_state(stream):
                 await seeds.load()
                 async for batch in self._batches(stream, "seed-state"):
@@ -153,6 +175,7 @@ class Processors:
             library = self._state(URZA_STATE_TOPIC, "urza")
 
             @app.agent(self._topic(*URZA_TOPICS), name="urza")
+            @self._reports_crashes("urza")
             async def urza(stream):
                 await library.load()
                 view = UrzaView.restore(library.items(), lambda raw: self.serde.decode(raw).typed())
@@ -171,6 +194,7 @@ class Processors:
             dist = self._state(DISTRIBUTIONS_TOPIC, "distributions")
 
             @app.agent(self._topic("urabrask.kernels.reports"), name="distributions")
+            @self._reports_crashes("distributions")
             async def distributions(stream):
                 await dist.load()
                 async for batch in self._batches(stream, "distributions"):
@@ -189,16 +213,16 @@ class Processors:
 
         if "telemetry-sink" in self.agents:
             @app.agent(self._topic(*SINK_TOPICS), name="telemetry-sink")
+            @self._reports_crashes("telemetry-sink")
             async def telemetry_sink(stream):
-                loop = asyncio.get_running_loop()
                 async for events in stream.take_events(self.sink_batch, within=0.5):
-                    records = []
+                    kept = []
                     for event in events:
                         decoded = await self._decode_record(event, "telemetry-sink")
                         if decoded is not None:
-                            records.append((decoded.name, decoded.record))
-                    if records:
-                        await loop.run_in_executor(self._store_exec, self._insert, records)
+                            kept.append((event, (decoded.name, decoded.record)))
+                    if kept:
+                        await self._sink(kept)
 
             procs = self
 
@@ -224,11 +248,27 @@ class Processors:
         async def status_view(web, request):
             return web.json(self.status())
 
-    def _insert(self, records: list[tuple[str, dict]]) -> None:
-        inserted = insert_batch(self.store, records)
+    async def _sink(self, kept: list) -> None:
+        """Insert a batch on the store's thread; while the store is unavailable, wait (backing off) and retry the
+        same batch, so the stream does not move on without it; records the store refuses go to the dead-letter
+        topic (``insert_or_set_aside``)."""
+        loop = asyncio.get_running_loop()
+        stats = self.stats["telemetry-sink"]
+        for delay in backoff():
+            try:
+                inserted, refused = await loop.run_in_executor(self._store_exec, insert_or_set_aside, self.store,
+                                                               [record for _, record in kept])
+                break
+            except StoreUnavailable as exc:
+                stats["insert_retries"] += 1
+                log.warning("telemetry sink: %s; retrying the batch in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
         for table, n in inserted.items():
-            self.stats["telemetry-sink"][f"rows:{table}"] += n
+            stats[f"rows:{table}"] += n
         self._sink_marks.append((time.monotonic(), sum(inserted.values())))
+        for i, reason in refused:
+            log.warning("telemetry sink: record set aside (dead-letter topic): %s", reason)
+            await self._dead_letter(kept[i][0], "unstorable", reason, "telemetry-sink")
 
     def _state(self, name: str, agent: str) -> "MaterializedState":
         return MaterializedState(self.bb, name, self.app, self.stats[agent])

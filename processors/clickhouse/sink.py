@@ -1,18 +1,35 @@
 """The telemetry sink: events from the log, decoded, mapped to rows, inserted into ClickHouse in batches.
 
 At least once: a batch's offsets are committed only after its rows are inserted; the tables' ReplacingMergeTree
-(keyed by event_id) makes a batch delivered twice count once (query with FINAL, or after merges).
+(keyed by event_id) makes a batch delivered twice count once (query with FINAL, or after merges). While the store
+is unavailable the sink waits and retries the same batch, backing off to ``MAX_BACKOFF_S``: nothing is skipped. A
+batch the store refuses is inserted record by record and the records it still refuses are set aside (the callers
+put them on the dead-letter topic, reason ``unstorable``), so one bad record never blocks the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any, Iterable
 
+from processors.exceptions import StoreUnavailable
 from streams.topics import TOPICS
 
-__all__ = ["TelemetrySink", "insert_batch", "rows_for", "rows_for_record", "SINK_TOPICS"]
+__all__ = ["TelemetrySink", "insert_batch", "insert_or_set_aside", "rows_for", "rows_for_record", "SINK_TOPICS",
+           "MAX_BACKOFF_S", "backoff"]
+
+MAX_BACKOFF_S = 30.0
+log = logging.getLogger("esper.sink")
+
+
+def backoff(first: float = 0.5, cap: float = MAX_BACKOFF_S):
+    """The waits between retries while the store is unavailable: doubling from ``first``, then ``cap`` forever."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
 
 # the events the analytics tables hold (``rows_for_record`` maps each to rows of its table)
 TABLE_OF_EVENT = {"esper.tolaria.EpochCompleted": "epochs", "esper.kasmina.SeedTelemetry": "seed_telemetry",
@@ -99,6 +116,29 @@ def insert_batch(store, records: Iterable[tuple[str, dict]]) -> dict[str, int]:
     return {table: store.insert(table, rows) for table, rows in tables.items()}
 
 
+def insert_or_set_aside(store, records: list[tuple[str, dict]]) -> tuple[dict[str, int], list[tuple[int, str]]]:
+    """``insert_batch``, and when the store refuses the batch, record by record: the rows inserted per table, and
+    (index, reason) for each record the store refused on its own. ``StoreUnavailable`` propagates: the caller
+    waits and retries the whole batch (rows already in count once, by event id)."""
+    try:
+        return insert_batch(store, records), []
+    except StoreUnavailable:
+        raise
+    except Exception:  # noqa: BLE001 - some record in the batch; find which, one at a time
+        pass
+    inserted: dict[str, int] = defaultdict(int)
+    refused = []
+    for i, record in enumerate(records):
+        try:
+            for table, n in insert_batch(store, [record]).items():
+                inserted[table] += n
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a StoreError, or a record the row mapping cannot read
+            refused.append((i, f"{type(exc).__name__}: {exc}"[:2000]))
+    return dict(inserted), refused
+
+
 class TelemetrySink:
     def __init__(self, store, consumer):
         self.store = store
@@ -111,9 +151,24 @@ class TelemetrySink:
             events = self.consumer.poll(timeout=0.5, max_records=batch)
             if events:
                 last = time.monotonic()
-                for table, n in insert_batch(self.store, ((e.decoded.name, e.decoded.record) for e in events)).items():
-                    self.inserted[table] += n
+                self._store(events)
             elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
                 break
         self.consumer.commit()  # stores the last batch's offsets: its rows are in
         return dict(self.inserted)
+
+    def _store(self, events) -> None:
+        records = [(e.decoded.name, e.decoded.record) for e in events]
+        for delay in backoff():
+            try:
+                inserted, refused = insert_or_set_aside(self.store, records)
+                break
+            except StoreUnavailable as exc:
+                log.warning("telemetry sink: %s; retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+        for table, n in inserted.items():
+            self.inserted[table] += n
+        for i, reason in refused:
+            self.consumer.deadletter.send(events[i].record, "unstorable", reason)
+        if refused:
+            self.consumer.deadletter.publisher.flush()

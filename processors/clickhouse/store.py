@@ -18,9 +18,9 @@ import urllib.request
 from pathlib import Path
 
 from streams.config import resource_dir
-from processors.exceptions import StoreBusy, StoreError
+from processors.exceptions import StoreBusy, StoreError, StoreUnavailable
 
-__all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "open_store", "schema_sql",
+__all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "StoreUnavailable", "open_store", "schema_sql",
            "READ_LIMITS"]
 
 
@@ -121,7 +121,10 @@ class EmbeddedStore(_Store):
 
         frame = pd.DataFrame(rows)  # noqa: F841 - chdb reads it by name through the Python() table function
         columns = ", ".join(rows[0])
-        self._session.query(f"INSERT INTO esper.{table} ({columns}) SELECT {columns} FROM Python(frame)")
+        try:
+            self._session.query(f"INSERT INTO esper.{table} ({columns}) SELECT {columns} FROM Python(frame)")
+        except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError; in-process, so never "unavailable"
+            raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
         return len(rows)
 
     def advertise(self, url: str) -> str:
@@ -202,8 +205,15 @@ class ServerStore(_Store):
     def insert(self, table: str, rows: list[dict]) -> int:
         if not rows:
             return 0
+        from clickhouse_connect.driver.exceptions import OperationalError
+
         columns = list(rows[0])
-        self._client.insert(f"esper.{table}", [[r[c] for c in columns] for r in rows], column_names=columns)
+        try:
+            self._client.insert(f"esper.{table}", [[r[c] for c in columns] for r in rows], column_names=columns)
+        except (OperationalError, OSError) as exc:  # connection refused, reset, timed out: the server is away
+            raise StoreUnavailable(f"ClickHouse server unreachable: {str(exc)[:1000]}") from None
+        except Exception as exc:
+            raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
         return len(rows)
 
     def close(self) -> None:
