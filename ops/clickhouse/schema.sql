@@ -43,6 +43,18 @@ CREATE TABLE IF NOT EXISTS esper.commands (
     command LowCardinality(String), kernel_artifact_id String, command_id String, decision_id String, event_id String
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
 
+-- Tolaria to Tamiyo at each epoch boundary: how many seeds are at work, on what device
+CREATE TABLE IF NOT EXISTS esper.system_state (
+    run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), global_step UInt64, active_seeds UInt32,
+    total_seeds UInt32, device LowCardinality(String), event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
+
+-- Tamiyo to Tolaria after each boundary: rebuild the optimizer, roll back
+CREATE TABLE IF NOT EXISTS esper.adaptation_signals (
+    run_id String, epoch UInt32, occurred_at DateTime64(3, 'UTC'), optimizer_rebuild_required UInt8,
+    emergency_rollback_required UInt8, reason String, event_id String
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, epoch, event_id);
+
 CREATE TABLE IF NOT EXISTS esper.kernel_measurements (
     artifact_id String, hardware LowCardinality(String), occurred_at DateTime64(3, 'UTC'), passed UInt8,
     latency_ms_mean Float64, latency_ms_p99 Float64, throughput_ops_per_sec Float64, memory_mb_peak Float64,

@@ -35,7 +35,8 @@ def backoff(first: float = 0.5, cap: float = MAX_BACKOFF_S):
 TABLE_OF_EVENT = {"esper.tolaria.EpochCompleted": "epochs", "esper.kasmina.SeedTelemetry": "seed_telemetry",
           "esper.kasmina.SeedLifecycleTransition": "lifecycle_transitions", "esper.tamiyo.TamiyoDecision": "decisions",
           "esper.urabrask.KernelValidationReport": "kernel_measurements", "esper.innovation.FieldReport": "field_reports",
-          "esper.kasmina.KasminaControlCommand": "commands"}
+          "esper.kasmina.KasminaControlCommand": "commands", "esper.tolaria.SystemStatePacket": "system_state",
+          "esper.tolaria.AdaptationSignal": "adaptation_signals"}
 SINK_TOPICS = TOPICS.carrying(*TABLE_OF_EVENT)
 
 
@@ -82,6 +83,15 @@ def rows_for_record(name: str, r: dict) -> list[tuple[str, dict]]:
                               "seed_id": r["target_seed_id"], "command": r["command"],
                               "kernel_artifact_id": r["kernel_artifact_id"], "command_id": r["command_id"],
                               "decision_id": r.get("decision_id", "")})]
+    if short == "SystemStatePacket":
+        return [("system_state", {**run, "epoch": r["epoch"], **_base(env), "global_step": r["global_step"],
+                                  "active_seeds": r["active_seeds"], "total_seeds": r["total_seeds"],
+                                  "device": (r["hardware_context"] or {}).get("device", "")})]
+    if short == "AdaptationSignal":
+        return [("adaptation_signals", {**run, "epoch": r["epoch"], **_base(env),
+                                        "optimizer_rebuild_required": int(r["optimizer_rebuild_required"]),
+                                        "emergency_rollback_required": int(r["emergency_rollback_required"]),
+                                        "reason": r["reason"]})]
     if short == "KernelValidationReport":
         return [("kernel_measurements", {"artifact_id": r["artifact_id"], "hardware": r["hardware"], **_base(env),
                                          "passed": int(r["passed"]), "latency_ms_mean": r["latency_ms_mean"],
