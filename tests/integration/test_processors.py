@@ -42,7 +42,9 @@ class ProcessorsProcess:
         self.env, self.log, self.proc = env, log, None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors"], env=self.env,
+        loglevel = os.environ.get("ESPER_TEST_PROCESSORS_LOGLEVEL", "warning")  # info: to chase a failure
+        self.proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors", "--loglevel", loglevel],
+                                     env=self.env,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 
     def status(self) -> dict | None:
