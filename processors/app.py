@@ -85,7 +85,7 @@ class Processors:
             # faust's own files under ESPER_HOME, not "<app id>-data" in whatever directory it was started from
             datadir=str(datadir),
             topic_partitions=3,
-            topic_replication_factor=1,
+            topic_replication_factor=max(1, settings.topic_replication),  # faust's own (assignor) topic
             stream_wait_empty=False,
             web_enabled=True,
             web_bind="127.0.0.1",

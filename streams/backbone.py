@@ -36,7 +36,8 @@ class Backbone:
 
     def ensure_topics(self) -> list[str]:
         """Create missing topics and (re)publish the schema catalog. Idempotent."""
-        created = ensure_topics(self.admin(), self.registry)
+        created = ensure_topics(self.admin(), self.registry, replication=self.settings.topic_replication,
+                                min_insync=self.settings.topic_min_insync)
         with self.publisher() as pub:
             publish_catalog(pub, self.catalog)
         return created

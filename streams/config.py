@@ -6,13 +6,14 @@ import functools
 from importlib import metadata
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["StreamSettings", "load_settings", "project_root", "resource_dir", "schemas_dir", "in_checkout",
            "default_home"]
 
 LOCAL_KAFKA_PORT = 19092
+CLUSTER_SIZE_FILE = "brokers"  # $ESPER_HOME/kafka/brokers: the local cluster's node count, written by `infra up`
 
 
 def project_root() -> Path:
@@ -83,12 +84,52 @@ class StreamSettings(BaseSettings):
                                   "a secret: it never prints (``clickhouse_dsn`` gives the value)."
     )
     processors_port: int = Field(default=6066, description="The processors' app web port (127.0.0.1): status, SQL.")
-    kafka_port: int = LOCAL_KAFKA_PORT
-    kafka_controller_port: int = LOCAL_KAFKA_PORT + 1
+    kafka_port: int = Field(default=LOCAL_KAFKA_PORT, description="The local cluster's first broker port; node i "
+                                                                  "listens on kafka_port + 2(i-1).")
+    kafka_controller_port: int = Field(default=LOCAL_KAFKA_PORT + 1, description="Node 1's KRaft controller port; "
+                                                                                "node i's is this + 2(i-1).")
+    kafka_brokers: int = Field(default=1, ge=1, le=9, description="Nodes of the local KRaft cluster `esper infra up` "
+                                                                  "runs (3 for a replicated one).")
+    replication_factor: int | None = Field(default=None, ge=1, description="Replicas of each topic Esper creates; "
+                                           "unset: min(3, kafka_brokers) locally, the cluster's default otherwise.")
+    min_insync_replicas: int | None = Field(default=None, ge=1, description="Replicas that must have a record before "
+                                            "it counts as written (acks=all); unset: 2 with 3 or more replicas, "
+                                            "else 1.")
+
+    @model_validator(mode="after")
+    def _cluster_size_of_home(self):
+        """Unset, ``kafka_brokers`` is the size of the cluster ``esper infra up --brokers N`` made in this home (so
+        every later command finds all of its nodes), else 1."""
+        if "kafka_brokers" not in self.model_fields_set and self.kafka_bootstrap is None:
+            try:
+                self.kafka_brokers = int((self.home / "kafka" / CLUSTER_SIZE_FILE).read_text().strip())
+            except (OSError, ValueError):
+                pass
+        return self
+
+    @property
+    def local_ports(self) -> list[tuple[int, int]]:
+        """(broker port, controller port) of each node of the local cluster, node 1 first."""
+        return [(self.kafka_port + 2 * i, self.kafka_controller_port + 2 * i) for i in range(self.kafka_brokers)]
 
     @property
     def bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        return self.kafka_bootstrap or ",".join(f"127.0.0.1:{port}" for port, _ in self.local_ports)
+
+    @property
+    def topic_replication(self) -> int:
+        """Replicas per topic; -1 asks the cluster for its ``default.replication.factor``."""
+        if self.replication_factor is not None:
+            return self.replication_factor
+        return min(3, self.kafka_brokers) if self.uses_local_broker else -1
+
+    @property
+    def topic_min_insync(self) -> int | None:
+        """``min.insync.replicas`` of each topic (None: the cluster's default)."""
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        replicas = self.topic_replication
+        return None if replicas < 0 else (2 if replicas >= 3 else 1)
 
     @property
     def clickhouse_dsn(self) -> str | None:

@@ -143,8 +143,11 @@ class TopicRegistry:
 TOPICS = TopicRegistry(_SPECS)
 
 
-def ensure_topics(admin, registry: TopicRegistry = TOPICS, timeout: float = 30.0) -> list[str]:
-    """Create the registry's missing topics (confluent-kafka AdminClient). Returns the names created. Idempotent."""
+def ensure_topics(admin, registry: TopicRegistry = TOPICS, timeout: float = 30.0, replication: int = -1,
+                  min_insync: int | None = None) -> list[str]:
+    """Create the registry's missing topics (confluent-kafka AdminClient) with ``replication`` replicas (-1: the
+    cluster's default) and ``min.insync.replicas`` (None: the cluster's default). Returns the names created.
+    Idempotent: existing topics are left as they are."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
@@ -160,7 +163,9 @@ def ensure_topics(admin, registry: TopicRegistry = TOPICS, timeout: float = 30.0
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config()) for s in missing],
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication,
+                  config={**s.config(), **({"min.insync.replicas": str(min_insync)} if min_insync else {})})
+         for s in missing],
         operation_timeout=timeout,
         request_timeout=timeout,
     )

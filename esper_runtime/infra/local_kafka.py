@@ -1,9 +1,10 @@
-"""The local Apache Kafka broker: fetched from Maven Central, formatted in KRaft mode, run as one process.
+"""The local Apache Kafka cluster: fetched from Maven Central, formatted in KRaft mode, one process per node
+(one node by default; ``ESPER_KAFKA_BROKERS=3`` or ``esper infra up --brokers 3`` for a replicated cluster).
 
-Everything lives under ``$ESPER_HOME/kafka`` (default ``<checkout>/.esper/kafka``): ``data/`` (the log),
-``logs/`` (server.log and the JVM's stdout), ``server.properties`` and ``broker.pid``. The broker is stopped
-only through that PID file, and only after checking the PID still belongs to the java process we started.
-When ``ESPER_KAFKA_BOOTSTRAP`` is set nothing is started or stopped here.
+Everything lives under ``$ESPER_HOME/kafka`` (default ``<checkout>/.esper/kafka``; ``kafka/node-i`` for each node
+of several): ``data/`` (the log), ``logs/`` (server.log and the JVM's stdout), ``server.properties`` and
+``broker.pid``. A node is stopped only through its PID file, and only after checking the PID still belongs to the
+java process we started. When ``ESPER_KAFKA_BOOTSTRAP`` is set nothing is started or stopped here.
 """
 
 from __future__ import annotations
@@ -18,13 +19,48 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.config import StreamSettings, in_checkout, resource_dir
+from streams.config import CLUSTER_SIZE_FILE, StreamSettings, in_checkout, resource_dir
 from esper_runtime.infra.exceptions import BrokerError
 
-__all__ = ["BrokerError", "BrokerStatus", "LocalKafka"]
+__all__ = ["BrokerError", "BrokerStatus", "KafkaNode", "LocalKafka", "NodeStatus"]
 
 KAFKA_MAIN = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One node of the local cluster: its ports and the directory with its ``data/``, ``logs/``,
+    ``server.properties`` and ``broker.pid``."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    base: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.base / "logs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.base / "server.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.base / "broker.pid"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: int
+    address: str
+    pid: int | None  # None: not running (or not ours)
+    in_cluster: bool  # the cluster's metadata lists it as a live broker
 
 
 @dataclass(frozen=True)
@@ -35,88 +71,142 @@ class BrokerStatus:
     pid: int | None
     reachable: bool
     detail: str = ""
+    nodes: tuple[NodeStatus, ...] = ()
+    controller: int | None = None  # the node id the cluster names as its controller
+    under_replicated: int | None = None  # partitions with fewer in-sync replicas than replicas
 
 
 class LocalKafka:
+    """The local KRaft cluster: ``kafka_brokers`` nodes (one by default), each a broker and a controller in one
+    JVM. One node keeps its files directly under ``$ESPER_HOME/kafka``; node i of several under ``kafka/node-i``."""
+
     def __init__(self, settings: StreamSettings):
         self.settings = settings
         self.ops_dir = resource_dir("ops") / "kafka"
         self.base = settings.home / "kafka"
         # the jars: beside the pom in a checkout (ops/setup.sh fetches them there); under ESPER_HOME when installed
         self.libs_dir = self.ops_dir / "libs" if in_checkout() else self.base / "libs"
-        self.data_dir = self.base / "data"
-        self.log_dir = self.base / "logs"
-        self.config_file = self.base / "server.properties"
-        self.pid_file = self.base / "broker.pid"
+        many = settings.kafka_brokers > 1
+        self.nodes = [KafkaNode(i + 1, port, cport, self.base / f"node-{i + 1}" if many else self.base)
+                      for i, (port, cport) in enumerate(settings.local_ports)]
+        first = self.nodes[0]
+        self.data_dir, self.log_dir, self.config_file, self.pid_file = (first.data_dir, first.log_dir,
+                                                                       first.config_file, first.pid_file)
 
     # ---------------------------------------------------------------- queries
     @property
     def bootstrap(self) -> str:
         return self.settings.bootstrap_servers
 
-    def pid(self) -> int | None:
-        """PID of the broker this checkout started, if it is still alive and still ours."""
+    def node(self, node_id: int) -> KafkaNode:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise BrokerError(f"no node {node_id}: the local cluster has nodes 1..{len(self.nodes)}")
+
+    def pid(self, node_id: int = 1) -> int | None:
+        """PID of a node this checkout started, if it is still alive and still ours."""
+        node = self.node(node_id)
         try:
-            pid = int(self.pid_file.read_text().strip())
+            pid = int(node.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return None
-        if KAFKA_MAIN.encode() in cmdline and str(self.config_file).encode() in cmdline:
+        if KAFKA_MAIN.encode() in cmdline and str(node.config_file).encode() in cmdline:
             return pid
         return None  # the PID was reused by some other process: never touch it
 
-    def reachable(self, timeout: float = 2.0) -> bool:
+    def _admin(self, timeout_ms: int = 1000):
         import logging
 
         from confluent_kafka.admin import AdminClient
 
-        if self.settings.uses_local_broker and not _port_taken(self.settings.kafka_port):
-            return False  # nothing listens: skip the client (and its connection-refused log lines)
         quiet = logging.getLogger("esper.infra.probe")
         quiet.setLevel(logging.CRITICAL)
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 1000,
-                             "logger": quiet})
+        return AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": timeout_ms,
+                            "logger": quiet})
+
+    def _listening(self) -> bool:
+        return not self.settings.uses_local_broker or any(_port_taken(n.port) for n in self.nodes)
+
+    def reachable(self, timeout: float = 2.0) -> bool:
+        if not self._listening():
+            return False  # nothing listens: skip the client (and its connection-refused log lines)
         try:
-            admin.list_topics(timeout=timeout)
+            self._admin().list_topics(timeout=timeout)
             return True
         except Exception:  # noqa: BLE001 - any failure to answer means "not reachable"
             return False
+
+    def cluster(self, timeout: float = 5.0) -> tuple[set[int], int | None, int]:
+        """(live broker ids, the controller's id, under-replicated partitions) as the cluster reports them."""
+        admin = self._admin()
+        meta = admin.list_topics(timeout=timeout)
+        controller = None
+        try:
+            controller = admin.describe_cluster(request_timeout=timeout).result(timeout=timeout).controller.id
+        except Exception:  # noqa: BLE001 - an older broker or a cluster mid-election: say nothing rather than guess
+            controller = None
+        under = sum(1 for t in meta.topics.values() for p in t.partitions.values() if len(p.isrs) < len(p.replicas))
+        return set(meta.brokers), controller, under
 
     def status(self) -> BrokerStatus:
         if not self.settings.uses_local_broker:
             ok = self.reachable()
             return BrokerStatus(self.bootstrap, False, ok, None, ok, "ESPER_KAFKA_BOOTSTRAP is set; not managed here")
-        pid = self.pid()
-        ok = pid is not None and self.reachable()
-        return BrokerStatus(self.bootstrap, True, pid is not None, pid, ok, f"logs: {self.log_dir}")
+        pids = {n.node_id: self.pid(n.node_id) for n in self.nodes}
+        ok = any(p is not None for p in pids.values()) and self.reachable()
+        live, controller, under = (self.cluster() if ok else (set(), None, None))
+        nodes = tuple(NodeStatus(n.node_id, f"127.0.0.1:{n.port}", pids[n.node_id], n.node_id in live)
+                      for n in self.nodes)
+        return BrokerStatus(self.bootstrap, True, pids[1] is not None or any(pids.values()), pids[1], ok,
+                            f"logs: {self.log_dir if len(self.nodes) == 1 else self.base / 'node-*' / 'logs'}",
+                            nodes, controller, under)
 
     # ---------------------------------------------------------------- actions
     def up(self, timeout: float = 90.0, echo=lambda msg: None) -> BrokerStatus:
-        """Start the broker if it is not running; return once it answers. Idempotent."""
+        """Start every node that is not running; return once the cluster answers with all of them. Idempotent."""
         if not self.settings.uses_local_broker:
             if not self.reachable(timeout=min(timeout, 10.0)):
                 raise BrokerError(f"ESPER_KAFKA_BOOTSTRAP={self.bootstrap} does not answer")
             return self.status()
-        if self.pid() is not None:
-            self._wait_ready(timeout, self.pid())
-            return self.status()
+        ports = [p for n in self.nodes for p in (n.port, n.controller_port)]
+        if len(set(ports)) != len(ports):
+            raise BrokerError(f"the local cluster's ports overlap ({ports}): node i uses ESPER_KAFKA_PORT + 2(i-1) "
+                              "and ESPER_KAFKA_CONTROLLER_PORT + 2(i-1); set the controller port to the broker "
+                              "port + 1")
+        down = [n for n in self.nodes if self.pid(n.node_id) is None]
+        if down:
+            java = self._require_java()
+            self.fetch(echo)
+            for node in down:
+                for port in (node.port, node.controller_port):
+                    if _port_taken(port):
+                        raise BrokerError(
+                            f"port 127.0.0.1:{port} is already in use by another process; stop it, or set "
+                            "ESPER_KAFKA_PORT / ESPER_KAFKA_CONTROLLER_PORT, or point ESPER_KAFKA_BOOTSTRAP at a "
+                            "running cluster")
+            started = {node.node_id: self.start_node(node.node_id, java=java, echo=echo) for node in down}
+        self._wait_ready(timeout, started if down else {})
+        (self.base / CLUSTER_SIZE_FILE).write_text(f"{len(self.nodes)}\n")  # later commands find every node
+        if down:
+            echo(f"Kafka is up ({len(self.nodes)} node{'s' if len(self.nodes) > 1 else ''} at {self.bootstrap})")
+        return self.status()
 
-        java = self._require_java()
-        self.fetch(echo)
-        for port in (self.settings.kafka_port, self.settings.kafka_controller_port):
-            if _port_taken(port):
-                raise BrokerError(
-                    f"port 127.0.0.1:{port} is already in use by another process; stop it, or set "
-                    "ESPER_KAFKA_PORT / ESPER_KAFKA_CONTROLLER_PORT, or point ESPER_KAFKA_BOOTSTRAP at a running cluster"
-                )
-        self._write_config()
-        self._format(java, echo)
-        echo(f"starting Kafka on {self.bootstrap}")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_dir / "broker.out", "ab")
+    def start_node(self, node_id: int, java: str | None = None, echo=lambda msg: None) -> int:
+        """Start one node (formatting its storage the first time); returns its PID without waiting for it."""
+        node = self.node(node_id)
+        if (pid := self.pid(node_id)) is not None:
+            return pid
+        java = java or self._require_java()
+        self._write_config(node)
+        self._format(java, node, echo)
+        echo(f"starting Kafka node {node.node_id} on 127.0.0.1:{node.port}")
+        node.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(node.log_dir / "broker.out", "ab")
         cmd = [
             java,
             "-Xms256m",
@@ -124,40 +214,64 @@ class LocalKafka:
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.ops_dir / 'log4j2.properties'}",
-            f"-Desper.kafka.logdir={self.log_dir}",
-            f"-Dkafka.logs.dir={self.log_dir}",
+            f"-Desper.kafka.logdir={node.log_dir}",
+            f"-Dkafka.logs.dir={node.log_dir}",
             "-cp",
             f"{self.libs_dir}/*",
             KAFKA_MAIN,
-            str(self.config_file),
+            str(node.config_file),
         ]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
-        self.pid_file.write_text(str(proc.pid))
-        self._wait_ready(timeout, proc.pid)
-        echo(f"Kafka is up (pid {proc.pid})")
-        return self.status()
+        node.pid_file.write_text(str(proc.pid))
+        return proc.pid
 
-    def down(self, timeout: float = 30.0, echo=lambda msg: None) -> bool:
-        """Stop the broker this checkout started. Returns False when none was running."""
-        if not self.settings.uses_local_broker:
-            echo("ESPER_KAFKA_BOOTSTRAP is set: that cluster is not managed here, nothing stopped")
-            return False
-        pid = self.pid()
+    def kill_node(self, node_id: int, sig: int = signal.SIGKILL, timeout: float = 30.0) -> bool:
+        """Stop one node: SIGKILL by default (a crash, for fault tests), SIGTERM for a clean stop. False when it
+        was not running."""
+        node = self.node(node_id)
+        pid = self.pid(node_id)
         if pid is None:
-            self.pid_file.unlink(missing_ok=True)
+            node.pid_file.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.2)
+            time.sleep(0.1)
         if _alive(pid):
-            echo(f"broker pid {pid} did not stop in {timeout:.0f}s; killing it")
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
+        node.pid_file.unlink(missing_ok=True)
         return True
+
+    def down(self, timeout: float = 30.0, echo=lambda msg: None) -> bool:
+        """Stop every node this checkout started. Returns False when none was running."""
+        if not self.settings.uses_local_broker:
+            echo("ESPER_KAFKA_BOOTSTRAP is set: that cluster is not managed here, nothing stopped")
+            return False
+        running = {n.node_id: self.pid(n.node_id) for n in self.nodes}
+        for node in self.nodes:
+            if running[node.node_id] is None:
+                node.pid_file.unlink(missing_ok=True)
+            else:
+                os.kill(running[node.node_id], signal.SIGTERM)  # all at once: the quorum shuts down together
+        stopped = False
+        for node in self.nodes:
+            pid = running[node.node_id]
+            if pid is None:
+                continue
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                echo(f"broker pid {pid} did not stop in {timeout:.0f}s; killing it")
+                os.kill(pid, signal.SIGKILL)
+                while _alive(pid):
+                    time.sleep(0.1)
+            node.pid_file.unlink(missing_ok=True)
+            stopped = True
+        return stopped
 
     def fetch(self, echo=lambda msg: None) -> None:
         """Fetch the pinned broker jars from Maven Central (no-op when already there)."""
@@ -182,48 +296,73 @@ class LocalKafka:
             raise BrokerError(f"java {version} found; Kafka 4 needs Java 17 or newer")
         return java
 
-    def _write_config(self) -> None:
+    def _write_config(self, node: KafkaNode) -> None:
         template = (self.ops_dir / "server.properties.template").read_text()
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(
+        node.base.mkdir(parents=True, exist_ok=True)
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        replication = min(3, len(self.nodes))
+        node.config_file.write_text(
             template.format(
-                port=self.settings.kafka_port,
-                controller_port=self.settings.kafka_controller_port,
-                data_dir=self.data_dir,
+                node_id=node.node_id,
+                voters=",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes),
+                port=node.port,
+                controller_port=node.controller_port,
+                data_dir=node.data_dir,
+                replication=replication,
+                min_isr=2 if replication >= 3 else 1,
             )
         )
 
-    def _format(self, java: str, echo) -> None:
-        if (self.data_dir / "meta.properties").exists():
+    def _cluster_id(self) -> str:
+        """One id for every node of the cluster, kept beside them (a node formatted with another would not join)."""
+        if len(self.nodes) == 1:
+            return _kafka_uuid()
+        path = self.base / "cluster.id"
+        if not path.exists():
+            self.base.mkdir(parents=True, exist_ok=True)
+            path.write_text(_kafka_uuid())
+        return path.read_text().strip()
+
+    def _format(self, java: str, node: KafkaNode, echo) -> None:
+        if (node.data_dir / "meta.properties").exists():
             return
-        echo("formatting broker storage (KRaft)")
-        cluster_id = _kafka_uuid()
+        echo(f"formatting node {node.node_id}'s storage (KRaft)")
         res = subprocess.run(
             [java, "-cp", f"{self.libs_dir}/*", f"-Dlog4j2.configurationFile={self.ops_dir / 'log4j2.properties'}",
-             f"-Desper.kafka.logdir={self.log_dir}", STORAGE_TOOL, "format", f"--cluster-id={cluster_id}",
-             "-c", str(self.config_file), "--ignore-formatted"],
+             f"-Desper.kafka.logdir={node.log_dir}", STORAGE_TOOL, "format", f"--cluster-id={self._cluster_id()}",
+             "-c", str(node.config_file), "--ignore-formatted"],
             capture_output=True,
             text=True,
         )
         if res.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
 
-    def _wait_ready(self, timeout: float, pid: int | None) -> None:
+    def _wait_ready(self, timeout: float, started: dict[int, int]) -> None:
+        """Until the cluster answers and lists every node as a live broker (a node that exits is an error).
+        ``started``: the PIDs of the nodes just started (their command line may not name Kafka yet)."""
         deadline = time.monotonic() + timeout
+        want = {n.node_id for n in self.nodes}
         while time.monotonic() < deadline:
-            if pid is not None and not _alive(pid):
-                self.pid_file.unlink(missing_ok=True)
-                raise BrokerError(f"the broker exited during start-up; last log lines:\n{self._log_tail()}")
+            for node in self.nodes:
+                pid = started.get(node.node_id) or self.pid(node.node_id)
+                if pid is None or not _alive(pid):
+                    node.pid_file.unlink(missing_ok=True)
+                    raise BrokerError(f"Kafka node {node.node_id} exited during start-up; last log lines:\n"
+                                      f"{self._log_tail(node)}")
             if self.reachable(timeout=2):
-                return
+                try:
+                    if self.cluster(timeout=2)[0] >= want:
+                        return
+                except Exception:  # noqa: BLE001 - not all there yet
+                    pass
             time.sleep(0.5)
-        raise BrokerError(f"the broker did not answer on {self.bootstrap} within {timeout:.0f}s:\n{self._log_tail()}")
+        raise BrokerError(f"the cluster did not answer on {self.bootstrap} with all of nodes {sorted(want)} within "
+                          f"{timeout:.0f}s:\n" + "\n".join(self._log_tail(n) for n in self.nodes))
 
-    def _log_tail(self, lines: int = 30) -> str:
+    def _log_tail(self, node: KafkaNode, lines: int = 30) -> str:
         chunks = []
         for name in ("broker.out", "server.log"):
-            path = self.log_dir / name
+            path = node.log_dir / name
             if path.exists():
                 chunks.append(f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(chunks) or "(no logs)"

@@ -54,3 +54,31 @@ def test_cluster_ids_never_look_like_options():
 
     ids = [_kafka_uuid() for _ in range(2000)]  # about 1 in 64 random ids would start with '-'
     assert not any(i.startswith("-") for i in ids) and all(len(i) == 22 for i in ids)
+
+
+def test_a_cluster_of_three_has_its_ports_dirs_and_replication(tmp_path):
+    settings = load_settings(home=tmp_path, kafka_port=20000, kafka_controller_port=20001, kafka_brokers=3)
+    kafka = LocalKafka(settings)
+    assert [(n.node_id, n.port, n.controller_port) for n in kafka.nodes] == [(1, 20000, 20001), (2, 20002, 20003),
+                                                                            (3, 20004, 20005)]
+    assert [n.base for n in kafka.nodes] == [tmp_path / "kafka" / f"node-{i}" for i in (1, 2, 3)]
+    assert settings.bootstrap_servers == "127.0.0.1:20000,127.0.0.1:20002,127.0.0.1:20004"
+    assert (settings.topic_replication, settings.topic_min_insync) == (3, 2)
+    one = load_settings(home=tmp_path / "one", kafka_port=20010, kafka_controller_port=20011)
+    assert LocalKafka(one).nodes[0].base == tmp_path / "one" / "kafka"  # one node: the layout it always had
+    assert (one.topic_replication, one.topic_min_insync) == (1, 1)
+    assert load_settings(kafka_bootstrap="h:9092").topic_replication == -1  # an external cluster's own default
+
+
+def test_overlapping_cluster_ports_are_refused(tmp_path):
+    kafka = LocalKafka(load_settings(home=tmp_path, kafka_port=20020, kafka_controller_port=20022, kafka_brokers=3))
+    with pytest.raises(BrokerError, match="overlap"):
+        kafka.up(timeout=1)
+
+
+def test_the_cluster_size_is_remembered_in_its_home(tmp_path):
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "brokers").write_text("3\n")  # what `esper infra up --brokers 3` leaves
+    assert load_settings(home=tmp_path).kafka_brokers == 3
+    assert load_settings(home=tmp_path, kafka_brokers=1).kafka_brokers == 1  # said explicitly: that wins
+    assert load_settings(home=tmp_path, kafka_bootstrap="h:9092").kafka_brokers == 1  # not ours to size
