@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import json
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -37,7 +36,7 @@ from processors.clickhouse.sink import SINK_TOPICS, backoff, insert_or_set_aside
 from processors.exceptions import StoreUnavailable
 from processors.faust_patch import limit_fetch_wait
 from views.seed_state import APPLIED, GAP, fold_seed, seed_key
-from streams.state import read_state_topic
+from streams.state import encode_state_value, read_state_topic
 from views.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
 from streams.deadletter import dead_letter_headers, decode_for_topic
@@ -93,6 +92,9 @@ class Processors:
             web_host="127.0.0.1",
             consumer_auto_offset_reset="earliest",
             broker_commit_livelock_soft_timeout=60.0,
+            # a worker that dies (kill -9) holds its partitions until its session times out: 10 s, not faust's 60 s
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
             producer_acks=-1,
         )
         self._raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -340,6 +342,7 @@ class MaterializedState:
     def __init__(self, backbone: Backbone, name: str, app: faust.App, stats: Counter):
         self.bb, self.name, self.app, self.stats = backbone, name, app, stats
         self.topic = backbone.resolve_topic(name)
+        self.spec = backbone.registry.spec(self.topic)  # its value_schema: what each value is encoded as
         self._data: dict[str, Any] = {}
         self._dirty: dict[str, Any] = {}
 
@@ -364,7 +367,7 @@ class MaterializedState:
     async def flush(self) -> None:
         producer = self.app.producer
         for key, value in self._dirty.items():
-            await producer.send(self.topic, key.encode(), None if value is None else json.dumps(value).encode(),
-                                None, None, None)
+            raw = None if value is None else encode_state_value(self.bb.serde, self.spec, value)
+            await producer.send(self.topic, key.encode(), raw, None, None, None)
         self.stats["state_writes"] += len(self._dirty)
         self._dirty = {}

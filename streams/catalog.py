@@ -23,9 +23,11 @@ def catalog_entry(schema: NamedSchema) -> bytes:
 
 
 def publish_catalog(publisher: Publisher, catalog: SchemaCatalog) -> int:
-    """Publish every event schema of ``catalog`` to the schema-catalog topic (idempotent thanks to compaction)."""
+    """Publish every event schema of ``catalog``, and the schema of every state topic's values, to the
+    schema-catalog topic (idempotent thanks to compaction)."""
     n = 0
-    for schema in catalog.events:
+    states = [catalog.get(spec.value_schema) for spec in publisher.registry if spec.value_schema]
+    for schema in [*catalog.events, *states]:
         publisher.publish_raw(publisher.registry.schema_catalog, catalog_entry(schema), schema.fingerprint_hex,
                               [("content-type", b"application/json")])
         n += 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-__all__ = ["AdaptationSignal", "BlueprintRejected", "BlueprintSubmitted", "CheckpointSaved", "DecisionCandidate", "Envelope", "EpochCompleted", "FieldReport", "KasminaControlCommand", "KernelCompilationFailed", "KernelCompiled", "KernelStatusChanged", "KernelTagsAssigned", "KernelValidationReport", "RollbackPerformed", "RunCompleted", "RunFailed", "RunStarted", "SeedHealth", "SeedLifecycleTransition", "SeedState", "SeedTelemetry", "SystemStatePacket", "TamiyoDecision", "TopicOffset", "TYPES", "EVENT_TYPES"]
+__all__ = ["AdaptationSignal", "BlueprintEntry", "BlueprintRejected", "BlueprintSubmitted", "CheckpointSaved", "DecisionCandidate", "Envelope", "EpochCompleted", "FieldReport", "KasminaControlCommand", "KernelCompilationFailed", "KernelCompiled", "KernelDistributionEntry", "KernelEntry", "KernelStatusChanged", "KernelTagsAssigned", "KernelValidationReport", "RollbackPerformed", "RunCompleted", "RunFailed", "RunStarted", "SeedHealth", "SeedLifecycleTransition", "SeedState", "SeedStateEntry", "SeedTelemetry", "SystemStatePacket", "TamiyoDecision", "TopicOffset", "UrzaLibraryEntry", "TYPES", "EVENT_TYPES"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -314,6 +314,217 @@ class SeedTelemetry:
             layer_id=d["layer_id"],
             layer_name=d["layer_name"],
             seeds=[SeedHealth.from_avro(_x) for _x in d["seeds"]],
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlueprintEntry:
+    """A blueprint in the Urza library (key 'blueprint/<id>' of state.urza.library)."""
+
+    AVRO_NAME: ClassVar[str] = "esper.state.BlueprintEntry"
+
+    blueprint_id: str
+    name: str
+    ir_json: str
+    tags: list[str]
+    parents: list[str]
+    submitted_by: str
+    status: str
+    rejection: str | None = None
+    failures: list[str]
+    failed_widths: list[int]
+    artifacts: list[str]
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "blueprint_id": self.blueprint_id,
+            "name": self.name,
+            "ir_json": self.ir_json,
+            "tags": self.tags,
+            "parents": self.parents,
+            "submitted_by": self.submitted_by,
+            "status": self.status,
+            "rejection": self.rejection,
+            "failures": self.failures,
+            "failed_widths": self.failed_widths,
+            "artifacts": self.artifacts,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> "BlueprintEntry":
+        return cls(
+            blueprint_id=d["blueprint_id"],
+            name=d["name"],
+            ir_json=d["ir_json"],
+            tags=list(d["tags"]),
+            parents=list(d["parents"]),
+            submitted_by=d["submitted_by"],
+            status=d["status"],
+            rejection=d.get("rejection", None),
+            failures=list(d["failures"]),
+            failed_widths=list(d["failed_widths"]),
+            artifacts=list(d["artifacts"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KernelDistributionEntry:
+    """One validated kernel's measurements on one hardware target: the value of state.urabrask.distributions under key '<hardware>|<artifact-id>' (compacted), the peers Urabrask ranks a new kernel against. Written once, from the first passing KernelValidationReport."""
+
+    AVRO_NAME: ClassVar[str] = "esper.state.KernelDistributionEntry"
+
+    latency_ms_mean: float
+    latency_ms_p99: float
+    memory_mb_peak: float
+    throughput_ops_per_sec: float
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "latency_ms_mean": self.latency_ms_mean,
+            "latency_ms_p99": self.latency_ms_p99,
+            "memory_mb_peak": self.memory_mb_peak,
+            "throughput_ops_per_sec": self.throughput_ops_per_sec,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> "KernelDistributionEntry":
+        return cls(
+            latency_ms_mean=d["latency_ms_mean"],
+            latency_ms_p99=d["latency_ms_p99"],
+            memory_mb_peak=d["memory_mb_peak"],
+            throughput_ops_per_sec=d["throughput_ops_per_sec"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KernelEntry:
+    """A compiled kernel in the Urza library (key 'kernel/<artifact-id>' of state.urza.library)."""
+
+    AVRO_NAME: ClassVar[str] = "esper.state.KernelEntry"
+
+    artifact_id: str
+    blueprint_id: str
+    hardware: str
+    pipeline: str
+    sha256: str
+    size_bytes: int
+    compile_ms: float
+    signature_json: str
+    status: str
+    tags: list[str]
+    risk_score: float | None = None
+    conf_level: str | None = None
+    report_json: str | None = None
+    history: list[str]
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "artifact_id": self.artifact_id,
+            "blueprint_id": self.blueprint_id,
+            "hardware": self.hardware,
+            "pipeline": self.pipeline,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "compile_ms": self.compile_ms,
+            "signature_json": self.signature_json,
+            "status": self.status,
+            "tags": self.tags,
+            "risk_score": self.risk_score,
+            "conf_level": self.conf_level,
+            "report_json": self.report_json,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> "KernelEntry":
+        return cls(
+            artifact_id=d["artifact_id"],
+            blueprint_id=d["blueprint_id"],
+            hardware=d["hardware"],
+            pipeline=d["pipeline"],
+            sha256=d["sha256"],
+            size_bytes=d["size_bytes"],
+            compile_ms=d["compile_ms"],
+            signature_json=d["signature_json"],
+            status=d["status"],
+            tags=list(d["tags"]),
+            risk_score=d.get("risk_score", None),
+            conf_level=d.get("conf_level", None),
+            report_json=d.get("report_json", None),
+            history=list(d["history"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SeedStateEntry:
+    """A seed's current state in one run: the value of state.kasmina.seeds under key '<run-id>|seed/<layer>/<seed>' (compacted; a tombstone, a null value, would remove the seed). Folded from the seed's SeedLifecycleTransition events in originator_version order."""
+
+    AVRO_NAME: ClassVar[str] = "esper.state.SeedStateEntry"
+
+    run_id: str
+    seed: str
+    state: SeedState
+    version: int
+    epoch: int
+    kernel_artifact_id: str | None = None
+    reason: str
+    event_id: str
+    occurred_at_ms: int
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "seed": self.seed,
+            "state": self.state.value,
+            "version": self.version,
+            "epoch": self.epoch,
+            "kernel_artifact_id": self.kernel_artifact_id,
+            "reason": self.reason,
+            "event_id": self.event_id,
+            "occurred_at_ms": self.occurred_at_ms,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> "SeedStateEntry":
+        return cls(
+            run_id=d["run_id"],
+            seed=d["seed"],
+            state=SeedState(d["state"]),
+            version=d["version"],
+            epoch=d["epoch"],
+            kernel_artifact_id=d.get("kernel_artifact_id", None),
+            reason=d["reason"],
+            event_id=d["event_id"],
+            occurred_at_ms=d["occurred_at_ms"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UrzaLibraryEntry:
+    """One entry of the Urza library, the value of state.urza.library (compacted). Exactly one field is set, by the key's kind: 'blueprint/<id>' a blueprint, 'kernel/<artifact-id>' a compiled kernel, 'version/<originator>' the last version applied of an originator's events, 'waiting/<originator>/<version>' an event parked until its predecessor arrives. A tombstone (null value) removes the entry (a parked event once applied)."""
+
+    AVRO_NAME: ClassVar[str] = "esper.state.UrzaLibraryEntry"
+
+    blueprint: BlueprintEntry | None = None
+    kernel: KernelEntry | None = None
+    version: int | None = None
+    waiting_event: bytes | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "blueprint": (None if self.blueprint is None else self.blueprint.to_avro()),
+            "kernel": (None if self.kernel is None else self.kernel.to_avro()),
+            "version": self.version,
+            "waiting_event": self.waiting_event,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> "UrzaLibraryEntry":
+        return cls(
+            blueprint=(None if d.get("blueprint", None) is None else BlueprintEntry.from_avro(d.get("blueprint", None))),
+            kernel=(None if d.get("kernel", None) is None else KernelEntry.from_avro(d.get("kernel", None))),
+            version=d.get("version", None),
+            waiting_event=d.get("waiting_event", None),
         )
 
 
@@ -990,6 +1201,11 @@ TYPES: dict[str, Any] = {
     "esper.kasmina.SeedLifecycleTransition": SeedLifecycleTransition,
     "esper.kasmina.SeedState": SeedState,
     "esper.kasmina.SeedTelemetry": SeedTelemetry,
+    "esper.state.BlueprintEntry": BlueprintEntry,
+    "esper.state.KernelDistributionEntry": KernelDistributionEntry,
+    "esper.state.KernelEntry": KernelEntry,
+    "esper.state.SeedStateEntry": SeedStateEntry,
+    "esper.state.UrzaLibraryEntry": UrzaLibraryEntry,
     "esper.tamiyo.DecisionCandidate": DecisionCandidate,
     "esper.tamiyo.TamiyoDecision": TamiyoDecision,
     "esper.tezzeret.KernelCompilationFailed": KernelCompilationFailed,

@@ -1,4 +1,8 @@
-"""Reading a compacted state topic to its end: the latest value of every key (JSON), tombstones removed.
+"""Reading a compacted state topic to its end: the latest value of every key, tombstones removed.
+
+Values are Avro records, single-object encoded (the topic's ``value_schema`` in the registry, ``schemas/state/``);
+they come back as plain dicts (enums as their symbols). A value written as JSON by an Esper before the state topics
+were Avro is still read, as the dict it holds, so a home from then keeps its state.
 
 What a process that needs the materialized state does at start (the Urza materializer after a restart, Urabrask
 for its peers, ``esper replay --verify``, the REST API): no consumer group, every partition from offset 0 to the
@@ -13,7 +17,19 @@ from typing import Any
 
 from streams.exceptions import EsperError
 
-__all__ = ["read_state_topic"]
+__all__ = ["read_state_topic", "encode_state_value", "decode_state_value"]
+
+
+def encode_state_value(serde, spec, value: dict) -> bytes:
+    """A state topic's value for ``value`` (a dict of the topic's ``value_schema``), single-object encoded."""
+    return serde.encode(value, schema_name=spec.value_schema)
+
+
+def decode_state_value(serde, raw: bytes) -> dict:
+    """The dict a state topic's value holds (Avro; JSON from before the state topics were Avro)."""
+    if raw[:1] == b"{":
+        return json.loads(raw)
+    return serde.decode(raw).record
 
 
 def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -43,7 +59,7 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, An
                 if msg.error() is not None:
                     continue
                 key = msg.key().decode()
-                value = None if msg.value() is None else json.loads(msg.value())
+                value = None if msg.value() is None else decode_state_value(backbone.serde, msg.value())
                 if value is None:  # a tombstone (or JSON null): the entry is gone
                     state.pop(key, None)
                 else:

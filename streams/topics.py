@@ -29,6 +29,7 @@ class TopicSpec:
     retention_ms: int = 7 * DAY_MS  # -1 = forever
     doc: str = ""
     extra_config: dict[str, str] = field(default_factory=dict)
+    value_schema: str | None = None  # a state topic's values: this Avro record, single-object encoded
 
     def config(self) -> dict[str, str]:
         cfg = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
@@ -72,12 +73,16 @@ _SPECS = [
               _ev("urabrask.KernelValidationReport", "urabrask.KernelTagsAssigned"), retention_ms=-1,
               doc="Validation reports and empirical tags."),
     TopicSpec("state.kasmina.seeds", 3, "<run-id>|seed/<layer>/<seed>", (), cleanup_policy="compact", retention_ms=-1,
-              doc="Every seed's current state per run, as JSON, materialized by the processors (compacted)."),
+              doc="Every seed's current state per run (esper.state.SeedStateEntry), materialized by the processors.",
+              value_schema="esper.state.SeedStateEntry"),
     TopicSpec("state.urza.library", 3, "blueprint/<id>, kernel/<id>, version/<originator>, waiting/<originator>/<v>",
-              (), cleanup_policy="compact", retention_ms=-1,
-              doc="The Urza library (blueprints, artifacts, status, tags), as JSON, materialized by the processors."),
+              (), cleanup_policy="compact", retention_ms=-1, value_schema="esper.state.UrzaLibraryEntry",
+              doc="The Urza library (esper.state.UrzaLibraryEntry: blueprints, kernels, status, tags), materialized "
+                  "by the processors."),
     TopicSpec("state.urabrask.distributions", 3, "<hardware>|<artifact-id>", (), cleanup_policy="compact",
-              retention_ms=-1, doc="Each validated kernel's measurements per hardware: the peers Urabrask tags against."),
+              retention_ms=-1, value_schema="esper.state.KernelDistributionEntry",
+              doc="Each validated kernel's measurements per hardware (esper.state.KernelDistributionEntry): the "
+                  "peers Urabrask tags against."),
     TopicSpec(SCHEMA_CATALOG_TOPIC, 1, "<fingerprint hex>", (), cleanup_policy="compact", retention_ms=-1,
               doc="Every schema ever written, keyed by fingerprint, as JSON: resolves any single-object record."),
     TopicSpec(DEADLETTER_TOPIC, 1, "the original key", (), retention_ms=30 * DAY_MS,

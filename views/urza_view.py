@@ -126,6 +126,23 @@ class BlueprintRecord:
         return dict(self.__dict__)
 
 
+def _from_entry(kind: str, entry: dict) -> dict:
+    """An ``esper.state.UrzaLibraryEntry`` dict as the plain shape ``restore`` builds records from."""
+    if kind == "blueprint":
+        rec = dict(entry["blueprint"])
+        rec["ir"] = json.loads(rec.pop("ir_json"))
+        return rec
+    if kind == "kernel":
+        rec = dict(entry["kernel"])
+        rec["signature"] = json.loads(rec.pop("signature_json"))
+        report = rec.pop("report_json")
+        rec["report"] = None if report is None else json.loads(report)
+        return rec
+    if kind == "version":
+        return {"version": entry["version"]}
+    return {"raw": entry["waiting_event"]}
+
+
 class UrzaView:
     def __init__(self):
         self.blueprints: dict[str, BlueprintRecord] = {}
@@ -200,7 +217,8 @@ class UrzaView:
 
     # ------------------------------------------------------------------ snapshots (the materializer's table)
     def take_dirty(self, encode: Callable[[Any], bytes]) -> dict[str, dict | None]:
-        """The entries changed since the last call, as JSON-able values (None: the entry is gone).
+        """The entries changed since the last call, each an ``esper.state.UrzaLibraryEntry`` dict (None: the entry
+        is gone).
 
         Keys: ``blueprint/<id>``, ``kernel/<id>``, ``version/<originator>`` and ``waiting/<originator>/<version>``
         (an event parked until its predecessor arrives, kept as its encoded bytes so a restart loses nothing).
@@ -209,29 +227,36 @@ class UrzaView:
         out: dict[str, dict | None] = {}
         for key in self._dirty:
             kind, _, rest = key.partition("/")
+            entry = {"blueprint": None, "kernel": None, "version": None, "waiting_event": None}
             if kind == "blueprint":
-                out[key] = self.blueprints[rest].to_dict()
+                rec = self.blueprints[rest].to_dict()
+                rec["ir_json"] = json.dumps(rec.pop("ir"), sort_keys=True)
+                entry["blueprint"] = rec
             elif kind == "kernel":
-                rec = self.kernels[rest].to_dict()
-                rec.pop("features")  # derived from the signature, not state
-                rec.pop("in_features")
-                rec.pop("input_source")
-                out[key] = rec
+                rec = {k: v for k, v in self.kernels[rest].to_dict().items() if k in _KERNEL_FIELDS}
+                rec["signature_json"] = json.dumps(rec.pop("signature"), sort_keys=True)
+                report = rec.pop("report")
+                rec["report_json"] = None if report is None else json.dumps(report, sort_keys=True)
+                entry["kernel"] = rec
             elif kind == "version":
-                out[key] = {"version": self._versions[rest]}
+                entry["version"] = self._versions[rest]
             else:
                 originator, _, version = rest.rpartition("/")
                 event = self._waiting.get(originator, {}).get(int(version))
-                out[key] = None if event is None else {"raw": base64.b64encode(encode(event)).decode()}
+                entry = None if event is None else entry | {"waiting_event": encode(event)}
+            out[key] = entry
         self._dirty.clear()
         return out
 
     @classmethod
     def restore(cls, entries: Iterable[tuple[str, dict]], decode: Callable[[bytes], Any]) -> "UrzaView":
-        """A view from ``take_dirty`` entries (the latest value of each key)."""
+        """A view from ``take_dirty`` entries (the latest value of each key). Entries written as JSON before the
+        state topic was Avro (``{"version": n}``, a blueprint or kernel dict, ``{"raw": base64}``) restore too."""
         view = cls()
         for key, value in entries:
             kind, _, rest = key.partition("/")
+            if "blueprint" in value or "kernel" in value or "waiting_event" in value:  # esper.state.UrzaLibraryEntry
+                value = _from_entry(kind, value)
             if kind == "blueprint":
                 view.blueprints[rest] = BlueprintRecord(**value)
             elif kind == "kernel":
@@ -241,7 +266,9 @@ class UrzaView:
                 view._versions[rest] = value["version"]
             elif kind == "waiting":
                 originator, _, version = rest.rpartition("/")
-                view._waiting.setdefault(originator, {})[int(version)] = decode(base64.b64decode(value["raw"]))
+                raw = value["raw"]  # bytes; base64 text in a JSON entry
+                view._waiting.setdefault(originator, {})[int(version)] = decode(
+                    base64.b64decode(raw) if isinstance(raw, str) else raw)
         return view
 
     def state(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,6 +35,7 @@ def schema_sql() -> str:
 READ_LIMITS = {"max_execution_time": 20, "max_memory_usage": 2 << 30, "max_result_rows": 1_000_000,
                "result_overflow_mode": "'throw'"}
 MAX_QUERY_BYTES = 64 * 1024
+OWNER_START_S = 30.0  # how long a client waits for a live owner whose web server is not up yet
 
 
 def _statements(sql: str) -> list[str]:
@@ -155,17 +157,25 @@ class OwnerClient(_Store):
         req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(), method="POST",
                                      headers={"Authorization": f"Bearer {self._token}",
                                               "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
+        deadline = time.monotonic() + OWNER_START_S
+        while True:
             try:
-                message = json.loads(exc.read()).get("error", "")
-            except ValueError:
-                message = ""
-            raise StoreError(message or f"the store's owner (pid {self.owner_pid}) answered {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise StoreBusy(f"the store's owner (pid {self.owner_pid}) does not answer at {self.url}: {exc}") from None
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                try:
+                    message = json.loads(exc.read()).get("error", "")
+                except ValueError:
+                    message = ""
+                raise StoreError(message or f"the store's owner (pid {self.owner_pid}) answered {exc.code}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                # the owner advertises its endpoint before its web server listens: while it is alive, it is starting
+                refused = isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
+                if refused and time.monotonic() < deadline and _pid_alive(self.owner_pid):
+                    time.sleep(0.5)
+                    continue
+                raise StoreBusy(f"the store's owner (pid {self.owner_pid}) does not answer at {self.url}: {exc}") \
+                    from None
 
     def rows(self, sql: str) -> list[dict]:
         """Through the owner every query is read-only (the owner runs ``read``)."""
@@ -226,6 +236,16 @@ def _redact(url: str) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() \
         if parts.hostname else url
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _live_owner(owner: Path) -> int | None:
