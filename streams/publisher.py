@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -60,6 +61,7 @@ class Publisher(ABC):
         self.serde = serde
         self.registry = registry
         self.published = 0
+        self.published_by_run: Counter[str] = Counter()  # events per run_id; acknowledged once flush() returns
 
     def publish(
         self,
@@ -81,6 +83,7 @@ class Publisher(ABC):
             key = event.envelope.originator_id
         self._send(topic, _key_bytes(key), value, headers or [])
         self.published += 1
+        self.published_by_run[event.envelope.run_id] += 1
 
     def publish_many(self, events: Iterable[Any], *, topic: str | None = None) -> int:
         n = 0

@@ -383,7 +383,8 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
         "seeds_germinated": fold.germinated,
         "seeds_fossilized": sum(1 for _, _, c in kasmina.seeds() if c == Code.FOSSILIZED),
         "seeds_culled": fold.culled,
-        "events_published": fold.events,
+        "events_published": fold.events,  # the run's distinct events folded back from the log
+        "events_acknowledged": publisher.published_by_run[primary["run_id"]],  # what the broker acknowledged
         "replay_matches": not diffs,
         "replay_differences": diffs,
         "random_seeds": cfg.seeds,

@@ -151,3 +151,75 @@ def test_two_of_three_lost_fails_loudly_and_recovers(cluster):
         pub.flush()
     on_log = set(_on_log(bb))
     assert {ev.envelope.event_id for ev in after} <= on_log  # acknowledged after recovery: all there
+
+
+
+CFG = {
+    "kasmina": {"chunk_size": 8, "exclude": ["4"], "stats_every": 1, "reconstruction_steps": 3, "graft_steps": 4,
+                "stabilize_steps": 2, "evaluate_steps": 2, "embargo_epochs": 2},
+    "tamiyo": {"warmup_epochs": 1, "patience": 1, "min_delta": 0.5, "max_germinations": 6, "fine_tune_epochs": 1,
+               "accept_tolerance": 1.0, "min_improvement": -1.0},
+    "tolaria": {"epochs": 40, "lr": 3e-3, "batch_size": 128},
+}
+
+
+def test_training_goes_on_through_a_node_killed_mid_run(cluster, tmp_path):
+    """A growing run publishes to the cluster, with the processors (``esper processors``) materializing beside it;
+    a node is SIGKILLed at epoch 8 and restarted at epoch 20: training goes on, every event the broker acknowledged
+    is on the log exactly once, and the processors' state equals the replay (``esper replay --verify``'s check)."""
+    import os
+    import uuid
+
+    from esper_runtime.config import EsperConfig
+    from esper_runtime.kasmina import wrap
+    from esper_runtime.tamiyo import TamiyoController
+    from esper_runtime.tolaria import TolariaTrainer
+    from streams.topics import TOPICS
+    from views.folds import fold_run
+    from views.live import verify
+
+    from tests.unit.esper_runtime.helpers import host, make_library, spirals_small
+
+    from .test_processors import ProcessorsProcess
+
+    kafka, _ = cluster
+    prefix = f"chaos-{uuid.uuid4().hex[:6]}."
+    home = tmp_path / "home"
+    env = dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka.bootstrap, ESPER_HOME=str(home), ESPER_TOPIC_PREFIX=prefix,
+               ESPER_PROCESSORS_PORT=str(_free_block(1, 23000)))
+    bb = Backbone(load_settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=prefix, home=home),
+                  TOPICS.with_prefix(prefix))
+    bb.ensure_topics()
+    procs = ProcessorsProcess(env, tmp_path / "processors.log")
+    procs.start()
+    try:
+        store, view = make_library(tmp_path)
+        config = EsperConfig.model_validate(CFG)
+        run_id = f"chaos-{uuid.uuid4().hex[:6]}"
+        pub = bb.publisher()
+        model = wrap(host(), config.kasmina, artifacts=store, publisher=pub, run_id=run_id)
+        tamiyo = TamiyoController(model, config.tamiyo, urza=view, publisher=pub, run_id=run_id)
+        faults = []
+
+        def on_epoch(record):
+            if record["epoch"] == 8:
+                faults.append(("killed", kafka.kill_node(2)))  # SIGKILL, mid-run
+            elif record["epoch"] == 20:
+                faults.append(("restarted", kafka.start_node(2)))
+
+        trainer = TolariaTrainer(model, tamiyo, config.tolaria, *spirals_small(), publisher=pub, run_id=run_id,
+                                 on_epoch=on_epoch)
+        _, history = trainer.train()
+        pub.flush()  # raises if any record was not acknowledged by two replicas
+        assert [f[0] for f in faults] == ["killed", "restarted"] and faults[0][1] is True
+        assert len(history.epochs) == CFG["tolaria"]["epochs"]  # training went on through the fault
+        acknowledged = pub.published_by_run[run_id]
+        fold, bad = fold_run(bb, run_id)
+        assert bad == 0 and fold.events == acknowledged > 0 and fold.duplicates == 0  # all there, once each
+        assert fold.germinated >= 1
+        assert verify(bb, fold, timeout=120) == []  # the processors kept materializing through it
+        _wait_healed(kafka)
+    finally:
+        if procs.proc.poll() is None:
+            procs.stop()
+        bb.close()
