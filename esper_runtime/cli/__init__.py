@@ -1,3 +1,3 @@
 """The ``esper`` command."""
 
-__all__ = ["analytics", "api", "bench", "infra", "library", "main", "processors", "replay", "simic", "tail"]  # submodules, imported on use
+__all__ = ["analytics", "api", "bench", "chaos", "infra", "library", "main", "processors", "replay", "simic", "tail"]  # submodules, imported on use

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from esper_runtime.cli import analytics, api, bench, infra, library, processors, replay, simic, tail
+from esper_runtime.cli import analytics, api, bench, chaos, infra, library, processors, replay, simic, tail
 
 
 
@@ -43,6 +43,7 @@ app.command("replay")(replay.replay)
 app.command("sql")(analytics.sql)
 app.command("sink")(analytics.sink)
 app.command("processors")(processors.processors)
+app.command("chaos")(chaos.chaos)
 app.command("serve")(api.serve)
 app.command("alerts")(api.alerts)
 app.add_typer(api.token_app, name="token")

@@ -6,19 +6,16 @@ they come back. Its own ports and home: the session's broker is not touched."""
 from __future__ import annotations
 
 import socket
-import threading
-import time
 
 import pytest
 
 from esper_runtime.infra import LocalKafka
-from streams import Backbone, EnvelopeFactory, load_settings
-from streams.contracts import FieldReport
-from streams.exceptions import PublishError
+from esper_runtime.infra.chaos import CHAOS_TOPIC, node_kill, quorum_loss, wait_healed
+from streams import Backbone, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
-TOPIC = "innovation.field_reports"
+TOPIC = CHAOS_TOPIC
 
 
 def _free_block(n: int, start: int = 19500) -> int:
@@ -53,30 +50,6 @@ def cluster(tmp_path_factory):
         kafka.down()
 
 
-def _reports(envs: EnvelopeFactory, n: int) -> list[FieldReport]:
-    return [FieldReport(envelope=envs.next(f"blueprint/b{i % 5}"), blueprint_id=f"b{i % 5}", seed_id=f"seed/0/{i}",
-                        pre_metric=0.5, post_metric=0.6, outcome="FOSSILIZED", eval_metrics={"acc": 0.9})
-            for i in range(n)]
-
-
-def _on_log(bb: Backbone) -> list[str]:
-    return [e.decoded.typed().envelope.event_id for e in bb.replay_reader().events([bb.resolve_topic(TOPIC)])
-            if e.error is None]
-
-
-def _wait_healed(kafka: LocalKafka, timeout: float = 120) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            live, _, under = kafka.cluster(timeout=5)
-            if live == {1, 2, 3} and under == 0:
-                return time.monotonic() - t0
-        except Exception:  # noqa: BLE001 - mid-election
-            pass
-        time.sleep(1)
-    raise AssertionError(f"the cluster did not heal in {timeout:.0f}s: {kafka.status()}")
-
-
 def test_topics_are_replicated_three_times_with_two_in_sync(cluster):
     from confluent_kafka.admin import ConfigResource
 
@@ -94,64 +67,18 @@ def test_topics_are_replicated_three_times_with_two_in_sync(cluster):
 
 def test_a_node_killed_while_events_flow_loses_none(cluster):
     kafka, bb = cluster
-    topic = bb.resolve_topic(TOPIC)
-    before = set(_on_log(bb))
-    events = _reports(EnvelopeFactory("cluster-run", "test"), 3000)
-    published: list[str] = []
-    errors: list[BaseException] = []
-
-    def produce():
-        try:
-            with bb.publisher() as pub:
-                for i in range(0, len(events), 100):
-                    for ev in events[i:i + 100]:
-                        pub.publish(ev, topic=topic, key=ev.blueprint_id)
-                    pub.flush()  # raises on any record not acknowledged by two replicas
-                    published.extend(ev.envelope.event_id for ev in events[i:i + 100])
-                    time.sleep(0.01)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
-            errors.append(exc)
-
-    leader = bb.admin().list_topics(timeout=10).topics[topic].partitions[0].leader
-    thread = threading.Thread(target=produce)
-    thread.start()
-    while len(published) < 600 and thread.is_alive():
-        time.sleep(0.05)
-    assert kafka.kill_node(leader)  # SIGKILL: a crash, mid-stream, of the partition's leader
-    thread.join(timeout=300)
-    assert not errors, errors
-    assert len(published) == len(events)  # every flush came back acknowledged
-    kafka.start_node(leader)
-    healed = _wait_healed(kafka)
-    got = [i for i in _on_log(bb) if i not in before]
-    assert len(got) == len(events) and set(got) == set(published)  # nothing lost, nothing twice (idempotence)
-    print(f"node {leader} killed at {600}+ of {len(events)} events; healed {healed:.1f} s after its restart")
+    r = node_kill(kafka, bb, events=3000)  # the leader SIGKILLed after 20 %, back after 60 %
+    assert r["acknowledged"] == r["on_log"] == r["distinct_on_log"] == 3000, r  # every flush acknowledged; all there
+    assert r["lost"] == 0 and r["duplicates"] == 0 and r["ok"], r  # nothing lost, nothing twice (idempotence)
+    print(r)
 
 
 def test_two_of_three_lost_fails_loudly_and_recovers(cluster):
     kafka, bb = cluster
-    topic = bb.resolve_topic(TOPIC)
-    envs = EnvelopeFactory("cluster-outage", "test")
-    kafka.kill_node(2)
-    kafka.kill_node(3)
-    t0 = time.monotonic()
-    pub = bb.publisher(**{"message.timeout.ms": 8000})
-    lost = _reports(envs, 20)
-    for ev in lost:
-        pub.publish(ev, topic=topic, key=ev.blueprint_id)
-    with pytest.raises(PublishError):  # one node cannot make two in-sync replicas: an error, not a silent drop
-        pub.flush()
-    assert time.monotonic() - t0 < 60
-    kafka.up(timeout=180)  # starts the two missing nodes, waits for all three
-    _wait_healed(kafka)
-    after = _reports(envs, 20)
-    with bb.publisher() as pub:
-        for ev in after:
-            pub.publish(ev, topic=topic, key=ev.blueprint_id)
-        pub.flush()
-    on_log = set(_on_log(bb))
-    assert {ev.envelope.event_id for ev in after} <= on_log  # acknowledged after recovery: all there
-
+    r = quorum_loss(kafka, bb)
+    assert r["publish_failed"] and r["failed_after_s"] < 60, r  # one node cannot make two in-sync replicas: loud
+    assert r["on_log_after_recovery"] == r["published_after_recovery"] == 20 and r["ok"], r
+    print(r)
 
 
 CFG = {
@@ -218,7 +145,7 @@ def test_training_goes_on_through_a_node_killed_mid_run(cluster, tmp_path):
         assert bad == 0 and fold.events == acknowledged > 0 and fold.duplicates == 0  # all there, once each
         assert fold.germinated >= 1
         assert verify(bb, fold, timeout=120) == []  # the processors kept materializing through it
-        _wait_healed(kafka)
+        wait_healed(kafka)
     finally:
         if procs.proc.poll() is None:
             procs.stop()

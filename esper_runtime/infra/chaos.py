@@ -1,0 +1,157 @@
+"""Faults on a local KRaft cluster, each run as a scenario that says what it did and what it measured.
+
+What ``esper chaos`` runs at length and ``tests/integration/test_cluster.py`` runs small:
+
+- ``node_kill``: events published in acknowledged batches while the leader of the topic's first partition is
+  SIGKILLed part-way and restarted later: every batch must be acknowledged, every event on the log exactly once, and
+  the cluster whole again (all nodes in, nothing under-replicated) soon after the restart.
+- ``quorum_loss``: two of three nodes SIGKILLed: a publish cannot reach two in-sync replicas, so it must fail with
+  a ``PublishError`` (not vanish); with the nodes back, publishing must work again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from esper_runtime.infra.local_kafka import LocalKafka
+from streams import Backbone, EnvelopeFactory
+from streams.contracts import FieldReport
+from streams.exceptions import EsperError, PublishError
+
+__all__ = ["node_kill", "quorum_loss", "run_cluster_scenarios", "wait_healed", "CHAOS_TOPIC"]
+
+CHAOS_TOPIC = "innovation.field_reports"
+
+
+def _reports(envs: EnvelopeFactory, n: int) -> list[FieldReport]:
+    return [FieldReport(envelope=envs.next(f"blueprint/b{i % 5}"), blueprint_id=f"b{i % 5}", seed_id=f"seed/0/{i}",
+                        pre_metric=0.5, post_metric=0.6, outcome="FOSSILIZED", eval_metrics={"acc": 0.9})
+            for i in range(n)]
+
+
+def _on_log(bb: Backbone, run_id: str) -> list[str]:
+    """Event ids of ``run_id``'s events on the chaos topic, in log order (duplicates kept)."""
+    out = []
+    for e in bb.replay_reader().events([bb.resolve_topic(CHAOS_TOPIC)]):
+        if e.error is None:
+            env = e.decoded.record["envelope"]
+            if env["run_id"] == run_id:
+                out.append(env["event_id"])
+    return out
+
+
+def wait_healed(kafka: LocalKafka, timeout: float = 120.0) -> float:
+    """Seconds until every node is in the cluster and no partition is under-replicated."""
+    want = {n.node_id for n in kafka.nodes}
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            live, _, under = kafka.cluster(timeout=5)
+            if live == want and under == 0:
+                return round(time.monotonic() - t0, 2)
+        except Exception:  # noqa: BLE001 - mid-election: ask again
+            pass
+        time.sleep(0.5)
+    raise EsperError(f"the cluster did not heal in {timeout:.0f} s: {kafka.status()}")
+
+
+def node_kill(kafka: LocalKafka, bb: Backbone, events: int = 3000, batch: int = 100, kill_at: float = 0.2,
+              restart_at: float = 0.6) -> dict:
+    """Publish ``events`` in acknowledged batches; SIGKILL the partition leader after ``kill_at`` of them, restart it
+    after ``restart_at``. Raises if a batch is not acknowledged; reports what reached the log."""
+    topic = bb.resolve_topic(CHAOS_TOPIC)
+    run_id = f"chaos-{uuid.uuid4().hex[:8]}"
+    reports = _reports(EnvelopeFactory(run_id, "chaos"), events)
+    admin = bb.admin()
+    victim = admin.list_topics(timeout=10).topics[topic].partitions[0].leader
+    acknowledged: list[str] = []
+    marks: dict[str, float] = {}
+    t0 = time.monotonic()
+    done = threading.Event()
+
+    def faults():  # beside the publisher, so the kill lands while records are in flight
+        while not done.is_set() and len(acknowledged) < kill_at * events:
+            time.sleep(0.005)
+        if done.is_set():
+            return
+        kafka.kill_node(victim)
+        marks["killed"] = time.monotonic() - t0
+        while not done.is_set() and len(acknowledged) < restart_at * events:
+            time.sleep(0.005)
+        kafka.start_node(victim)
+        marks["restarted"] = time.monotonic() - t0
+
+    killer = threading.Thread(target=faults, daemon=True)
+    killer.start()
+    try:
+        with bb.publisher() as pub:
+            for i in range(0, events, batch):
+                chunk = reports[i:i + batch]
+                for ev in chunk:
+                    pub.publish(ev, topic=topic, key=ev.blueprint_id)
+                pub.flush()  # raises PublishError if a record did not reach two in-sync replicas
+                acknowledged.extend(ev.envelope.event_id for ev in chunk)
+    finally:
+        done.set()
+        killer.join()
+    publish_s = time.monotonic() - t0
+    if "killed" not in marks:
+        raise EsperError("node_kill: the publishing ended before the kill point; publish more events")
+    healed_s = wait_healed(kafka)
+    on_log = _on_log(bb, run_id)
+    return {"scenario": "node_kill", "node_killed": victim, "events": events,
+            "acknowledged": len(acknowledged), "on_log": len(on_log), "distinct_on_log": len(set(on_log)),
+            "lost": len(set(acknowledged) - set(on_log)), "duplicates": len(on_log) - len(set(on_log)),
+            "killed_at_s": round(marks["killed"], 2), "restarted_at_s": round(marks["restarted"], 2),
+            "publish_events_per_s": round(events / publish_s), "healed_after_restart_s": healed_s,
+            "ok": len(acknowledged) == events and set(on_log) == set(acknowledged) and len(on_log) == events}
+
+
+def quorum_loss(kafka: LocalKafka, bb: Backbone, events: int = 20, message_timeout_ms: int = 8000) -> dict:
+    """Two of three nodes SIGKILLed, ``events`` published: the flush must fail loudly; the nodes restarted, the
+    same number published again must be acknowledged and on the log."""
+    if len(kafka.nodes) < 3:
+        raise EsperError("quorum_loss needs a cluster of three nodes (esper infra up --brokers 3)")
+    topic = bb.resolve_topic(CHAOS_TOPIC)
+    run_id = f"chaos-{uuid.uuid4().hex[:8]}"
+    envs = EnvelopeFactory(run_id, "chaos")
+    victims = [n.node_id for n in kafka.nodes[1:3]]
+    for node_id in victims:
+        kafka.kill_node(node_id)
+    t0 = time.monotonic()
+    pub = bb.publisher(**{"message.timeout.ms": message_timeout_ms})
+    for ev in _reports(envs, events):
+        pub.publish(ev, topic=topic, key=ev.blueprint_id)
+    error = None
+    try:
+        pub.flush()
+    except PublishError as exc:
+        error = str(exc)
+    failed_after_s = round(time.monotonic() - t0, 2)
+    t1 = time.monotonic()
+    kafka.up(timeout=180)
+    healed_s = wait_healed(kafka)
+    after = _reports(envs, events)
+    with bb.publisher() as pub2:
+        for ev in after:
+            pub2.publish(ev, topic=topic, key=ev.blueprint_id)
+        pub2.flush()
+    recovered_s = round(time.monotonic() - t1, 2)
+    on_log = set(_on_log(bb, run_id))
+    after_ids = {ev.envelope.event_id for ev in after}
+    return {"scenario": "quorum_loss", "nodes_killed": victims, "publish_failed": error is not None,
+            "error": (error or "")[:300], "failed_after_s": failed_after_s, "healed_s": healed_s,
+            "recovered_s": recovered_s, "published_after_recovery": len(after_ids),
+            "on_log_after_recovery": len(after_ids & on_log),
+            "ok": error is not None and after_ids <= on_log}
+
+
+def run_cluster_scenarios(kafka: LocalKafka, bb: Backbone, events: int, echo=lambda m: None) -> list[dict]:
+    """Both scenarios on a running cluster, in order."""
+    echo(f"node_kill: {events:,} events, the leader killed at 20 %, restarted at 60 %")
+    results = [node_kill(kafka, bb, events=events)]
+    echo("quorum_loss: two of three nodes killed")
+    results.append(quorum_loss(kafka, bb))
+    return results
