@@ -70,6 +70,7 @@ def node_kill(kafka: LocalKafka, bb: Backbone, events: int = 3000, batch: int = 
     marks: dict[str, float] = {}
     t0 = time.monotonic()
     done = threading.Event()
+    acked_at: list[float] = [t0]  # when each batch was acknowledged: the longest gap is the failover stall
 
     def faults():  # beside the publisher, so the kill lands while records are in flight
         while not done.is_set() and len(acknowledged) < kill_at * events:
@@ -93,6 +94,7 @@ def node_kill(kafka: LocalKafka, bb: Backbone, events: int = 3000, batch: int = 
                     pub.publish(ev, topic=topic, key=ev.blueprint_id)
                 pub.flush()  # raises PublishError if a record did not reach two in-sync replicas
                 acknowledged.extend(ev.envelope.event_id for ev in chunk)
+                acked_at.append(time.monotonic())
     finally:
         done.set()
         killer.join()
@@ -106,6 +108,7 @@ def node_kill(kafka: LocalKafka, bb: Backbone, events: int = 3000, batch: int = 
             "lost": len(set(acknowledged) - set(on_log)), "duplicates": len(on_log) - len(set(on_log)),
             "killed_at_s": round(marks["killed"], 2), "restarted_at_s": round(marks["restarted"], 2),
             "publish_events_per_s": round(events / publish_s), "healed_after_restart_s": healed_s,
+            "longest_stall_s": round(max(b - a for a, b in zip(acked_at, acked_at[1:])), 2),
             "ok": len(acknowledged) == events and set(on_log) == set(acknowledged) and len(on_log) == events}
 
 
