@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.process import pid_alive
 from streams.config import CLUSTER_SIZE_FILE, StreamSettings, in_checkout, resource_dir
 from esper_runtime.infra.exceptions import BrokerError
 
@@ -236,11 +237,11 @@ class LocalKafka:
             return False
         os.kill(pid, sig)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while pid_alive(pid):
                 time.sleep(0.1)
         node.pid_file.unlink(missing_ok=True)
         return True
@@ -262,12 +263,12 @@ class LocalKafka:
             if pid is None:
                 continue
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and pid_alive(pid):
                 time.sleep(0.2)
-            if _alive(pid):
+            if pid_alive(pid):
                 echo(f"broker pid {pid} did not stop in {timeout:.0f}s; killing it")
                 os.kill(pid, signal.SIGKILL)
-                while _alive(pid):
+                while pid_alive(pid):
                     time.sleep(0.1)
             node.pid_file.unlink(missing_ok=True)
             stopped = True
@@ -345,7 +346,7 @@ class LocalKafka:
         while time.monotonic() < deadline:
             for node in self.nodes:
                 pid = started.get(node.node_id) or self.pid(node.node_id)
-                if pid is None or not _alive(pid):
+                if pid is None or not pid_alive(pid):
                     node.pid_file.unlink(missing_ok=True)
                     raise BrokerError(f"Kafka node {node.node_id} exited during start-up; last log lines:\n"
                                       f"{self._log_tail(node)}")
@@ -366,27 +367,6 @@ class LocalKafka:
             if path.exists():
                 chunks.append(f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(chunks) or "(no logs)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as gone.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
-        if state == "Z":
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            return False
-    except (OSError, IndexError):
-        return False
-    return True
 
 
 def _port_taken(port: int) -> bool:

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from streams.config import resource_dir
+from streams.process import pid_alive
 from processors.exceptions import StoreBusy, StoreError, StoreUnavailable
 
 __all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "StoreUnavailable", "open_store", "schema_sql",
@@ -171,7 +172,7 @@ class OwnerClient(_Store):
             except (urllib.error.URLError, OSError) as exc:
                 # the owner advertises its endpoint before its web server listens: while it is alive, it is starting
                 refused = isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
-                if refused and time.monotonic() < deadline and _pid_alive(self.owner_pid):
+                if refused and time.monotonic() < deadline and pid_alive(self.owner_pid):
                     time.sleep(0.5)
                     continue
                 raise StoreBusy(f"the store's owner (pid {self.owner_pid}) does not answer at {self.url}: {exc}") \
@@ -238,25 +239,12 @@ def _redact(url: str) -> str:
         if parts.hostname else url
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _live_owner(owner: Path) -> int | None:
     try:
         pid = int(owner.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError):
         return None
-    except PermissionError:
-        return pid
+    return pid if pid_alive(pid) else None
 
 
 def open_store(settings, *, own: bool = False):
