@@ -145,6 +145,7 @@ class KafkaSource:
         self._buffers: dict[tuple[str, int], deque[LogRecord]] = {}
         self._ends: dict[tuple[str, int], int] = {}
         self._done: set[tuple[str, int]] = set()
+        self._assigned: set[tuple[str, int]] = set()  # partitions the consumer has now
         self._paused: set[tuple[str, int]] = set()
 
     def partitions(self, topic: str) -> int:
@@ -173,9 +174,15 @@ class KafkaSource:
         from confluent_kafka import TopicPartition
 
         tp = (topic, partition)
+        if tp in self._assigned:  # an earlier read of it was left unfinished: start over
+            self._consumer.incremental_unassign([TopicPartition(topic, partition)])
+            self._assigned.discard(tp)
+        self._done.discard(tp)  # read before: this is a new read of it
+        self._paused.discard(tp)
         self._buffers[tp] = deque()
         self._ends[tp] = end
         self._consumer.incremental_assign([TopicPartition(topic, partition, start)])
+        self._assigned.add(tp)
         return self._drain(tp)
 
     def _drain(self, tp: tuple[str, int]) -> Iterator[LogRecord]:
@@ -226,6 +233,7 @@ class KafkaSource:
         if tp not in self._done:
             self._done.add(tp)
             self._consumer.incremental_unassign([TopicPartition(*tp)])
+            self._assigned.discard(tp)
 
     def close(self) -> None:
         self._consumer.close()

@@ -67,3 +67,17 @@ def _partition_sizes(backend, topic):
     for r in backend.make_reader().records([topic]):
         sizes[r.partition] = sizes.get(r.partition, 0) + 1
     return sizes
+
+
+def test_one_reader_reads_a_topic_again_and_again(backend):
+    """What the schema-catalog resolver does in a long-lived process: the same source re-reads a topic, after a
+    full read and after one abandoned half-way."""
+    topic = _publish(backend, 40)
+    reader = backend.make_reader()
+    first = list(reader.records([topic]))
+    abandoned = reader.records([topic])
+    next(abandoned)
+    del abandoned
+    again = list(reader.records([topic]))
+    third = list(reader.records([topic]))
+    assert len(first) == len(again) == len(third) == 40
