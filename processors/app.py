@@ -36,11 +36,11 @@ from processors.clickhouse.sink import SINK_TOPICS, backoff, insert_or_set_aside
 from processors.exceptions import StoreUnavailable
 from processors.faust_patch import limit_fetch_wait
 from views.seed_state import APPLIED, GAP, fold_seed, seed_key
-from streams.state import encode_state_value, read_state_topic
+from streams.state import BY_SOURCE_PARTITION, LAYOUT_HEADER, check_layout, encode_state_value, read_state_topic
 from views.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
 from streams.deadletter import dead_letter_headers, decode_for_topic
-from streams.exceptions import DecodeError
+from streams.exceptions import ConfigError, DecodeError
 
 __all__ = ["Processors", "MaterializedState", "SEED_STATE_TOPIC", "URZA_STATE_TOPIC", "DISTRIBUTIONS_TOPIC",
            "URZA_TOPICS", "AGENTS"]
@@ -99,7 +99,9 @@ class Processors:
         )
         self._raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self._deadletter = self.app.topic(self.bb.registry.deadletter, **self._raw)
+        self._partitioned: list[tuple[str, MaterializedState]] = []  # (source topic, its partitioned state)
         self._build()
+        self.app.on_partitions_revoked.connect(self._on_revoked)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -151,21 +153,22 @@ class Processors:
     def _build(self) -> None:
         app = self.app
         if "seed-state" in self.agents:
-            seeds = self._state(SEED_STATE_TOPIC, "seed-state")
+            seeds = self._state(SEED_STATE_TOPIC, "seed-state", partitioned=True)
 
             @app.agent(self._topic("kasmina.lifecycle.transitions"), name="seed-state")
             @self._reports_crashes("seed-state")
             async def seed_state(stream):
-                await seeds.load()
                 async for batch in self._batches(stream, "seed-state"):
                     now = time.time()
                     for event, ev in batch:
+                        partition = event.message.partition
+                        await seeds.ensure(partition)
                         key = seed_key(ev.envelope.run_id, ev.envelope.originator_id)
                         current = seeds.get(key)
                         outcome, state = fold_seed(current, ev)
                         self.stats["seed-state"][outcome] += 1
                         if outcome == APPLIED:
-                            seeds.set(key, state)
+                            seeds.set(key, state, partition)
                             self.lag_ms.append((now - event.message.timestamp) * 1000)  # faust: seconds
                         elif outcome == GAP:
                             await self._dead_letter(event, "version-gap", f"{ev.envelope.originator_id} version "
@@ -193,23 +196,23 @@ class Processors:
                     await library.flush()
 
         if "distributions" in self.agents:
-            dist = self._state(DISTRIBUTIONS_TOPIC, "distributions")
+            dist = self._state(DISTRIBUTIONS_TOPIC, "distributions", partitioned=True)
 
             @app.agent(self._topic("urabrask.kernels.reports"), name="distributions")
             @self._reports_crashes("distributions")
             async def distributions(stream):
-                await dist.load()
                 async for batch in self._batches(stream, "distributions"):
-                    for _, ev in batch:
+                    for event, ev in batch:
                         if type(ev).__name__ != "KernelValidationReport" or not ev.passed:
                             continue
+                        await dist.ensure(event.message.partition)
                         key = f"{ev.hardware}|{ev.artifact_id}"
                         if dist.get(key) is not None:
                             self.stats["distributions"]["duplicate"] += 1
                             continue
                         dist.set(key, {"latency_ms_mean": ev.latency_ms_mean, "memory_mb_peak": ev.memory_mb_peak,
                                        "latency_ms_p99": ev.latency_ms_p99,
-                                       "throughput_ops_per_sec": ev.throughput_ops_per_sec})
+                                       "throughput_ops_per_sec": ev.throughput_ops_per_sec}, event.message.partition)
                         self.stats["distributions"]["applied"] += 1
                     await dist.flush()
 
@@ -272,8 +275,22 @@ class Processors:
             log.warning("telemetry sink: record set aside (dead-letter topic): %s", reason)
             await self._dead_letter(kept[i][0], "unstorable", reason, "telemetry-sink")
 
-    def _state(self, name: str, agent: str) -> "MaterializedState":
-        return MaterializedState(self.bb, name, self.app, self.stats[agent])
+    async def _on_revoked(self, sender, revoked, **kwargs) -> None:
+        """A rebalance took partitions away: their state goes with them (their new owner restores it)."""
+        for source, state in self._partitioned:
+            state.revoke({tp.partition for tp in revoked if tp.topic == source})
+
+    def _state(self, name: str, agent: str, partitioned: bool = False) -> "MaterializedState":
+        state = MaterializedState(self.bb, name, self.app, self.stats[agent], partitioned)
+        if partitioned:
+            source = {SEED_STATE_TOPIC: "kasmina.lifecycle.transitions",
+                      DISTRIBUTIONS_TOPIC: "urabrask.kernels.reports"}[name]
+            registry = self.bb.registry
+            if registry.spec(self.bb.resolve_topic(source)).partitions != state.spec.partitions:
+                raise ConfigError(f"{name} must have as many partitions as {source}: each state partition is "
+                                  "the state of one input partition")
+            self._partitioned.append((self.bb.resolve_topic(source), state))
+        return state
 
     async def _batches(self, stream, agent: str):
         """The stream in batches of decoded events (what cannot be decoded is dead-lettered on the way). A batch's
@@ -310,10 +327,43 @@ class Processors:
         else:
             self._store_token = None
 
+    def rebuild(self, timeout: float = 60.0) -> list[str]:
+        """Forget what this app materialized, so that it folds the log again from the start: its group's committed
+        offsets and its agents' state topics are deleted (then recreated empty). Refused while a worker of the group
+        runs. Returns what was deleted."""
+        from confluent_kafka import KafkaException
+
+        admin = self.bb.admin()
+        gone = []
+        try:
+            admin.delete_consumer_groups([self.app_id], request_timeout=timeout)[self.app_id].result()
+            gone.append(f"group {self.app_id}")
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.name() == "NON_EMPTY_GROUP":
+                raise ConfigError(f"workers of {self.app_id} are running: stop them before --rebuild") from None
+            if err.name() != "GROUP_ID_NOT_FOUND":
+                raise ConfigError(f"cannot reset {self.app_id}: {err.str()}") from None
+        states = [self.bb.resolve_topic(t) for agent, t in (("seed-state", SEED_STATE_TOPIC), ("urza", URZA_STATE_TOPIC),
+                                                            ("distributions", DISTRIBUTIONS_TOPIC))
+                  if agent in self.agents]
+        existing = set(admin.list_topics(timeout=timeout).topics)
+        doomed = [t for t in states if t in existing]
+        for topic, future in (admin.delete_topics(doomed, operation_timeout=timeout).items() if doomed else []):
+            future.result()
+            gone.append(topic)
+        deadline = time.monotonic() + timeout
+        while set(doomed) & set(admin.list_topics(timeout=timeout).topics) and time.monotonic() < deadline:
+            time.sleep(0.5)  # deletion finishes in the background; recreating too early fails
+        self.bb.ensure_topics()
+        return gone
+
     def run(self, loglevel: str = "warning") -> None:
         """Run the worker until SIGTERM / SIGINT (blocking); the store is closed on the way out."""
         limit_fetch_wait(self.fetch_wait_ms)
         self.bb.ensure_topics()
+        for _, state in self._partitioned:  # refuse, with what to do, a state topic laid out the old way
+            check_layout(self.bb, state.name, BY_SOURCE_PARTITION)
         if "telemetry-sink" in self.agents:
             self.open_store()
         try:
@@ -329,9 +379,14 @@ class Processors:
 
 
 class MaterializedState:
-    """An agent's state: a dict restored from its compacted topic when the agent starts; each batch's changes
-    written back (the last value of each changed key) straight to the Kafka producer, keyed by entry, so the key's
-    partition, and with it the latest value, never depends on which source partition the change came from.
+    """An agent's state: a dict restored from its compacted topic, each batch's changes written back (the last
+    value of each changed key) straight to the Kafka producer.
+
+    ``partitioned`` (seed-state, distributions): an entry is written to the partition number of the input record
+    it was folded from, so the worker that owns input partition p restores state partition p when it first sees a
+    record from it (``ensure``) and drops it when the partition is revoked: several workers of one consumer group
+    each hold only their partitions' state. Otherwise (Urza, whose inputs are keyed differently) the whole topic is
+    restored when the agent starts, and entries go where their key hashes.
 
     Not a faust Table on purpose: a table's changelog writes go through faust's producer buffer, whose flush before
     a commit gives up after 0.1 s (``ProducerBuffer.flush_atmost``), so a commit can overtake them; a kill -9 then
@@ -339,17 +394,46 @@ class MaterializedState:
     events are acknowledged, and faust flushes that queue before it commits offsets.
     """
 
-    def __init__(self, backbone: Backbone, name: str, app: faust.App, stats: Counter):
+    def __init__(self, backbone: Backbone, name: str, app: faust.App, stats: Counter, partitioned: bool = False):
         self.bb, self.name, self.app, self.stats = backbone, name, app, stats
         self.topic = backbone.resolve_topic(name)
         self.spec = backbone.registry.spec(self.topic)  # its value_schema: what each value is encoded as
+        self.partitioned = partitioned
         self._data: dict[str, Any] = {}
-        self._dirty: dict[str, Any] = {}
+        self._partition: dict[str, int] = {}  # key -> the state partition it lives in (partitioned)
+        self._loaded: set[int] = set()
+        self._dirty: dict[str, tuple[Any, int | None]] = {}
+        self._headers = [(LAYOUT_HEADER, BY_SOURCE_PARTITION.encode())] if partitioned else None
 
     async def load(self) -> None:
+        """The whole topic (not partitioned)."""
         loop = asyncio.get_running_loop()
         self._data = await loop.run_in_executor(None, read_state_topic, self.bb, self.name)
         self.stats["restored_entries"] = len(self._data)
+
+    async def ensure(self, partition: int) -> None:
+        """State partition ``partition`` restored, once per assignment (partitioned)."""
+        if partition in self._loaded:
+            return
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        entries = await loop.run_in_executor(None, functools.partial(
+            read_state_topic, self.bb, self.name, partitions={partition}, layout=BY_SOURCE_PARTITION))
+        for key, value in entries.items():
+            self._data[key] = value
+            self._partition[key] = partition
+        self._loaded.add(partition)
+        self.stats["restored_entries"] += len(entries)
+        self.stats["restored_partitions"] += 1
+        self.stats["restore_ms"] += round((time.monotonic() - t0) * 1000)
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Forget the state of partitions this worker no longer owns (their new owner restores them)."""
+        if not partitions & self._loaded:
+            return
+        for key in [k for k, p in self._partition.items() if p in partitions]:
+            del self._data[key], self._partition[key]
+        self._loaded -= partitions
 
     def get(self, key: str) -> Any:
         return self._data.get(key)
@@ -357,17 +441,19 @@ class MaterializedState:
     def items(self):
         return list(self._data.items())
 
-    def set(self, key: str, value: Any) -> None:
+    def set(self, key: str, value: Any, partition: int | None = None) -> None:
         if value is None:
             self._data.pop(key, None)
         else:
             self._data[key] = value
-        self._dirty[key] = value
+        if partition is not None:
+            self._partition[key] = partition
+        self._dirty[key] = (value, partition)
 
     async def flush(self) -> None:
         producer = self.app.producer
-        for key, value in self._dirty.items():
+        for key, (value, partition) in self._dirty.items():
             raw = None if value is None else encode_state_value(self.bb.serde, self.spec, value)
-            await producer.send(self.topic, key.encode(), raw, None, None, None)
+            await producer.send(self.topic, key.encode(), raw, partition, None, self._headers)
         self.stats["state_writes"] += len(self._dirty)
         self._dirty = {}

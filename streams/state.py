@@ -17,7 +17,20 @@ from typing import Any
 
 from streams.exceptions import EsperError
 
-__all__ = ["read_state_topic", "encode_state_value", "decode_state_value"]
+__all__ = ["read_state_topic", "encode_state_value", "decode_state_value", "LAYOUT_HEADER",
+           "BY_SOURCE_PARTITION", "StateLayoutError", "check_layout"]
+
+LAYOUT_HEADER = "esper.state.layout"
+# an entry lives in the partition number of the input record it was folded from: a worker that owns input
+# partition p restores state partition p and nothing else
+BY_SOURCE_PARTITION = "source-partition"
+
+
+class StateLayoutError(EsperError):
+    """A state topic was written with another partition layout than the one its reader needs."""
+
+    exit_code = 2
+
 
 
 def encode_state_value(serde, spec, value: dict) -> bytes:
@@ -32,7 +45,11 @@ def decode_state_value(serde, raw: bytes) -> dict:
     return serde.decode(raw).record
 
 
-def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, Any]:
+def read_state_topic(backbone, name: str, timeout: float = 60.0, partitions: set[int] | None = None,
+                     layout: str | None = None) -> dict[str, Any]:
+    """The latest value of every key of a state topic (only of ``partitions``, when given). With ``layout``, every
+    record must carry that ``esper.state.layout`` header (how its partition was chosen); one without it was
+    written by an older Esper and raises ``StateLayoutError``."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     topic = backbone.resolve_topic(name)
@@ -45,6 +62,8 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, An
         ends: dict[int, int] = {}
         assign = []
         for p in meta.topics[topic].partitions:
+            if partitions is not None and p not in partitions:
+                continue
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if high > low:
                 ends[p] = high
@@ -59,6 +78,11 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, An
                 if msg.error() is not None:
                     continue
                 key = msg.key().decode()
+                if layout is not None and dict(msg.headers() or []).get(LAYOUT_HEADER) != layout.encode():
+                    raise StateLayoutError(
+                        f"{topic} holds entries written by an older Esper (key {key!r} in partition "
+                        f"{msg.partition()} has no {LAYOUT_HEADER}={layout} header): stop the processors and run "
+                        "`esper processors --rebuild`, which folds the state again from the log")
                 value = None if msg.value() is None else decode_state_value(backbone.serde, msg.value())
                 if value is None:  # a tombstone (or JSON null): the entry is gone
                     state.pop(key, None)
@@ -71,5 +95,39 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0) -> dict[str, An
         return state
     except KafkaException as exc:
         raise EsperError(f"cannot read {topic}: {exc}") from None
+    finally:
+        consumer.close()
+
+
+def check_layout(backbone, name: str, layout: str, timeout: float = 30.0) -> None:
+    """Raise ``StateLayoutError`` if the first record of any partition of a state topic lacks the ``layout``
+    header: the topic was written by an Esper that placed entries another way (its entries sit first, as nothing
+    since has overwritten them in those partitions). Reads one record per partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = backbone.resolve_topic(name)
+    consumer = Consumer({"bootstrap.servers": backbone.bootstrap, "group.id": "esper-state-reader",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if meta.topics[topic].error is not None:
+            return  # not created yet: nothing written the old way
+        for p in meta.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            deadline = time.monotonic() + timeout
+            msg = None
+            while msg is None and time.monotonic() < deadline:
+                got = consumer.consume(num_messages=1, timeout=0.5)
+                msg = next((m for m in got if m.error() is None), None)
+            if msg is None:
+                raise EsperError(f"reading {topic} partition {p} timed out")
+            if dict(msg.headers() or []).get(LAYOUT_HEADER) != layout.encode():
+                raise StateLayoutError(
+                    f"{topic} holds entries written by an older Esper (partition {p} starts with one that has no "
+                    f"{LAYOUT_HEADER}={layout} header): stop the processors and run `esper processors --rebuild`, "
+                    "which folds the state again from the log")
     finally:
         consumer.close()

@@ -38,12 +38,13 @@ def _free_port() -> int:
 class ProcessorsProcess:
     """``esper processors`` as a child process of this test (the only processes it ever signals)."""
 
-    def __init__(self, env: dict, log: Path):
-        self.env, self.log, self.proc = env, log, None
+    def __init__(self, env: dict, log: Path, args: tuple[str, ...] = ()):
+        self.env, self.log, self.proc, self.args = env, log, None, tuple(args)
 
     def start(self) -> None:
         loglevel = os.environ.get("ESPER_TEST_PROCESSORS_LOGLEVEL", "warning")  # info: to chase a failure
-        self.proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors", "--loglevel", loglevel],
+        self.proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors", "--loglevel", loglevel,
+                                      *self.args],
                                      env=self.env,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 

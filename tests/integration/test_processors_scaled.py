@@ -1,0 +1,127 @@
+"""Two workers of one consumer group materialize seed state together, each holding only its partitions' state:
+while runs' transitions flow, a worker is killed (SIGKILL) at random points and started again; the other takes its
+partitions over (restoring their state from the state topic's partitions, not the whole topic), and in the end the
+state equals a replay of the log. A state topic written with the old layout is refused, and --rebuild folds it
+again."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+
+import pytest
+
+from streams import Backbone, load_settings
+from streams.state import read_state_topic
+from streams.synthetic import synthetic_run
+from views.run_view import RunView
+
+from .test_processors import ProcessorsProcess, _free_port, _publish
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _seeds(bb, runs):
+    seeds = read_state_topic(bb, "state.kasmina.seeds")
+    return {run: {v["seed"]: v for v in seeds.values() if v["run_id"] == run} for run in runs}
+
+
+def test_two_workers_share_the_partitions_and_survive_kills(topic_registry, tmp_path):
+    registry = topic_registry()
+    bb = Backbone(load_settings(topic_prefix=registry.prefix, home=tmp_path), registry)
+    group = f"{registry.prefix}scaled"
+    workers = []
+    for i in range(2):
+        env = dict(os.environ, ESPER_TOPIC_PREFIX=registry.prefix, ESPER_HOME=str(tmp_path / f"w{i}"),
+                   ESPER_PROCESSORS_PORT=str(_free_port()))
+        workers.append(ProcessorsProcess(env, tmp_path / f"worker{i}.log",
+                                         ("--agents", "seed-state", "--app-id", group)))
+    rng = random.Random(11)
+    runs = [f"run-{uuid.uuid4().hex[:6]}" for _ in range(6)]
+    published = []
+    recoveries = []
+    try:
+        for w in workers:
+            w.start()
+        for k, run in enumerate(runs):
+            events = list(synthetic_run(run, seed=k))
+            half = len(events) // 2
+            published += _publish(bb, events[:half])
+            victim = workers[rng.randrange(2)]
+            time.sleep(rng.uniform(0.0, 2.0))
+            victim.kill9()  # at a random point while the run's events are being materialized
+            t0 = time.monotonic()
+            published += _publish(bb, events[half:])
+            want = RunView(run)
+            for ev in published:
+                want.apply(ev)
+            deadline = time.monotonic() + 90
+            while _seeds(bb, [run])[run] != want.seed_states and time.monotonic() < deadline:
+                time.sleep(0.5)  # the survivor must take the dead worker's partitions over
+            recoveries.append(round(time.monotonic() - t0, 1))
+            assert _seeds(bb, [run])[run] == want.seed_states, f"run {run} not materialized after a kill"
+            victim.start()
+        expected = {}
+        for run in runs:
+            view = RunView(run)
+            for ev in published:
+                view.apply(ev)
+            expected[run] = view.seed_states
+        deadline = time.monotonic() + 60
+        while (got := _seeds(bb, runs)) != expected and time.monotonic() < deadline:
+            time.sleep(1)
+        assert got == expected
+        statuses = []
+        for w in workers:
+            deadline = time.monotonic() + 30
+            while (st := w.status()) is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            statuses.append(st)
+        print(f"recovery after each kill (s): {recoveries}; workers: {[s and s['stats'] for s in statuses]}")
+    finally:
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.stop()
+        bb.close()
+
+
+def test_state_laid_out_the_old_way_is_refused_and_rebuilt(topic_registry, tmp_path):
+    import subprocess
+    import sys
+
+    from streams.state import encode_state_value
+
+    registry = topic_registry()
+    bb = Backbone(load_settings(topic_prefix=registry.prefix, home=tmp_path), registry)
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    published = _publish(bb, synthetic_run(run, seed=5))
+    old = {"run_id": "gone", "seed": "seed/0/0", "state": "GERMINATED", "version": 1, "epoch": 0,
+           "kernel_artifact_id": None, "reason": "", "event_id": "e", "occurred_at_ms": 0}
+    topic = bb.resolve_topic("state.kasmina.seeds")
+    pub = bb.publisher()
+    pub.publish_raw(topic, encode_state_value(bb.serde, registry.spec(topic), old), b"gone|seed/0/0")  # no header
+    pub.flush()
+    env = dict(os.environ, ESPER_TOPIC_PREFIX=registry.prefix, ESPER_HOME=str(tmp_path),
+               ESPER_PROCESSORS_PORT=str(_free_port()))
+    args = [sys.executable, "-m", "esper_runtime.cli.main", "processors", "--agents", "seed-state", "--app-id",
+            f"{registry.prefix}relayout"]
+    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--rebuild" in res.stdout + res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
+    worker = ProcessorsProcess(env, tmp_path / "rebuilt.log", ("--agents", "seed-state", "--app-id",
+                                                              f"{registry.prefix}relayout", "--rebuild"))
+    worker.start()
+    try:
+        want = RunView(run)
+        for ev in published:
+            want.apply(ev)
+        deadline = time.monotonic() + 90
+        while (got := _seeds(bb, [run, "gone"])) != {run: want.seed_states, "gone": {}} and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+        assert got == {run: want.seed_states, "gone": {}}  # folded again from the log; the stray entry is gone
+    finally:
+        if worker.proc.poll() is None:
+            worker.stop()
+        bb.close()
