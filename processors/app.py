@@ -36,7 +36,8 @@ from processors.clickhouse.sink import SINK_TOPICS, backoff, insert_or_set_aside
 from processors.exceptions import StoreUnavailable
 from processors.faust_patch import limit_fetch_wait
 from views.seed_state import APPLIED, GAP, fold_seed, seed_key
-from streams.state import BY_SOURCE_PARTITION, LAYOUT_HEADER, check_layout, encode_state_value, read_state_topic
+from streams.state import (BY_SOURCE_PARTITION, LAYOUT_HEADER, StateLayoutError, check_layout, encode_state_value,
+                           read_state_topic)
 from views.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
 from streams.deadletter import dead_letter_headers, decode_for_topic
@@ -326,6 +327,15 @@ class Processors:
             self._store_token = self.store.advertise(f"http://127.0.0.1:{self.web_port}")
         else:
             self._store_token = None
+
+    def stale(self) -> bool:
+        """Whether a partitioned state topic was laid out by an older Esper (``--rebuild`` folds it again)."""
+        try:
+            for _, state in self._partitioned:
+                check_layout(self.bb, state.name, BY_SOURCE_PARTITION)
+        except StateLayoutError:
+            return True
+        return False
 
     def rebuild(self, timeout: float = 60.0) -> list[str]:
         """Forget what this app materialized, so that it folds the log again from the start: its group's committed

@@ -21,6 +21,8 @@ def processors(
     rebuild: bool = typer.Option(False, "--rebuild", help="First fold the state again from the log: delete the "
                                  "state topics of these agents and the group's committed offsets (no worker of "
                                  "the group may be running), then run."),
+    rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="--rebuild only if a state topic was laid out "
+                                       "by an older Esper (what `esper demo` and `esper run` start them with)."),
 ) -> None:
     """Run the processors' app until SIGTERM or Ctrl-C: seed state -> state.kasmina.seeds, Urza ->
     state.urza.library, Urabrask's peers -> state.urabrask.distributions, telemetry -> ClickHouse (this process
@@ -32,6 +34,8 @@ def processors(
     if unknown:
         raise typer.BadParameter(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
     procs = Processors(agents=chosen, web_port=port, app_id=app_id)
+    if rebuild_stale and not rebuild:
+        rebuild = procs.stale()
     if rebuild:
         console.print(f"rebuilding: {', '.join(procs.rebuild())} deleted; the state is folded again from the log")
     console.print(f"processors {procs.app_id}: {', '.join(chosen)}; status at "

@@ -58,7 +58,8 @@ class LocalProcessors:
             return False
         self.base.mkdir(parents=True, exist_ok=True)
         log = (self.base / "processors.log").open("ab")
-        args = [sys.executable, "-m", "esper_runtime.cli.main", "processors"]
+        # its state is a cache of the log kept for this home: one laid out by an older Esper is folded again
+        args = [sys.executable, "-m", "esper_runtime.cli.main", "processors", "--rebuild-stale"]
         if self.agents:
             args += ["--agents", ",".join(self.agents)]
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self._env(),

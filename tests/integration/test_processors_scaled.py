@@ -110,7 +110,7 @@ def test_state_laid_out_the_old_way_is_refused_and_rebuilt(topic_registry, tmp_p
     res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--rebuild" in res.stdout + res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
     worker = ProcessorsProcess(env, tmp_path / "rebuilt.log", ("--agents", "seed-state", "--app-id",
-                                                              f"{registry.prefix}relayout", "--rebuild"))
+                                                              f"{registry.prefix}relayout", "--rebuild-stale"))
     worker.start()
     try:
         want = RunView(run)
