@@ -20,7 +20,7 @@ from streams import Backbone, EnvelopeFactory
 from streams.contracts import FieldReport
 from streams.exceptions import EsperError, PublishError
 
-__all__ = ["node_kill", "quorum_loss", "run_cluster_scenarios", "wait_healed", "CHAOS_TOPIC"]
+__all__ = ["node_kill", "quorum_loss", "produce_latency", "run_cluster_scenarios", "wait_healed", "CHAOS_TOPIC"]
 
 CHAOS_TOPIC = "innovation.field_reports"
 
@@ -151,10 +151,41 @@ def quorum_loss(kafka: LocalKafka, bb: Backbone, events: int = 20, message_timeo
             "ok": error is not None and after_ids <= on_log}
 
 
+def produce_latency(bb: Backbone, records: int = 2000, replication: int = 3) -> dict:
+    """Produce-to-acknowledgement latency of single records (acks=all, idempotent, one in flight at a time, as a
+    trainer's boundary events are) on a fresh topic with ``replication`` replicas: p50 and p99 in ms."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import NewTopic
+
+    admin = bb.admin()
+    topic = f"{bb.registry.prefix}chaos.latency.rf{replication}.{uuid.uuid4().hex[:6]}"
+    config = {"min.insync.replicas": str(2 if replication >= 3 else 1)}
+    admin.create_topics([NewTopic(topic, 1, replication, config=config)])[topic].result()
+    producer = Producer({"bootstrap.servers": bb.bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 0})
+    latencies = []
+    try:
+        for i in range(records + 50):  # the first 50 warm the connection up and are not counted
+            t0 = time.perf_counter()
+            producer.produce(topic, value=b"x" * 200, key=str(i).encode())
+            producer.flush(30)
+            if i >= 50:
+                latencies.append((time.perf_counter() - t0) * 1000)
+    finally:
+        admin.delete_topics([topic])
+    latencies.sort()
+    return {"replication": replication, "records": records, "p50_ms": round(latencies[len(latencies) // 2], 2),
+            "p99_ms": round(latencies[int(0.99 * len(latencies))], 2)}
+
+
 def run_cluster_scenarios(kafka: LocalKafka, bb: Backbone, events: int, echo=lambda m: None) -> list[dict]:
     """Both scenarios on a running cluster, in order."""
     echo(f"node_kill: {events:,} events, the leader killed at 20 %, restarted at 60 %")
     results = [node_kill(kafka, bb, events=events)]
+    echo("produce latency: single records, acks=all, 3 replicas against 1")
+    rf3, rf1 = produce_latency(bb, replication=3), produce_latency(bb, replication=1)
+    results.append({"scenario": "produce_latency", "rf3_p50_ms": rf3["p50_ms"], "rf3_p99_ms": rf3["p99_ms"],
+                    "rf1_p50_ms": rf1["p50_ms"], "rf1_p99_ms": rf1["p99_ms"], "ok": True})
     echo("quorum_loss: two of three nodes killed")
     results.append(quorum_loss(kafka, bb))
     return results

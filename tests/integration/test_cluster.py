@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from esper_runtime.infra import LocalKafka
-from esper_runtime.infra.chaos import CHAOS_TOPIC, node_kill, quorum_loss, wait_healed
+from esper_runtime.infra.chaos import CHAOS_TOPIC, node_kill, produce_latency, quorum_loss, wait_healed
 from streams import Backbone, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -63,6 +63,13 @@ def test_topics_are_replicated_three_times_with_two_in_sync(cluster):
     [future] = admin.describe_configs([ConfigResource("topic", bb.resolve_topic(TOPIC))]).values()
     assert future.result()["min.insync.replicas"].value == "2"
     assert st.under_replicated == 0
+
+
+def test_produce_latency_is_measured_with_three_replicas_and_one(cluster):
+    _, bb = cluster
+    rf3, rf1 = produce_latency(bb, records=200, replication=3), produce_latency(bb, records=200, replication=1)
+    assert 0 < rf3["p50_ms"] <= rf3["p99_ms"] and 0 < rf1["p50_ms"] <= rf1["p99_ms"]
+    print(rf3, rf1)
 
 
 def test_a_node_killed_while_events_flow_loses_none(cluster):
