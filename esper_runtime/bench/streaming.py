@@ -13,7 +13,6 @@ Each bench runs the real broker, the real processors' app (a child process) and 
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 from streams import Backbone, load_settings
 from streams.contracts import SeedHealth, SeedLifecycleTransition, SeedState, SeedTelemetry
 from streams.envelope import EnvelopeFactory
+from streams.state import decode_state_value
 from streams.synthetic import synthetic_run
 
 __all__ = ["replay", "materialize", "telemetry"]
@@ -172,13 +172,13 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
                 sent[event_id] = time.time() * 1000
                 pub.publish_raw(topic, value, key)
             i = due
-            _drain(consumer, sent, lags, 0.01)
+            _drain(consumer, s.bb.serde, sent, lags, 0.01)
         offered = len(payloads) / max(time.monotonic() - t0, 1e-9)
         pub.flush()
         pub.close()
         deadline = time.monotonic() + 30
         while len(lags) < len(payloads) and time.monotonic() < deadline:
-            _drain(consumer, sent, lags, 0.2)
+            _drain(consumer, s.bb.serde, sent, lags, 0.2)
         consumer.close()
         lags.sort()
         return {"bench": "materialize", "events_per_s": round(drain_rate), "backlog": backlog,
@@ -190,11 +190,11 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
                          "lag: from handing the event to the producer to its state record's create time"}
 
 
-def _drain(consumer, sent: dict, lags: list, timeout: float) -> None:
+def _drain(consumer, serde, sent: dict, lags: list, timeout: float) -> None:
     for msg in consumer.consume(num_messages=1000, timeout=timeout):
         if msg.error() is not None or msg.value() is None:
             continue
-        event_id = json.loads(msg.value()).get("event_id")
+        event_id = decode_state_value(serde, msg.value()).get("event_id")
         at = sent.pop(event_id, None)
         if at is not None:
             lags.append(msg.timestamp()[1] - at)
