@@ -95,12 +95,15 @@ def replay(as_json: bool = typer.Option(False, "--json"),
 def materialize(as_json: bool = typer.Option(False, "--json"),
                 backlog: int = typer.Option(100_000, help="Transitions on the log before the app starts."),
                 rate: int = typer.Option(5_000, help="Events/s offered live for the lag figure."),
-                seconds: float = typer.Option(10.0, help="How long to offer them.")) -> None:
+                seconds: float = typer.Option(10.0, help="How long to offer them."),
+                workers: int = typer.Option(1, min=1, max=8, help="Workers of one consumer group sharing the "
+                                                                  "partitions.")) -> None:
     """The seed-state agent draining a backlog (events/s) and its end-to-end lag at a steady rate (p99 ms)."""
     from esper_runtime.bench import streaming
 
     console.print(f"[dim]bench materialize: {backlog:,} backlog, then {rate:,}/s for {seconds:.0f} s...[/dim]")
-    _streaming("materialize", lambda: streaming.materialize(backlog=backlog, rate=rate, seconds=seconds), as_json)
+    _streaming("materialize", lambda: streaming.materialize(backlog=backlog, rate=rate, seconds=seconds,
+                                                            workers=workers), as_json)
 
 
 @app.command()

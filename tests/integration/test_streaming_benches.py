@@ -39,3 +39,9 @@ def test_telemetry_bench(kafka_bootstrap):
 def test_telemetry_overhead_bench(kafka_bootstrap):
     r = _bench(["telemetry-overhead", "--rounds", "3", "--steps", "2"], kafka_bootstrap)
     assert r["ratio"] > 0 and r["events_published"] > 0
+
+
+def test_materialize_bench_with_two_workers(kafka_bootstrap):
+    r = _bench(["materialize", "--backlog", "3000", "--rate", "500", "--seconds", "2", "--workers", "2"],
+               kafka_bootstrap)
+    assert r["workers"] == 2 and r["events_per_s"] > 0 and r["live_applied"] == r["live_events"] == 1000
