@@ -11,6 +11,7 @@ __all__ = [
     "DecodeError",
     "TopicError",
     "PublishError",
+    "StateLayoutError",
 ]
 
 
@@ -60,3 +61,10 @@ class TopicError(EsperError):
 
 class PublishError(EsperError):
     """The broker did not accept a record."""
+
+
+class StateLayoutError(EsperError):
+    """A state topic was written with another partition layout than the one its reader needs (``esper processors
+    --rebuild`` folds it again)."""
+
+    exit_code = 2

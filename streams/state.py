@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from streams.exceptions import EsperError
+from streams.exceptions import EsperError, StateLayoutError
 
 __all__ = ["read_state_topic", "encode_state_value", "decode_state_value", "LAYOUT_HEADER",
            "BY_SOURCE_PARTITION", "StateLayoutError", "check_layout"]
@@ -25,11 +25,6 @@ LAYOUT_HEADER = "esper.state.layout"
 # partition p restores state partition p and nothing else
 BY_SOURCE_PARTITION = "source-partition"
 
-
-class StateLayoutError(EsperError):
-    """A state topic was written with another partition layout than the one its reader needs."""
-
-    exit_code = 2
 
 
 
