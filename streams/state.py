@@ -18,7 +18,7 @@ from typing import Any
 from streams.exceptions import EsperError, StateLayoutError
 
 __all__ = ["read_state_topic", "encode_state_value", "decode_state_value", "LAYOUT_HEADER",
-           "BY_SOURCE_PARTITION", "StateLayoutError", "check_layout"]
+           "BY_SOURCE_PARTITION", "StateLayoutError", "check_layout", "keep"]
 
 LAYOUT_HEADER = "esper.state.layout"
 # an entry lives in the partition number of the input record it was folded from: a worker that owns input
@@ -40,6 +40,23 @@ def decode_state_value(serde, raw: bytes) -> dict:
     return serde.decode(raw).record
 
 
+# A seed's entry never goes back to an older version, whatever order writes landed in: a worker that lost a
+# partition in a rebalance may still finish its batch and write after the partition's new owner did.
+_NEWER = {"esper.state.SeedStateEntry": lambda old, new: int(new.get("version", 0)) >= int(old.get("version", 0))}
+
+
+def keep(state: dict[str, Any], key: str, value: dict | None, schema: str | None) -> None:
+    """Fold one state record into ``state``: a tombstone (None) removes the key; otherwise the value replaces the
+    key's unless the schema's rule (``_NEWER``) says it is older than what is there."""
+    if value is None:
+        state.pop(key, None)
+        return
+    current = state.get(key)
+    newer = _NEWER.get(schema or "")
+    if current is None or newer is None or newer(current, value):
+        state[key] = value
+
+
 def read_state_topic(backbone, name: str, timeout: float = 60.0, partitions: set[int] | None = None,
                      layout: str | None = None) -> dict[str, Any]:
     """The latest value of every key of a state topic (only of ``partitions``, when given). With ``layout``, every
@@ -48,6 +65,7 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0, partitions: set
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     topic = backbone.resolve_topic(name)
+    spec = backbone.registry.spec(topic)
     consumer = Consumer({"bootstrap.servers": backbone.bootstrap, "group.id": "esper-state-reader",
                          "enable.auto.commit": False, "enable.partition.eof": False})
     try:
@@ -79,10 +97,7 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0, partitions: set
                         f"{msg.partition()} has no {LAYOUT_HEADER}={layout} header): stop the processors and run "
                         "`esper processors --rebuild`, which folds the state again from the log")
                 value = None if msg.value() is None else decode_state_value(backbone.serde, msg.value())
-                if value is None:  # a tombstone (or JSON null): the entry is gone
-                    state.pop(key, None)
-                else:
-                    state[key] = value
+                keep(state, key, value, spec.value_schema)
                 if msg.offset() + 1 >= ends.get(msg.partition(), 0):
                     ends.pop(msg.partition(), None)
         if ends:

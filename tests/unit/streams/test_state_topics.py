@@ -117,3 +117,22 @@ def test_every_state_topic_names_its_schema():
     assert len(state_topics) == 3
     for spec in state_topics:
         assert spec.value_schema in catalog, spec.name
+
+
+def test_a_late_older_seed_state_never_replaces_a_newer_one():
+    """A worker that lost a partition may finish its batch after the new owner wrote: reading the topic keeps the
+    highest version of each seed whatever order the writes landed in; a tombstone still removes it."""
+    from streams.state import keep
+
+    schema = "esper.state.SeedStateEntry"
+    state: dict = {}
+    for version in (1, 3, 2):  # version 2 landed last
+        keep(state, "r|seed/0/0", {"version": version}, schema)
+    assert state["r|seed/0/0"]["version"] == 3
+    keep(state, "r|seed/0/0", {"version": 3, "reason": "again"}, schema)  # a repeat of the same version: taken
+    assert state["r|seed/0/0"]["reason"] == "again"
+    keep(state, "r|seed/0/0", None, schema)
+    assert state == {}
+    keep(state, "k", {"a": 1}, "esper.state.KernelDistributionEntry")
+    keep(state, "k", {"a": 0}, "esper.state.KernelDistributionEntry")  # no rule: the latest wins
+    assert state["k"] == {"a": 0}
