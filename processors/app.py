@@ -44,7 +44,7 @@ from streams.deadletter import dead_letter_headers, decode_for_topic
 from streams.exceptions import ConfigError, DecodeError
 
 __all__ = ["Processors", "MaterializedState", "SEED_STATE_TOPIC", "URZA_STATE_TOPIC", "DISTRIBUTIONS_TOPIC",
-           "URZA_TOPICS", "AGENTS"]
+           "URZA_TOPICS", "AGENTS", "SCALABLE"]
 
 log = logging.getLogger("esper.processors")
 
@@ -52,6 +52,7 @@ SEED_STATE_TOPIC = "state.kasmina.seeds"
 URZA_STATE_TOPIC = "state.urza.library"
 DISTRIBUTIONS_TOPIC = "state.urabrask.distributions"
 AGENTS = ("seed-state", "urza", "distributions", "telemetry-sink")
+SCALABLE = ("seed-state", "distributions")  # state partitioned like their input: any number of workers per group
 
 
 class Processors:
@@ -71,6 +72,7 @@ class Processors:
         self.stats: dict[str, Counter] = defaultdict(Counter)
         self.lag_ms: deque[float] = deque(maxlen=100_000)  # log append time -> applied, seed-state agent
         self._sink_marks: list[tuple[float, int]] = []  # (time an insert finished, its rows)
+        self.links: dict[str, Any] = {}  # shown in status(): e.g. the status pages of the workers this one started
         self.store = None
         self._store_token: str | None = None
         # chdb is driven from one thread, and only by the sink agent and its SQL endpoint
@@ -316,7 +318,7 @@ class Processors:
         return {"app_id": self.app_id, "agents": list(self.agents),
                 "stats": {a: dict(c) for a, c in self.stats.items()}, "lag_p50_ms": q(0.5), "lag_p99_ms": q(0.99),
                 "lag_samples": len(lags), "sink_inserts": len(marks),
-                "sink_rows_per_s": round(sink_rate) if sink_rate else None}
+                "sink_rows_per_s": round(sink_rate) if sink_rate else None, **self.links}
 
     # ------------------------------------------------------------------ running
     def open_store(self) -> None:

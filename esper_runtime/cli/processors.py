@@ -23,21 +23,57 @@ def processors(
                                  "the group may be running), then run."),
     rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="--rebuild only if a state topic was laid out "
                                        "by an older Esper (what `esper demo` and `esper run` start them with)."),
+    workers: int = typer.Option(1, "--workers", min=1, max=16,
+                                help="Run seed-state and distributions in N child processes of one consumer group "
+                                     "(<app id>-state, ports port+1..port+N), each holding its partitions' state; "
+                                     "this process keeps urza and telemetry-sink and stops the children with it."),
 ) -> None:
     """Run the processors' app until SIGTERM or Ctrl-C: seed state -> state.kasmina.seeds, Urza ->
     state.urza.library, Urabrask's peers -> state.urabrask.distributions, telemetry -> ClickHouse (this process
     owns the embedded store and serves `esper sql` while it runs)."""
-    from processors.app import AGENTS, Processors
+    from processors.app import AGENTS, SCALABLE, Processors
 
     chosen = tuple(a.strip() for a in agents.split(",") if a.strip())
     unknown = set(chosen) - set(AGENTS)
     if unknown:
         raise typer.BadParameter(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
-    procs = Processors(agents=chosen, web_port=port, app_id=app_id)
-    if rebuild_stale and not rebuild:
-        rebuild = procs.stale()
-    if rebuild:
-        console.print(f"rebuilding: {', '.join(procs.rebuild())} deleted; the state is folded again from the log")
-    console.print(f"processors {procs.app_id}: {', '.join(chosen)}; status at "
-                  f"http://127.0.0.1:{procs.web_port}/esper/status/")
-    procs.run(loglevel=loglevel)
+    scaled = tuple(a for a in chosen if a in SCALABLE) if workers > 1 else ()
+    procs = Processors(agents=tuple(a for a in chosen if a not in scaled), web_port=port, app_id=app_id)
+    children_procs = Processors(agents=scaled, app_id=f"{procs.app_id}-state") if scaled else None
+    for p in (procs, children_procs):
+        if p is not None and (rebuild or (rebuild_stale and p.stale())):
+            console.print(f"rebuilding: {', '.join(p.rebuild())} deleted; the state is folded again from the log")
+    children = _spawn(scaled, children_procs.app_id, procs.web_port, workers, loglevel) if scaled else []
+    procs.links["workers"] = [f"http://127.0.0.1:{procs.web_port + i}/esper/status/" for i in range(1, len(children) + 1)]
+    console.print(f"processors {procs.app_id}: {', '.join(procs.agents)}; status at "
+                  f"http://127.0.0.1:{procs.web_port}/esper/status/"
+                  + (f"; {len(children)} workers of {children_procs.app_id}: {', '.join(scaled)}" if children else ""))
+    try:
+        procs.run(loglevel=loglevel)
+    finally:
+        _stop(children)
+
+
+def _spawn(agents: tuple[str, ...], app_id: str, port: int, n: int, loglevel: str) -> list:
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors", "--agents", ",".join(agents),
+                              "--app-id", app_id, "--port", str(port + i), "--loglevel", loglevel])
+            for i in range(1, n + 1)]
+
+
+def _stop(children: list, grace: float = 15.0) -> None:
+    """SIGTERM the children this process started, then SIGKILL what is left after ``grace`` seconds."""
+    import time
+
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: it did not stop in time
+            child.kill()
+            child.wait()

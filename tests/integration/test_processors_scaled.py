@@ -125,3 +125,48 @@ def test_state_laid_out_the_old_way_is_refused_and_rebuilt(topic_registry, tmp_p
         if worker.proc.poll() is None:
             worker.stop()
         bb.close()
+
+
+def test_workers_flag_runs_the_scalable_agents_in_children_and_stops_them(topic_registry, tmp_path):
+    import json
+    import urllib.request
+
+    from streams.synthetic import synthetic_library
+    from views.urza_view import UrzaView
+
+    registry = topic_registry()
+    bb = Backbone(load_settings(topic_prefix=registry.prefix, home=tmp_path), registry)
+    port = _free_port()
+    env = dict(os.environ, ESPER_TOPIC_PREFIX=registry.prefix, ESPER_HOME=str(tmp_path),
+               ESPER_PROCESSORS_PORT=str(port))
+    main = ProcessorsProcess(env, tmp_path / "main.log", ("--workers", "2"))
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    main.start()
+    try:
+        published = _publish(bb, synthetic_library(4, seed=6)) + _publish(bb, synthetic_run(run, seed=6))
+        want = RunView(run)
+        for ev in published:
+            want.apply(ev)
+        want_urza = UrzaView().apply_all(published).state()
+
+        def urza():
+            entries = read_state_topic(bb, "state.urza.library")
+            return UrzaView.restore(entries.items(), lambda raw: bb.serde.decode(raw).typed()).state()
+
+        deadline = time.monotonic() + 120
+        while (_seeds(bb, [run])[run] != want.seed_states or urza() != want_urza) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _seeds(bb, [run])[run] == want.seed_states and urza() == want_urza
+        st = main.status()
+        assert st["agents"] == ["urza", "telemetry-sink"] and len(st["workers"]) == 2
+        for url in st["workers"]:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert json.loads(resp.read())["agents"] == ["seed-state", "distributions"]
+        assert main.stop() < 30
+        for url in st["workers"]:  # stopped with it
+            with pytest.raises(OSError):
+                urllib.request.urlopen(url, timeout=2)
+    finally:
+        if main.proc.poll() is None:
+            main.proc.kill()
+        bb.close()
