@@ -373,12 +373,12 @@ class Processors:
     def run(self, loglevel: str = "warning") -> None:
         """Run the worker until SIGTERM / SIGINT (blocking); the store is closed on the way out."""
         limit_fetch_wait(self.fetch_wait_ms)
-        self.bb.ensure_topics()
-        for _, state in self._partitioned:  # refuse, with what to do, a state topic laid out the old way
-            check_layout(self.bb, state.name, BY_SOURCE_PARTITION)
         if "telemetry-sink" in self.agents:
-            self.open_store()
+            self.open_store()  # first: the sooner this process owns the store, the shorter a client's wait for it
         try:
+            self.bb.ensure_topics()
+            for _, state in self._partitioned:  # refuse, with what to do, a state topic laid out the old way
+                check_layout(self.bb, state.name, BY_SOURCE_PARTITION)
             worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
                                   override_logging=True)
             worker.execute_from_commandline()

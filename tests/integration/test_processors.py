@@ -181,6 +181,10 @@ def test_processors_survive_kill_and_restart_and_match_a_replay(topic_registry, 
                  "kernel_measurements": counts["KernelValidationReport"], "seed_telemetry": health_rows}
     from processors.clickhouse import open_store
 
+    deadline = time.monotonic() + 90  # the last worker may still be starting (the state above was already there)
+    while procs.status() is None and time.monotonic() < deadline:
+        assert procs.proc.poll() is None, procs.log.read_text()[-3000:]
+        time.sleep(0.5)
     store = open_store(load_settings(home=tmp_path))  # through the running processors' SQL endpoint
     assert type(store).__name__ == "OwnerClient"
     deadline = time.monotonic() + 150
