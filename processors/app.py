@@ -163,9 +163,9 @@ class Processors:
             async def seed_state(stream):
                 async for batch in self._batches(stream, "seed-state"):
                     now = time.time()
+                    await seeds.ensure({event.message.partition for event, _ in batch})
                     for event, ev in batch:
                         partition = event.message.partition
-                        await seeds.ensure(partition)
                         key = seed_key(ev.envelope.run_id, ev.envelope.originator_id)
                         current = seeds.get(key)
                         outcome, state = fold_seed(current, ev)
@@ -205,10 +205,10 @@ class Processors:
             @self._reports_crashes("distributions")
             async def distributions(stream):
                 async for batch in self._batches(stream, "distributions"):
+                    await dist.ensure({event.message.partition for event, _ in batch})
                     for event, ev in batch:
                         if type(ev).__name__ != "KernelValidationReport" or not ev.passed:
                             continue
-                        await dist.ensure(event.message.partition)
                         key = f"{ev.hardware}|{ev.artifact_id}"
                         if dist.get(key) is not None:
                             self.stats["distributions"]["duplicate"] += 1
@@ -423,10 +423,13 @@ class MaterializedState:
         self._data = await loop.run_in_executor(None, read_state_topic, self.bb, self.name)
         self.stats["restored_entries"] = len(self._data)
 
-    async def ensure(self, partition: int) -> None:
-        """State partition ``partition`` restored, once per assignment (partitioned)."""
-        if partition in self._loaded:
-            return
+    async def ensure(self, partitions: set[int]) -> None:
+        """The state partitions of a batch restored, each once per assignment (partitioned): one await per batch,
+        not per event."""
+        for partition in sorted(partitions - self._loaded):
+            await self._restore(partition)
+
+    async def _restore(self, partition: int) -> None:
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         entries = await loop.run_in_executor(None, functools.partial(
