@@ -127,6 +127,51 @@ def test_state_laid_out_the_old_way_is_refused_and_rebuilt(topic_registry, tmp_p
         bb.close()
 
 
+def _readers_agree_with_the_replay(registry, home, port, run, want, want_urza, published) -> None:
+    """What users read while several workers hold the state — the REST API (Nissa's data) and ``esper replay
+    --verify``'s comparison — equals the replay: the API's library from the state topic, its run from the store the
+    parent owns, the seeds from every worker's partitions."""
+    from fastapi.testclient import TestClient
+
+    from esper_runtime.api.app import ApiData, create_app
+    from esper_runtime.api.auth import ApiSettings, TokenVerifier, generate_keypair, issue_token
+    from streams.contracts import EpochCompleted, SeedLifecycleTransition
+    from views.live import processors_running, verify
+
+    settings = load_settings(topic_prefix=registry.prefix, home=home, processors_port=port)
+    reader = Backbone(settings, registry)
+    try:
+        assert processors_running(settings)
+        assert verify(reader, want, timeout=60) == []
+        private, public = generate_keypair(home / "api-key")
+        api = ApiSettings(issuer="https://id.test", audience="esper-api", public_keys=str(public))
+        client = TestClient(create_app(ApiData(reader), TokenVerifier(api), api), raise_server_exceptions=False)
+        auth = {"Authorization": "Bearer " + issue_token(private.read_bytes(), "alice", ["esper:read"],
+                                                         "https://id.test", "esper-api", 600)}
+        kernels = client.get("/api/v1/kernels", headers=auth)
+        assert kernels.status_code == 200
+        assert {k["artifact_id"] for k in kernels.json()["kernels"]} == set(want_urza["kernels"])
+        ours = [ev for ev in published if ev.envelope.run_id == run]
+        epochs = sum(1 for ev in ours if isinstance(ev, EpochCompleted))
+        transitions = sum(1 for ev in ours if isinstance(ev, SeedLifecycleTransition))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the sink in the parent may still be inserting
+            detail = client.get(f"/api/v1/runs/{run}", headers=auth)
+            if detail.status_code == 200 and len(detail.json()["epochs"]) == epochs and \
+                    len(detail.json()["transitions"]) == transitions:
+                break
+            time.sleep(1)
+        assert detail.status_code == 200, detail.text
+        body = detail.json()
+        assert (len(body["epochs"]), len(body["transitions"])) == (epochs, transitions)
+        last = {}
+        for t in body["transitions"]:  # ordered by version: the last is the seed's state
+            last[f"seed/{t['layer_id']}/{t['seed_id']}"] = t["to_state"]
+        assert last == {seed: s["state"] for seed, s in want.seed_states.items()}
+    finally:
+        reader.close()
+
+
 def test_workers_flag_runs_the_scalable_agents_in_children_and_stops_them(topic_registry, tmp_path):
     import json
     import urllib.request
@@ -159,6 +204,7 @@ def test_workers_flag_runs_the_scalable_agents_in_children_and_stops_them(topic_
         assert _seeds(bb, [run])[run] == want.seed_states and urza() == want_urza
         st = main.status()
         assert st["agents"] == ["urza", "telemetry-sink"] and len(st["workers"]) == 2
+        _readers_agree_with_the_replay(registry, tmp_path, port, run, want, want_urza, published)
         for url in st["workers"]:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 assert json.loads(resp.read())["agents"] == ["seed-state", "distributions"]
