@@ -34,7 +34,7 @@ import faust
 
 from processors.clickhouse.sink import SINK_TOPICS, backoff, insert_or_set_aside
 from processors.exceptions import StoreUnavailable
-from processors.faust_patch import limit_fetch_wait
+from processors.faust_patch import limit_fetch_wait, rewind_to_committed
 from views.seed_state import APPLIED, GAP, fold_seed, seed_key
 from streams.state import (BY_SOURCE_PARTITION, LAYOUT_HEADER, StateLayoutError, check_layout, encode_state_value,
                            read_state_topic)
@@ -101,7 +101,6 @@ class Processors:
             producer_acks=-1,
         )
         self._raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self._deadletter = self.app.topic(self.bb.registry.deadletter, **self._raw)
         self._partitioned: list[tuple[str, MaterializedState]] = []  # (source topic, its partitioned state)
         self._build()
         self.app.on_partitions_revoked.connect(self._on_revoked)
@@ -119,7 +118,8 @@ class Processors:
         msg = event.message
         headers = dead_letter_headers(msg.headers, reason, detail, f"{msg.topic}/{msg.partition}/{msg.offset}",
                                       f"processors/{agent}")
-        await self._deadletter.send(key=msg.key, value=msg.value, headers=headers)
+        # straight to the Kafka client's queue (flushed before any commit), not through faust's producer buffer
+        await self.app.producer.send(self.bb.registry.deadletter, msg.key, msg.value, None, None, headers)
         self.stats[agent]["dead_lettered"] += 1
 
     async def _decode_record(self, event, agent: str, typed: bool = False):
@@ -373,6 +373,7 @@ class Processors:
     def run(self, loglevel: str = "warning") -> None:
         """Run the worker until SIGTERM / SIGINT (blocking); the store is closed on the way out."""
         limit_fetch_wait(self.fetch_wait_ms)
+        rewind_to_committed()
         if "telemetry-sink" in self.agents:
             self.open_store()  # first: the sooner this process owns the store, the shorter a client's wait for it
         try:

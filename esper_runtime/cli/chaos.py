@@ -14,11 +14,13 @@ console = Console(stderr=True)
 
 
 def chaos(events: int = typer.Option(100_000, help="Events published through the node kill."),
+          kills: int = typer.Option(20, help="Processors' worker kills (0: skip the scenario)."),
           port: int = typer.Option(19600, help="The cluster's first broker port (nodes use port .. port+5)."),
           as_json: bool = typer.Option(False, "--json", help="One JSON object on the last line of stdout.")) -> None:
     """Start a 3-node cluster under $ESPER_HOME/chaos, SIGKILL its partition leader while events flow (nothing may be
-    lost or doubled), then two of its three nodes (a publish must fail loudly, then recover); stop it. Exit 1 when
-    a scenario failed its check."""
+    lost or doubled), kill one of two processors' workers at random points (the state must equal a replay each
+    time), then two of its three nodes (a publish must fail loudly, then recover); stop it. Exit 1 when a scenario
+    failed its check."""
     from esper_runtime.infra import LocalKafka
     from esper_runtime.infra.chaos import run_cluster_scenarios
 
@@ -31,7 +33,7 @@ def chaos(events: int = typer.Option(100_000, help="Events published through the
     bb = Backbone(settings)
     try:
         bb.ensure_topics()
-        results = run_cluster_scenarios(kafka, bb, events, echo=echo)
+        results = run_cluster_scenarios(kafka, bb, events, kills=kills, echo=echo)
     finally:
         bb.close()
         kafka.down()

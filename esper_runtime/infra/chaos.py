@@ -7,10 +7,15 @@ What ``esper chaos`` runs at length and ``tests/integration/test_cluster.py`` ru
   the cluster whole again (all nodes in, nothing under-replicated) soon after the restart.
 - ``quorum_loss``: two of three nodes SIGKILLed: a publish cannot reach two in-sync replicas, so it must fail with
   a ``PublishError`` (not vanish); with the nodes back, publishing must work again.
+- ``worker_kill``: two processors' workers of one group materialize seed state while runs flow; at each of
+  ``kills`` random points one is SIGKILLed (no clean leave) and started again once the survivor has taken its
+  partitions over; after every kill the run's state on ``state.kasmina.seeds`` must equal a replay of the run's
+  events, and at the end every run's must. Reports how long each takeover took.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -20,7 +25,8 @@ from streams import Backbone, EnvelopeFactory
 from streams.contracts import FieldReport
 from streams.exceptions import EsperError, PublishError
 
-__all__ = ["node_kill", "quorum_loss", "produce_latency", "run_cluster_scenarios", "wait_healed", "CHAOS_TOPIC"]
+__all__ = ["node_kill", "quorum_loss", "produce_latency", "worker_kill", "run_cluster_scenarios", "wait_healed",
+           "CHAOS_TOPIC"]
 
 CHAOS_TOPIC = "innovation.field_reports"
 
@@ -178,14 +184,102 @@ def produce_latency(bb: Backbone, records: int = 2000, replication: int = 3) -> 
             "p99_ms": round(latencies[int(0.99 * len(latencies))], 2)}
 
 
-def run_cluster_scenarios(kafka: LocalKafka, bb: Backbone, events: int, echo=lambda m: None) -> list[dict]:
-    """Both scenarios on a running cluster, in order."""
+def _published(bb: Backbone, triples) -> list:
+    events = []
+    with bb.publisher() as pub:
+        for topic, key, ev in triples:
+            pub.publish(ev, topic=bb.resolve_topic(topic), key=key)
+            events.append(ev)
+    return events
+
+
+def _seed_states(bb: Backbone, runs: list[str]) -> dict[str, dict]:
+    from streams.state import read_state_topic
+
+    seeds = read_state_topic(bb, "state.kasmina.seeds")
+    return {run: {v["seed"]: v for v in seeds.values() if v["run_id"] == run} for run in runs}
+
+
+def _replayed(run: str, events: list) -> dict:
+    from views.run_view import RunView
+
+    view = RunView(run)
+    for ev in events:
+        view.apply(ev)
+    return view.seed_states
+
+
+def worker_kill(bb: Backbone, kills: int = 20, seed: int = 0, takeover_timeout: float = 90.0,
+                ports: tuple[int, int] | None = None, echo=lambda m: None) -> dict:
+    """Two seed-state workers of one group (children of this process, homes beside ``bb``'s settings, web ports
+    ``ports`` or the processors' port + 10 and + 11); one SIGKILLed at ``kills`` random points while a run's events
+    are being materialized."""
+    from esper_runtime.infra.local_processors import LocalProcessors
+    from streams.synthetic import synthetic_run
+
+    s = bb.settings
+    ports = ports or (s.processors_port + 10, s.processors_port + 11)
+    group = f"{s.topic_prefix}chaos-workers-{uuid.uuid4().hex[:6]}"
+    workers = [LocalProcessors(s.model_copy(update={"home": s.home / f"worker-{i}",
+                                                    "processors_port": ports[i],
+                                                    "kafka_bootstrap": s.bootstrap_servers}),
+                               agents=("seed-state",), app_id=group, loglevel="info") for i in range(2)]
+    rng = random.Random(seed)
+    runs, published, takeovers, wrong = [], [], [], []
+    try:
+        for w in workers:
+            w.up(echo=echo)
+        for k in range(kills):
+            run = f"chaos-{uuid.uuid4().hex[:6]}"
+            runs.append(run)
+            triples = list(synthetic_run(run, epochs=20, seed=seed * 1000 + k))
+            half = rng.randrange(1, len(triples))
+            events = _published(bb, triples[:half])
+            victim = rng.randrange(2)
+            time.sleep(rng.uniform(0.0, 1.5))
+            workers[victim].kill()
+            t0 = time.monotonic()
+            events += _published(bb, triples[half:])
+            published += events
+            want = _replayed(run, events)
+            while (got := _seed_states(bb, [run])[run]) != want and time.monotonic() - t0 < takeover_timeout:
+                time.sleep(0.25)
+            takeovers.append(round(time.monotonic() - t0, 1))
+            if got != want:
+                wrong.append(run)
+                for seed in sorted(set(want) | set(got)):
+                    if want.get(seed) != got.get(seed):
+                        w, g = want.get(seed), got.get(seed)
+                        echo(f"  {run} {seed}: replay {w and (w['state'], w['version'])} != state "
+                             f"{g and (g['state'], g['version'])}")
+                echo(f"  survivor: {workers[1 - victim].status()}")
+            echo(f"kill {k + 1}/{kills}: worker {victim} at event {half} of {len(triples)}; state equal to the "
+                 f"replay after {takeovers[-1]} s" + ("" if got == want else " — NOT EQUAL"))
+            workers[victim].up(echo=lambda m: None)
+        final = _seed_states(bb, runs)
+        differ = [run for run in runs if final[run] != _replayed(run, published)]
+    finally:
+        for w in workers:
+            w.down()
+    takeovers_sorted = sorted(takeovers)
+    return {"scenario": "worker_kill", "kills": kills, "runs": len(runs), "events": len(published),
+            "runs_wrong_after_kill": len(wrong), "runs_wrong_at_end": len(differ),
+            "takeover_p50_s": takeovers_sorted[len(takeovers_sorted) // 2], "takeover_max_s": takeovers_sorted[-1],
+            "ok": not wrong and not differ}
+
+
+def run_cluster_scenarios(kafka: LocalKafka, bb: Backbone, events: int, kills: int = 20,
+                          echo=lambda m: None) -> list[dict]:
+    """The scenarios on a running cluster, in order."""
     echo(f"node_kill: {events:,} events, the leader killed at 20 %, restarted at 60 %")
     results = [node_kill(kafka, bb, events=events)]
     echo("produce latency: single records, acks=all, 3 replicas against 1")
     rf3, rf1 = produce_latency(bb, replication=3), produce_latency(bb, replication=1)
     results.append({"scenario": "produce_latency", "rf3_p50_ms": rf3["p50_ms"], "rf3_p99_ms": rf3["p99_ms"],
                     "rf1_p50_ms": rf1["p50_ms"], "rf1_p99_ms": rf1["p99_ms"], "ok": True})
+    if kills:
+        echo(f"worker_kill: two processors' workers, one SIGKILLed at {kills} random points")
+        results.append(worker_kill(bb, kills=kills, echo=echo))
     echo("quorum_loss: two of three nodes killed")
     results.append(quorum_loss(kafka, bb))
     return results

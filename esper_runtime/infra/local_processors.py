@@ -21,9 +21,12 @@ __all__ = ["LocalProcessors"]
 
 
 class LocalProcessors:
-    def __init__(self, settings: StreamSettings, agents: tuple[str, ...] | None = None):
+    def __init__(self, settings: StreamSettings, agents: tuple[str, ...] | None = None, app_id: str | None = None,
+                 loglevel: str = "warning"):
         self.settings = settings
+        self.loglevel = loglevel
         self.agents = agents
+        self.app_id = app_id or f"{settings.topic_prefix}esper-processors"
         self.base = settings.home / "processors"
         self.proc: subprocess.Popen | None = None
 
@@ -50,8 +53,7 @@ class LocalProcessors:
         """Start the app unless one answers; True when this call started it."""
         running = self.status()
         if running is not None:
-            expected = f"{self.settings.topic_prefix}esper-processors"
-            if running.get("app_id") != expected:
+            if running.get("app_id") != self.app_id:
                 raise EsperError(f"another processors' app ({running.get('app_id')}) answers on port "
                                  f"{self.settings.processors_port}; set ESPER_PROCESSORS_PORT to a free port")
             echo(f"processors already running ({self.status_url})")
@@ -62,6 +64,10 @@ class LocalProcessors:
         args = [sys.executable, "-m", "esper_runtime.cli.main", "processors", "--rebuild-stale"]
         if self.agents:
             args += ["--agents", ",".join(self.agents)]
+        if self.loglevel != "warning":
+            args += ["--loglevel", self.loglevel]
+        if self.app_id != f"{self.settings.topic_prefix}esper-processors":
+            args += ["--app-id", self.app_id]
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -75,6 +81,12 @@ class LocalProcessors:
             time.sleep(0.3)
         echo(f"processors started (pid {self.proc.pid}, {self.status_url})")
         return True
+
+    def kill(self) -> None:
+        """SIGKILL the process ``up`` started (a crash: no clean leave of the consumer group)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def down(self, grace: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

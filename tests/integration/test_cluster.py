@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from esper_runtime.infra import LocalKafka
-from esper_runtime.infra.chaos import CHAOS_TOPIC, node_kill, produce_latency, quorum_loss, wait_healed
+from esper_runtime.infra.chaos import CHAOS_TOPIC, node_kill, produce_latency, quorum_loss, wait_healed, worker_kill
 from streams import Backbone, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -78,6 +78,15 @@ def test_a_node_killed_while_events_flow_loses_none(cluster):
     assert r["acknowledged"] == r["on_log"] == r["distinct_on_log"] == 3000, r  # every flush acknowledged; all there
     assert r["lost"] == 0 and r["duplicates"] == 0 and r["ok"], r  # nothing lost, nothing twice (idempotence)
     print(r)
+
+
+def test_a_processors_worker_killed_leaves_state_equal_to_the_replay(cluster):
+    """``esper chaos``'s worker_kill, small: two workers on the cluster, one SIGKILLed at two random points."""
+    kafka, bb = cluster
+    base = _free_block(2, start=19700)
+    result = worker_kill(bb, kills=2, seed=3, ports=(base, base + 1), echo=print)
+    print(result)
+    assert result["ok"] and result["runs_wrong_at_end"] == 0 and result["events"] > 0, str(result)
 
 
 def test_two_of_three_lost_fails_loudly_and_recovers(cluster):
