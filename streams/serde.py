@@ -91,10 +91,10 @@ class SingleObjectSerde:
     def encode(self, event: Any, topic: str = "", schema_name: str | None = None) -> bytes:
         schema, record = _as_record(self.catalog, event, schema_name)
         buf = io.BytesIO()
-        buf.write(MAGIC)
-        buf.write(schema.fingerprint)
+        buf.write(MAGIC + schema.fingerprint)
         try:
-            schemaless_writer(buf, schema.parsed, record, strict=True)
+            # a generated type's to_avro() has exactly its schema's fields; a plain dict is checked for them
+            schemaless_writer(buf, schema.parsed, record, strict=schema_name is not None)
         except Exception as exc:  # fastavro raises ValueError, TypeError, KeyError, AttributeError...
             raise EncodeError(f"record does not conform to {schema.name}: {exc}") from exc
         data = buf.getvalue()

@@ -90,6 +90,25 @@ class _Store:
         self.close()
 
 
+def _arrow_type(clickhouse_type: str):
+    """The Arrow type that carries a value of this ClickHouse column type into chdb (the types our DDL uses)."""
+    import pyarrow as pa
+
+    t = clickhouse_type
+    if t.startswith("LowCardinality("):
+        t = t[len("LowCardinality("):-1]
+    if t == "String":
+        return pa.string()
+    if t.startswith("DateTime64(3"):
+        return pa.timestamp("ms")  # the rows' naive datetimes are UTC, as the columns are
+    simple = {"UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(), "UInt64": pa.uint64(),
+              "Int8": pa.int8(), "Int16": pa.int16(), "Int32": pa.int32(), "Int64": pa.int64(),
+              "Float32": pa.float32(), "Float64": pa.float64()}
+    if t not in simple:
+        raise StoreError(f"no Arrow type for the ClickHouse type {clickhouse_type}")
+    return simple[t]
+
+
 class EmbeddedStore(_Store):
     def __init__(self, path: Path):
         from chdb import session
@@ -107,6 +126,7 @@ class EmbeddedStore(_Store):
             raise StoreBusy(f"the ClickHouse store at {self.path} is busy (in use by another process): {exc}") from None
         owner.write_text(str(os.getpid()))
         self._owner_file = owner
+        self._types: dict[str, dict] = {}
         for statement in _statements(schema_sql()):
             self._session.query(statement)
 
@@ -117,18 +137,42 @@ class EmbeddedStore(_Store):
             raise StoreError(str(exc)[:4000]) from None
 
     def insert(self, table: str, rows: list[dict]) -> int:
-        """Insert rows (dicts with the table's columns) in one statement."""
+        """Insert rows (dicts with the table's columns) in one statement, as an Arrow table typed by the table's
+        own columns: a value of the wrong type (a string where a number goes, a negative id) is refused, naming the
+        column, instead of being coerced."""
         if not rows:
             return 0
-        import pandas as pd
+        import pyarrow as pa
 
-        frame = pd.DataFrame(rows)  # noqa: F841 - chdb reads it by name through the Python() table function
-        columns = ", ".join(rows[0])
+        columns = list(rows[0])
         try:
-            self._session.query(f"INSERT INTO esper.{table} ({columns}) SELECT {columns} FROM Python(frame)")
+            types = self._arrow_types(table)
+            arrow = pa.Table.from_pylist(rows, schema=pa.schema([(c, types[c]) for c in columns]))
+        except KeyError as exc:
+            raise StoreError(f"insert into {table}: no column {exc} in esper.{table}") from None
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"insert into {table}: {type(exc).__name__}: {str(exc)[:2000]}") from None
+        stream = pa.BufferOutputStream()
+        with pa.ipc.new_stream(stream, arrow.schema) as writer:
+            writer.write_table(arrow)
+        try:  # Arrow's stream format straight into the INSERT: no SQL-side scan of a Python object
+            with self._session.send_insert(f"INSERT INTO esper.{table} ({', '.join(columns)})", "ArrowStream") as ins:
+                ins.append(stream.getvalue().to_pybytes())
+                ins.finish()
         except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError; in-process, so never "unavailable"
             raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
         return len(rows)
+
+    def _arrow_types(self, table: str) -> dict:
+        """The Arrow type of each column of ``esper.<table>`` (asked once per table)."""
+        known = self._types.get(table)
+        if known is None:
+            rows = _json_rows(self.query(f"SELECT name, type FROM system.columns WHERE database = 'esper' AND "
+                                         f"table = '{table}'", "JSONEachRow"))
+            if not rows:
+                raise StoreError(f"insert into {table}: no table esper.{table}")
+            known = self._types[table] = {r["name"]: _arrow_type(r["type"]) for r in rows}
+        return known
 
     def advertise(self, url: str) -> str:
         """Tell other processes where to query this store; returns the token they must present."""

@@ -17,7 +17,7 @@ from streams.schemas import SchemaCatalog
 
 def _epochs(n: int, seed: int = 0) -> list[tuple[str, dict]]:
     schema = SchemaCatalog.load().get("esper.tolaria.EpochCompleted")
-    return [(ev.AVRO_NAME, ev.to_avro()) for ev in (sample_event(schema, seed + i) for i in range(n))]
+    return [(ev.AVRO_NAME, ev.to_avro()) for ev in (sample_event(schema, seed + i, storable=True) for i in range(n))]
 
 
 @pytest.fixture
@@ -41,8 +41,19 @@ def test_a_record_the_store_refuses_is_set_aside_and_the_rest_go_in(store):
     assert [i for i, _ in refused] == [2, 4]
     assert "not a number" in refused[0][1] or "epoch" in refused[0][1]
     assert "val_loss" in refused[1][1]
-    # (in a batch, chdb's pandas path reads "not a number" in an otherwise numeric column as 0 instead of refusing
-    # it: here the batch fails on record 4, and record 2 is refused when tried alone)
+
+
+def test_values_that_do_not_fit_their_column_are_refused_not_wrapped(store):
+    """Rows go in as Arrow typed by the table's columns: what ClickHouse would coerce (a string read as 0, -1 in an
+    unsigned column read as 4294967295, a long cut to 32 bits) is refused, in a batch as much as alone."""
+    for field, value in (("epoch", "not a number"), ("epoch", -1), ("epoch", 2**40), ("params", -5)):
+        records = _epochs(3, seed=10)
+        name, good = records[1]
+        records[1] = (name, {**good, field: value})
+        inserted, refused = insert_or_set_aside(store, records)
+        assert inserted == {"epochs": 2} and [i for i, _ in refused] == [1], (field, value, refused)
+    final = store.rows("SELECT count() AS n, max(epoch) AS m, min(params) AS p FROM esper.epochs FINAL")[0]
+    assert int(final["n"]) == 2 and int(final["m"]) < 2**31 and int(final["p"]) >= 0  # the same two, stored once
 
 
 def test_a_good_batch_is_one_insert(store):

@@ -20,7 +20,7 @@ def store(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(TABLE_OF_EVENT))
 def test_a_sample_of_every_kept_event_becomes_rows_of_its_table(store, name):
     catalog = SchemaCatalog.load()
-    events = [sample_event(catalog.get(name), seed) for seed in range(3)]
+    events = [sample_event(catalog.get(name), seed, storable=True) for seed in range(3)]
     table = TABLE_OF_EVENT[name]
     want = sum(len(rows_for(ev)) for ev in events)
     before = int(store.rows(f"SELECT count() AS n FROM esper.{table}")[0]["n"])
