@@ -90,6 +90,16 @@ class _Store:
         self.close()
 
 
+def arrow_stream(table) -> bytes:
+    """A pyarrow Table as Arrow IPC stream bytes (ClickHouse's ``ArrowStream`` input format)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
 def _arrow_type(clickhouse_type: str):
     """The Arrow type that carries a value of this ClickHouse column type into chdb (the types our DDL uses)."""
     import pyarrow as pa
@@ -146,24 +156,26 @@ class EmbeddedStore(_Store):
 
         columns = list(rows[0])
         try:
-            types = self._arrow_types(table)
+            types = self.arrow_types(table)
             arrow = pa.Table.from_pylist(rows, schema=pa.schema([(c, types[c]) for c in columns]))
         except KeyError as exc:
             raise StoreError(f"insert into {table}: no column {exc} in esper.{table}") from None
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise StoreError(f"insert into {table}: {type(exc).__name__}: {str(exc)[:2000]}") from None
-        stream = pa.BufferOutputStream()
-        with pa.ipc.new_stream(stream, arrow.schema) as writer:
-            writer.write_table(arrow)
-        try:  # Arrow's stream format straight into the INSERT: no SQL-side scan of a Python object
+        self.insert_arrow_stream(table, columns, arrow_stream(arrow))
+        return len(rows)
+
+    def insert_arrow_stream(self, table: str, columns: list[str], data: bytes) -> None:
+        """An Arrow IPC stream straight into ``INSERT INTO esper.<table> (columns)``: no SQL-side scan of a Python
+        object (what ``insert`` ends with, and what ``esper bench telemetry`` times alone as the limit)."""
+        try:
             with self._session.send_insert(f"INSERT INTO esper.{table} ({', '.join(columns)})", "ArrowStream") as ins:
-                ins.append(stream.getvalue().to_pybytes())
+                ins.append(data)
                 ins.finish()
         except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError; in-process, so never "unavailable"
             raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
-        return len(rows)
 
-    def _arrow_types(self, table: str) -> dict:
+    def arrow_types(self, table: str) -> dict:
         """The Arrow type of each column of ``esper.<table>`` (asked once per table)."""
         known = self._types.get(table)
         if known is None:

@@ -187,8 +187,13 @@ def test_bench_events_prints_its_figures_as_json(kafka_bootstrap):
                timeout=300)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
-    for name in ("encode_events_per_s", "produce_events_per_s", "consume_events_per_s"):
+    for name in ("encode_events_per_s", "fastavro_events_per_s", "produce_events_per_s", "publish_events_per_s",
+                 "publish_limit_events_per_s", "consume_events_per_s"):
         assert result[name] > 0
+    # each result beside its limit, as a ratio (time ratio for the encoder: ours over fastavro's)
+    assert result["encode_over_fastavro"] == round(result["fastavro_events_per_s"] / result["encode_events_per_s"], 3) \
+        or abs(result["encode_over_fastavro"] - result["fastavro_events_per_s"] / result["encode_events_per_s"]) < 0.01
+    assert 0 < result["publish_over_limit"]
 
 
 def test_confluent_wire_format_through_the_broker(topic_registry, kafka_bootstrap, catalog):
