@@ -10,10 +10,11 @@
 - **telemetry-sink**: batched inserts into ClickHouse (``rows_for_record``); the app owns the embedded store and serves
   SQL to other processes on 127.0.0.1 (``/esper/sql/``, a token from ``endpoint.json``).
 
-Agents work in batches (``take_events``). Delivery is at least once: a batch's state writes and dead letters are in
-the Kafka client's queue before its events are acknowledged, and faust flushes the producer before it commits source
-offsets, so after any stop — kill -9 included — the state is at or ahead of the committed offsets,
-and what is read again is skipped by ``originator_version`` (and by ``event_id`` in ClickHouse's
+Agents work in batches (``take_events``). Delivery is at least once: a batch's state writes (through a librdkafka
+producer, ``state_publisher``: faust's own producer is pure Python) and dead letters (through faust's producer) are
+queued before its events are acknowledged, and before faust commits source offsets it flushes its producer, which
+here flushes the state producer too (``_flush_before_commit``): so after any stop — kill -9 included — the state is
+at or ahead of the committed offsets, and what is read again is skipped by ``originator_version`` (and by ``event_id`` in ClickHouse's
 ReplacingMergeTree). Undecodable records, records of the wrong type for their topic and version gaps go to the
 dead-letter topic with the reason in headers; nothing stops an agent. ``stream_wait_empty`` is off so SIGTERM stops
 the worker in seconds.
@@ -41,10 +42,10 @@ from streams.state import (BY_SOURCE_PARTITION, LAYOUT_HEADER, StateLayoutError,
 from views.urza_view import URZA_TOPICS, UrzaView
 from streams import Backbone
 from streams.deadletter import dead_letter_headers, decode_for_topic
-from streams.exceptions import ConfigError, DecodeError
+from streams.exceptions import ConfigError, DecodeError, EsperError
 
 __all__ = ["Processors", "MaterializedState", "SEED_STATE_TOPIC", "URZA_STATE_TOPIC", "DISTRIBUTIONS_TOPIC",
-           "URZA_TOPICS", "AGENTS", "SCALABLE"]
+           "URZA_TOPICS", "AGENTS", "BENCH_AGENTS", "SCALABLE"]
 
 log = logging.getLogger("esper.processors")
 
@@ -52,6 +53,9 @@ SEED_STATE_TOPIC = "state.kasmina.seeds"
 URZA_STATE_TOPIC = "state.urza.library"
 DISTRIBUTIONS_TOPIC = "state.urabrask.distributions"
 AGENTS = ("seed-state", "urza", "distributions", "telemetry-sink")
+# not run by default: ``esper bench materialize``'s limit — the seed-state agent's input taken in the same batches
+# and dropped (no decode, no fold, no write): what faust itself can take in on this machine
+BENCH_AGENTS = ("noop",)
 SCALABLE = ("seed-state", "distributions")  # state partitioned like their input: any number of workers per group
 
 
@@ -102,6 +106,9 @@ class Processors:
         )
         self._raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self._partitioned: list[tuple[str, MaterializedState]] = []  # (source topic, its partitioned state)
+        self._state_publisher = None
+        self._state_flushed_at = 0
+        self._flush_before_commit()
         self._build()
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
@@ -113,6 +120,32 @@ class Processors:
 
     def _topic(self, *names: str):
         return self.app.topic(*(self.bb.resolve_topic(n) for n in names), **self._raw)
+
+    @property
+    def state_publisher(self):
+        """The librdkafka producer state entries are written with (one per process, made on first use)."""
+        if self._state_publisher is None:
+            self._state_publisher = self.bb.publisher(**{"linger.ms": 2})
+        return self._state_publisher
+
+    def _flush_before_commit(self) -> None:
+        """faust flushes its producer right before it commits offsets (``Consumer.commit``): that flush waits for
+        the state producer too."""
+        producer = self.app.producer
+        flush_faust = producer.flush
+
+        async def flush() -> None:
+            await flush_faust()
+            await self._flush_state()
+
+        producer.flush = flush
+
+    async def _flush_state(self) -> None:
+        publisher = self._state_publisher
+        if publisher is not None and publisher.published != self._state_flushed_at:
+            marker = publisher.published
+            await asyncio.get_running_loop().run_in_executor(None, publisher.flush)  # raises PublishError: no ack
+            self._state_flushed_at = marker
 
     async def _dead_letter(self, event, reason: str, detail: str, agent: str) -> None:
         msg = event.message
@@ -155,6 +188,12 @@ class Processors:
     # ------------------------------------------------------------------ agents
     def _build(self) -> None:
         app = self.app
+        if "noop" in self.agents:
+            @app.agent(self._topic("kasmina.lifecycle.transitions"), name="noop")
+            async def noop(stream):
+                async for events in stream.take_events(self.batch, within=self.batch_within):
+                    self.stats["noop"]["applied"] += len(events)
+
         if "seed-state" in self.agents:
             seeds = self._state(SEED_STATE_TOPIC, "seed-state", partitioned=True)
 
@@ -284,7 +323,7 @@ class Processors:
             state.revoke({tp.partition for tp in revoked if tp.topic == source})
 
     def _state(self, name: str, agent: str, partitioned: bool = False) -> "MaterializedState":
-        state = MaterializedState(self.bb, name, self.app, self.stats[agent], partitioned)
+        state = MaterializedState(self.bb, name, lambda: self.state_publisher, self.stats[agent], partitioned)
         if partitioned:
             source = {SEED_STATE_TOPIC: "kasmina.lifecycle.transitions",
                       DISTRIBUTIONS_TOPIC: "urabrask.kernels.reports"}[name]
@@ -388,6 +427,11 @@ class Processors:
                 self._store_exec.submit(self.store.close).result(timeout=30)
             if self._store_exec is not None:
                 self._store_exec.shutdown(wait=False)
+            if self._state_publisher is not None:
+                try:  # what the last batch wrote (its events are read again if it does not land)
+                    self._state_publisher.flush(10)
+                except EsperError as exc:
+                    log.warning("processors: state writes not acknowledged at stop: %s", exc)
             self.bb.close()
 
 
@@ -403,12 +447,12 @@ class MaterializedState:
 
     Not a faust Table on purpose: a table's changelog writes go through faust's producer buffer, whose flush before
     a commit gives up after 0.1 s (``ProducerBuffer.flush_atmost``), so a commit can overtake them; a kill -9 then
-    lost applied updates in our restart test. These writes are in the Kafka client's queue before the batch's
-    events are acknowledged, and faust flushes that queue before it commits offsets.
+    lost applied updates in our restart test. These writes go to a librdkafka producer (``publisher()``) that the
+    agent flushes before the batch's events are acknowledged.
     """
 
-    def __init__(self, backbone: Backbone, name: str, app: faust.App, stats: Counter, partitioned: bool = False):
-        self.bb, self.name, self.app, self.stats = backbone, name, app, stats
+    def __init__(self, backbone: Backbone, name: str, publisher, stats: Counter, partitioned: bool = False):
+        self.bb, self.name, self.publisher, self.stats = backbone, name, publisher, stats
         self.topic = backbone.resolve_topic(name)
         self.spec = backbone.registry.spec(self.topic)  # its value_schema: what each value is encoded as
         self.partitioned = partitioned
@@ -467,9 +511,10 @@ class MaterializedState:
         self._dirty[key] = (value, partition)
 
     async def flush(self) -> None:
-        producer = self.app.producer
+        """The batch's changed entries handed to the producer (the agent's batch loop waits for their acks)."""
+        publisher = self.publisher()
         for key, (value, partition) in self._dirty.items():
             raw = None if value is None else encode_state_value(self.bb.serde, self.spec, value)
-            await producer.send(self.topic, key.encode(), raw, partition, None, self._headers)
+            publisher.publish_raw(self.topic, raw, key.encode(), self._headers, partition=partition)
         self.stats["state_writes"] += len(self._dirty)
         self._dirty = {}

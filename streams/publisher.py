@@ -81,7 +81,7 @@ class Publisher(ABC):
         value = self.serde.encode(event, topic)
         if key is None:
             key = event.envelope.originator_id
-        self._send(topic, _key_bytes(key), value, headers or [])
+        self._send(topic, _key_bytes(key), value, headers or [], None)
         self.published += 1
         self.published_by_run[event.envelope.run_id] += 1
 
@@ -92,14 +92,19 @@ class Publisher(ABC):
             n += 1
         return n
 
-    def publish_raw(self, topic: str, value: bytes | None, key: str | bytes | None = None, headers: Headers | None = None) -> None:
-        """Send bytes as they are (dead letters, schema catalog). The topic must still be a registry topic."""
-        self.registry.spec(topic)
-        self._send(topic, _key_bytes(key), value, headers or [])
+    def publish_raw(self, topic: str, value: bytes | None, key: str | bytes | None = None, headers: Headers | None = None,
+                    partition: int | None = None) -> None:
+        """Send bytes as they are (dead letters, schema catalog, state entries). The topic must still be a registry
+        topic. ``partition``: this partition instead of the key's (a state topic laid out by source partition)."""
+        spec = self.registry.spec(topic)
+        if partition is not None and not 0 <= partition < spec.partitions:
+            raise PublishError(f"{topic} has no partition {partition} (it has {spec.partitions})")
+        self._send(topic, _key_bytes(key), value, headers or [], partition)
         self.published += 1
 
     @abstractmethod
-    def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None: ...
+    def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+              partition: int | None) -> None: ...
 
     @abstractmethod
     def flush(self, timeout: float | None = None) -> None:
@@ -163,12 +168,13 @@ class KafkaPublisher(Publisher):
                 if len(self._failures) < 10:
                     self._failures.append(f"{msg.topic()}: {err.str()}")
 
-    def _send(self, topic, key, value, headers) -> None:
+    def _send(self, topic, key, value, headers, partition=None) -> None:
         from confluent_kafka import KafkaException
 
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery, **where)
                 break
             except BufferError:
                 # The local queue is full: let librdkafka drain it, then try again.
@@ -212,10 +218,13 @@ class InMemoryLog:
             parts = self._parts[topic] = [[] for _ in range(self.registry.spec(topic).partitions)]
         return parts
 
-    def append(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> LogRecord:
+    def append(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+               partition: int | None = None) -> LogRecord:
         with self._lock:
             parts = self._partitions(topic)
-            if key is None:
+            if partition is not None:
+                p = partition
+            elif key is None:
                 self._rr += 1
                 p = self._rr % len(parts)
             else:
@@ -240,8 +249,8 @@ class InMemoryPublisher(Publisher):
         super().__init__(serde, registry)
         self.log = log or InMemoryLog(registry)
 
-    def _send(self, topic, key, value, headers) -> None:
-        self.log.append(topic, key, value, headers)
+    def _send(self, topic, key, value, headers, partition=None) -> None:
+        self.log.append(topic, key, value, headers, partition)
 
     def flush(self, timeout: float | None = None) -> None:
         return None

@@ -117,7 +117,7 @@ def _transitions(n: int, run_id: str, seeds: int = 2000) -> list[tuple[str, str,
 # ---------------------------------------------------------------------------------------------------- replay
 def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
     from streams.state import read_state_topic
-    from views.folds import fold_runs
+    from views.folds import RUN_TOPICS, fold_runs
 
     with _Scratch(("seed-state",)) as s:
         run_ids = [f"bench-run-{i}" for i in range(runs)]
@@ -135,18 +135,29 @@ def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
 
         _wait(caught_up, 600, "the processors to materialize the runs")
         live = read_state_topic(s.bb, "state.kasmina.seeds")
+        topics = [s.bb.resolve_topic(t) for t in RUN_TOPICS]
+        raw_seconds, raw_records = [], 0
         t0 = time.perf_counter()
         views, bad = fold_runs(s.bb, run_ids)
         seconds = time.perf_counter() - t0
+        for _ in range(2):  # the limit: the same records read in the same order, nothing decoded (best of two)
+            t0 = time.perf_counter()
+            raw_records = sum(1 for _ in s.bb.replay_reader().records(topics))
+            raw_seconds.append(time.perf_counter() - t0)
         matches = bad == 0
         for view in views.values():
             mine = {k.split("|", 1)[1]: v for k, v in live.items() if v["run_id"] == view.run_id}
             matches &= mine == view.seed_states and view.seeds and not view.gaps
         folded = sum(v.events for v in views.values())
+        raw_rate = raw_records / min(raw_seconds)
         return {"bench": "replay", "events": folded, "runs": runs, "events_per_s": round(folded / seconds),
+                "raw_read_events_per_s": round(raw_rate), "over_raw_read": round(folded / seconds / raw_rate, 3),
+                "records_read": raw_records,
                 "seconds": round(seconds, 2), "state_matches": bool(matches),
                 "notes": "every run folded in one pass from offset 0 (read, decode, RunView) and compared, seed by "
-                         "seed, with the processors' live state.kasmina.seeds"}
+                         "seed, with the processors' live state.kasmina.seeds; raw read: the same records read in "
+                         "the same merged order and nothing else (the limit); events_per_s counts the events the "
+                         "fold saw (of records_read)"}
 
 
 # ---------------------------------------------------------------------------------------------------- materialize
@@ -160,15 +171,9 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
         for topic, key, ev in _transitions(backlog, "bench-backlog"):
             pub.publish(ev, topic=s.bb.resolve_topic(topic), key=key)
         pub.flush()
+        noop_rate = _noop_rate(s, backlog)  # the limit: faust taking the same backlog in and dropping it
         s.up()
-        t_up = time.monotonic()
-        t_first = _wait(lambda: s.applied("seed-state") > 0, 120, "the first event")
-        n_first = s.applied("seed-state")
-        t_last = _wait(lambda: s.applied("seed-state") >= backlog, 900, "the backlog", poll=0.2)
-        if backlog - n_first >= backlog // 10:  # from the first event seen applied to the last
-            drain_rate = (backlog - n_first) / max(t_last - t_first, 1e-9)
-        else:  # most of a small backlog went before the first look: count from the workers being up
-            drain_rate = backlog / max(t_last - t_up, 1e-9)
+        drain_rate = _drain_rate(lambda: s.applied("seed-state"), backlog)
 
         # live: offer `rate` events/s, read the state topic, lag = state record time - source record time
         state_topic = s.bb.resolve_topic("state.kasmina.seeds")
@@ -200,13 +205,16 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
             _drain(consumer, s.bb.serde, sent, lags, 0.2)
         consumer.close()
         lags.sort()
-        return {"bench": "materialize", "events_per_s": round(drain_rate), "backlog": backlog, "workers": workers,
+        return {"bench": "materialize", "events_per_s": round(drain_rate), "noop_agent_events_per_s": round(noop_rate),
+                "over_noop": round(drain_rate / noop_rate, 3), "backlog": backlog, "workers": workers,
                 "cores": os.cpu_count(),
                 "offered_events_per_s": rate, "live_events": len(payloads), "live_applied": len(lags),
                 "lag_p50_ms": round(lags[len(lags) // 2], 1) if lags else None,
                 "lag_p99_ms": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1) if lags else None,
                 "lag_max_ms": round(lags[-1], 1) if lags else None, "achieved_offer_per_s": round(offered),
                 "notes": "events_per_s: backlog drained by the seed-state agent (decode, fold, state write); "
+                         "noop_agent_events_per_s: the same backlog taken in by one worker of an agent that drops "
+                         "what it takes (same batches), before; "
                          "lag: from handing the event to the producer to its state record's create time"}
 
 
@@ -234,6 +242,32 @@ def _raw_insert(store, triples, rows: int, statements: int) -> float:
         return round(len(all_rows) / (time.perf_counter() - t0))
     finally:
         store.query("DROP TABLE IF EXISTS esper.bench_raw_telemetry", "TSV")
+
+
+def _drain_rate(applied, backlog: int) -> float:
+    """Events/s while ``applied()`` (the workers' count, polled) goes to ``backlog``: from the first event seen
+    applied to the last, or from now when most of a small backlog went before the first look."""
+    t_up = time.monotonic()
+    t_first = _wait(lambda: applied() > 0, 120, "the first event")
+    n_first = applied()
+    t_last = _wait(lambda: applied() >= backlog, 900, "the backlog", poll=0.2)
+    if backlog - n_first >= backlog // 10:
+        return (backlog - n_first) / max(t_last - t_first, 1e-9)
+    return backlog / max(t_last - t_up, 1e-9)
+
+
+def _noop_rate(s: "_Scratch", backlog: int) -> float:
+    """The backlog drained by one worker of the ``noop`` agent (its own group and home), started and stopped here."""
+    from esper_runtime.infra import LocalProcessors
+
+    settings = s.bb.settings.model_copy(update={"home": s.home / "noop", "processors_port": _free_port()})
+    worker = LocalProcessors(settings, agents=("noop",), app_id=f"{settings.topic_prefix}bench-noop")
+    worker.up(echo=lambda m: None)
+    try:
+        return _drain_rate(lambda: (worker.status() or {}).get("stats", {}).get("noop", {}).get("applied", 0),
+                           backlog)
+    finally:
+        worker.down()
 
 
 def _drain(consumer, serde, sent: dict, lags: list, timeout: float) -> None:

@@ -31,10 +31,10 @@ def processors(
     """Run the processors' app until SIGTERM or Ctrl-C: seed state -> state.kasmina.seeds, Urza ->
     state.urza.library, Urabrask's peers -> state.urabrask.distributions, telemetry -> ClickHouse (this process
     owns the embedded store and serves `esper sql` while it runs)."""
-    from processors.app import AGENTS, SCALABLE, Processors
+    from processors.app import AGENTS, BENCH_AGENTS, SCALABLE, Processors
 
     chosen = tuple(a.strip() for a in agents.split(",") if a.strip())
-    unknown = set(chosen) - set(AGENTS)
+    unknown = set(chosen) - set(AGENTS) - set(BENCH_AGENTS)
     if unknown:
         raise typer.BadParameter(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
     scaled = tuple(a for a in chosen if a in SCALABLE) if workers > 1 else ()

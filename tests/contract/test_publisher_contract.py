@@ -87,3 +87,15 @@ def test_the_broker_refuses_a_record_over_its_size_limit(topic_registry, kafka_b
     with pytest.raises(PublishError, match="(?i)too large"):
         pub.publish_raw(registry.deadletter, b"x" * 5_000_000)
         pub.flush(30)
+
+
+def test_a_raw_record_goes_to_the_partition_it_names_and_a_missing_one_is_refused(backend):
+    topic = backend.topic("state.kasmina.seeds")
+    partitions = backend.registry.spec(topic).partitions
+    for p in range(partitions):
+        backend.publisher.publish_raw(topic, f"v{p}".encode(), b"the-same-key", partition=p)
+    with pytest.raises(PublishError, match="no partition"):
+        backend.publisher.publish_raw(topic, b"x", b"k", partition=partitions)
+    backend.publisher.flush()
+    got = {r.value: r.partition for r in backend.make_reader().records([topic])}
+    assert got == {f"v{p}".encode(): p for p in range(partitions)}  # one key, every partition: as named
