@@ -1,8 +1,9 @@
 """``esper bench dormant-overhead``: training-step time with every seed DORMANT over the unwrapped model.
 
-Both models train on the same batches in the same process. Each round times a few steps of one, then of the other
-(the order alternates between rounds); ``ratio`` is the median over rounds of wrapped/unwrapped, so drift in the
-machine's speed, which both see within a round, cancels out.
+Both models train on the same batches in the same process, with an identical unwrapped twin as the A/A test. Each
+round times a few steps of each (the order alternates between rounds); ``ratio`` is the median over rounds of
+wrapped/unwrapped, so drift in the machine's speed, which all see within a round, cancels out. Rounds are added
+until the A/A spread is under 0.01 (``esper_runtime.bench.paired``), and the spread is reported beside the ratio.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from esper_runtime.bench.paired import paired_rounds, ratio
 from esper_runtime.kasmina import KasminaConfig, wrap
 
 
@@ -43,7 +45,7 @@ def _step_fn(model: nn.Module, x, y):
     return step
 
 
-def measure(make, rounds: int, steps: int, config: KasminaConfig) -> dict:
+def measure(make, rounds: int, steps: int, config: KasminaConfig, max_rounds: int = 150) -> dict:
     torch.manual_seed(0)
     host, x, y = make()
     # All three are copies made the same way, so none is favoured by where its memory happens to lie.
@@ -56,24 +58,30 @@ def measure(make, rounds: int, steps: int, config: KasminaConfig) -> dict:
     for fn in fns.values():  # warm-up: allocator, kernels, optimizer state
         for _ in range(5):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(rounds):
-        order = ("base", "twin", "wrapped") if r % 2 == 0 else ("wrapped", "twin", "base")
-        for name in order:
-            fn = fns[name]
+
+    def timed(fn):
+        def once() -> float:
             t0 = time.perf_counter()
             for _ in range(steps):
                 fn()
-            times[name].append((time.perf_counter() - t0) / steps)
+            return (time.perf_counter() - t0) / steps
+        return once
+
+    run = paired_rounds({name: timed(fn) for name, fn in fns.items()}, reference="base", twin="twin",
+                        min_rounds=rounds, max_rounds=max_rounds)
+    times = run["times"]
     base_s = statistics.median(times["base"])
     wrapped_s = statistics.median(times["wrapped"])
-    # Each round times both models back to back: the median of the per-round ratios cancels slow drift.
-    paired = statistics.median(w / b for w, b in zip(times["wrapped"], times["base"]))
-    noise = statistics.median(t / b for t, b in zip(times["twin"], times["base"]))
+    # Each round times the models back to back: the median of the per-round ratios cancels slow drift.
+    paired = ratio(times, "wrapped", "base")
+    noise = ratio(times, "twin", "base")
     return {
         "ratio": round(paired, 4),
         "ratio_of_medians": round(wrapped_s / base_s, 4),
         "aa_ratio": round(noise, 4),
+        "aa_spread": run["aa_spread"],
+        "aa_spread_met": run["aa_spread_met"],
+        "rounds": run["rounds"],
         "base_step_ms": round(base_s * 1000, 3),
         "wrapped_step_ms": round(wrapped_s * 1000, 3),
         "seed_layers": len(wrapped.seed_layers()),
@@ -81,16 +89,18 @@ def measure(make, rounds: int, steps: int, config: KasminaConfig) -> dict:
     }
 
 
-def run(rounds: int = 30, steps: int = 32) -> dict:
+def run(rounds: int = 30, steps: int = 32, max_rounds: int = 150) -> dict:
     config = KasminaConfig()
-    results = {"mlp": measure(_mlp, rounds, steps, config), "cnn": measure(_cnn, rounds, steps, config)}
+    results = {"mlp": measure(_mlp, rounds, steps, config, max_rounds),
+               "cnn": measure(_cnn, rounds, steps, config, max_rounds)}
     return {
         "bench": "dormant-overhead",
         "ratio": max(r["ratio"] for r in results.values()),
+        "aa_spread": max(r["aa_spread"] for r in results.values()),
         **results,
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "stats_every": config.stats_every,
-        "rounds": rounds,
+        "min_rounds": rounds,
         "steps_per_round": steps,
     }

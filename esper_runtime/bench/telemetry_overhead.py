@@ -4,7 +4,8 @@ Two wrapped copies of the same model train on the same batches in one process; a
 ends an epoch (``kasmina.end_epoch``): one with a real Kafka publisher (per-layer ``SeedTelemetry`` built and
 published, plus any transitions), the other with none (nothing built, nothing sent). A third, unpublished copy
 is the A/A reference. Rounds alternate the order; ``ratio`` is the median over rounds of published/unpublished time
-per training step, the epoch boundary included. Short epochs are the worst case: the per-epoch cost is spread over
+per training step, the epoch boundary included; rounds are added until the A/A spread is under 0.01
+(``esper_runtime.bench.paired``). Short epochs are the worst case: the per-epoch cost is spread over
 fewer steps.
 """
 
@@ -18,12 +19,13 @@ import uuid
 import torch
 
 from esper_runtime.bench.dormant import _mlp, _step_fn
+from esper_runtime.bench.paired import paired_rounds, ratio
 from esper_runtime.kasmina import KasminaConfig, wrap
 from streams import Backbone
 from streams.topics import ensure_topics
 
 
-def run(rounds: int = 30, steps: int = 10) -> dict:
+def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150) -> dict:
     bb = Backbone()
     registry = bb.registry.with_prefix(f"bench-{uuid.uuid4().hex[:8]}.")
     admin = bb.admin()
@@ -53,17 +55,15 @@ def run(rounds: int = 30, steps: int = 10) -> dict:
             for _ in range(3):
                 epoch(name)
         publisher.flush()
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for r in range(rounds):
-            order = ("quiet", "twin", "published") if r % 2 == 0 else ("published", "twin", "quiet")
-            for name in order:
-                times[name].append(epoch(name))
+        run_ = paired_rounds({name: (lambda name=name: epoch(name)) for name in ("quiet", "twin", "published")},
+                             reference="quiet", twin="twin", min_rounds=rounds, max_rounds=max(rounds, max_rounds))
+        times = run_["times"]
         publisher.flush()
-        ratio = statistics.median(p / q for p, q in zip(times["published"], times["quiet"]))
-        aa = statistics.median(t / q for t, q in zip(times["twin"], times["quiet"]))
-        return {"bench": "telemetry-overhead", "ratio": round(ratio, 4), "aa_ratio": round(aa, 4),
+        return {"bench": "telemetry-overhead", "ratio": round(ratio(times, "published", "quiet"), 4),
+                "aa_ratio": round(ratio(times, "twin", "quiet"), 4), "aa_spread": run_["aa_spread"],
+                "aa_spread_met": run_["aa_spread_met"],
                 "step_ms": round(statistics.median(times["quiet"]) * 1000, 3), "steps_per_epoch": steps,
-                "rounds": rounds, "events_published": models["published"].kasmina.events_published,
+                "rounds": run_["rounds"], "events_published": models["published"].kasmina.events_published,
                 "seed_layers": len(models["published"].seed_layers()),
                 "notes": "per-step time with the epoch boundary included, published to the real broker vs no "
                          "publisher; aa_ratio is an identical unpublished copy (the measurement's noise)"}

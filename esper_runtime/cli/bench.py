@@ -41,14 +41,16 @@ def events(
 @app.command("dormant-overhead")
 def dormant_overhead(
     as_json: bool = typer.Option(False, "--json"),
-    rounds: int = typer.Option(30, help="Alternating rounds per model."),
+    rounds: int = typer.Option(30, help="Alternating rounds per model, at least."),
+    max_rounds: int = typer.Option(150, help="At most: rounds are added until the A/A spread is under 0.01."),
     steps: int = typer.Option(32, help="Training steps per round (rounds alike: see stats_every)."),
 ) -> None:
-    """Training-step time of a wrapped model with every seed DORMANT over the unwrapped model (MLP, small CNN)."""
+    """Training-step time of a wrapped model with every seed DORMANT over the unwrapped model (MLP, small CNN),
+    with the A/A spread of the measurement beside each ratio."""
     from esper_runtime.bench import dormant
 
     console.print("[dim]bench dormant-overhead: timing an MLP and a small CNN, wrapped and unwrapped...[/dim]")
-    _report(dormant.run(rounds=rounds, steps=steps), as_json)
+    _report(dormant.run(rounds=rounds, steps=steps, max_rounds=max(rounds, max_rounds)), as_json)
 
 
 @app.command("kernel-load")
@@ -119,13 +121,17 @@ def telemetry(as_json: bool = typer.Option(False, "--json"),
 
 @app.command("telemetry-overhead")
 def telemetry_overhead(as_json: bool = typer.Option(False, "--json"),
-                       rounds: int = typer.Option(30, help="Alternating rounds."),
+                       rounds: int = typer.Option(30, help="Alternating rounds, at least."),
+                       max_rounds: int = typer.Option(150, help="At most: rounds are added until the A/A spread is "
+                                                                "under 0.01."),
                        steps: int = typer.Option(10, help="Training steps per epoch (fewer: the worst case).")) -> None:
-    """Training-step time with per-epoch telemetry published to Kafka over the same model publishing nothing."""
+    """Training-step time with per-epoch telemetry published to Kafka over the same model publishing nothing, with
+    the A/A spread of the measurement beside the ratio."""
     from esper_runtime.bench import telemetry_overhead as bench_telemetry_overhead
 
     console.print("[dim]bench telemetry-overhead: two wrapped MLPs, one publishing its telemetry...[/dim]")
-    _streaming("telemetry-overhead", lambda: bench_telemetry_overhead.run(rounds=rounds, steps=steps), as_json)
+    _streaming("telemetry-overhead", lambda: bench_telemetry_overhead.run(rounds=rounds, steps=steps,
+                                                                         max_rounds=max_rounds), as_json)
 
 
 @app.command()

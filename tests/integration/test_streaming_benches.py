@@ -40,8 +40,9 @@ def test_telemetry_bench(kafka_bootstrap):
 
 
 def test_telemetry_overhead_bench(kafka_bootstrap):
-    r = _bench(["telemetry-overhead", "--rounds", "3", "--steps", "2"], kafka_bootstrap)
+    r = _bench(["telemetry-overhead", "--rounds", "3", "--max-rounds", "3", "--steps", "2"], kafka_bootstrap)
     assert r["ratio"] > 0 and r["events_published"] > 0
+    assert r["rounds"] == 3 and r["aa_spread"] >= 0 and isinstance(r["aa_spread_met"], bool)
 
 
 def test_materialize_bench_with_two_workers(kafka_bootstrap):
