@@ -5,6 +5,7 @@ attribute the patch sets; and the rewind seeks every partition, the ones aiokafk
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 
 from aiokafka.consumer.consumer import AIOKafkaConsumer
@@ -22,22 +23,29 @@ def test_the_hooks_the_patch_relies_on_are_still_there():
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in source  # ...and read when its fetcher starts
 
 
+@contextlib.contextmanager
+def _restored(cls, *names: str):
+    """The class's own attributes ``names`` as they were before the block, whatever the block patched."""
+    saved = {k: cls.__dict__[k] for k in names if k in cls.__dict__}
+    try:
+        yield
+    finally:
+        for k in names:
+            if k in saved:
+                setattr(cls, k, saved[k])
+            elif k in cls.__dict__:
+                delattr(cls, k)
+
+
 def test_consumers_made_after_the_patch_wait_what_it_says():
     cls = driver.AIOKafkaConsumerThread
-    saved = {k: cls.__dict__[k] for k in ("_create_worker_consumer", "_esper_original_create") if k in cls.__dict__}
-    try:
+    with _restored(cls, "_create_worker_consumer", "_esper_original_create"):
         cls._create_worker_consumer = lambda self, transport: AIOKafkaConsumer.__new__(AIOKafkaConsumer)
         if "_esper_original_create" in cls.__dict__:
             del cls._esper_original_create
         limit_fetch_wait(20)
         limit_fetch_wait(30)  # twice: wraps the original, not its own wrapper
         assert cls._create_worker_consumer(object.__new__(cls), None)._fetch_max_wait_ms == 30
-    finally:
-        for k in ("_create_worker_consumer", "_esper_original_create"):
-            if k in saved:
-                setattr(cls, k, saved[k])
-            elif k in cls.__dict__:
-                delattr(cls, k)
 
 
 class _Consumer:
@@ -74,14 +82,7 @@ def test_aiokafka_still_skips_offset_zero_and_faust_still_seeks_through_the_thre
     cls = driver.AIOKafkaConsumerThread
     original = cls.__dict__.get("_esper_original_seek", cls.seek_to_committed)
     assert "seek_to_committed" in inspect.getsource(original) and "call_thread" in inspect.getsource(original)
-    saved = {k: cls.__dict__[k] for k in ("seek_to_committed", "_esper_original_seek") if k in cls.__dict__}
-    try:
+    with _restored(cls, "seek_to_committed", "_esper_original_seek"):
         rewind_to_committed()
         rewind_to_committed()  # twice: the original kept
         assert cls._esper_original_seek is original and cls.seek_to_committed is not original
-    finally:
-        for k in ("seek_to_committed", "_esper_original_seek"):
-            if k in saved:
-                setattr(cls, k, saved[k])
-            elif k in cls.__dict__:
-                delattr(cls, k)
