@@ -107,7 +107,6 @@ class Processors:
         self._raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self._partitioned: list[tuple[str, MaterializedState]] = []  # (source topic, its partitioned state)
         self._state_publisher = None
-        self._state_flushed_at = 0
         self._flush_before_commit()
         self._build()
         self.app.on_partitions_revoked.connect(self._on_revoked)
@@ -141,11 +140,8 @@ class Processors:
         producer.flush = flush
 
     async def _flush_state(self) -> None:
-        publisher = self._state_publisher
-        if publisher is not None and publisher.published != self._state_flushed_at:
-            marker = publisher.published
-            await asyncio.get_running_loop().run_in_executor(None, publisher.flush)  # raises PublishError: no ack
-            self._state_flushed_at = marker
+        if self._state_publisher is not None:  # raises PublishError when a write was not acknowledged
+            await asyncio.get_running_loop().run_in_executor(None, self._state_publisher.flush)
 
     async def _dead_letter(self, event, reason: str, detail: str, agent: str) -> None:
         msg = event.message
@@ -447,8 +443,8 @@ class MaterializedState:
 
     Not a faust Table on purpose: a table's changelog writes go through faust's producer buffer, whose flush before
     a commit gives up after 0.1 s (``ProducerBuffer.flush_atmost``), so a commit can overtake them; a kill -9 then
-    lost applied updates in our restart test. These writes go to a librdkafka producer (``publisher()``) that the
-    agent flushes before the batch's events are acknowledged.
+    lost applied updates in our restart test. These writes go to a librdkafka producer (``publisher()``), queued
+    before the batch's events are acknowledged and flushed inside faust's flush before each offset commit.
     """
 
     def __init__(self, backbone: Backbone, name: str, publisher, stats: Counter, partitioned: bool = False):
@@ -511,7 +507,7 @@ class MaterializedState:
         self._dirty[key] = (value, partition)
 
     async def flush(self) -> None:
-        """The batch's changed entries handed to the producer (the agent's batch loop waits for their acks)."""
+        """The batch's changed entries handed to the producer (acknowledged before the next offset commit)."""
         publisher = self.publisher()
         for key, (value, partition) in self._dirty.items():
             raw = None if value is None else encode_state_value(self.bb.serde, self.spec, value)
