@@ -33,7 +33,7 @@ from typing import Any
 
 import faust
 
-from processors.clickhouse.sink import SINK_TOPICS, backoff, insert_or_set_aside
+from processors.clickhouse.sink import SINK_TOPICS, backoff, sink_records
 from processors.exceptions import StoreUnavailable
 from processors.faust_patch import limit_fetch_wait, rewind_to_committed
 from views.seed_state import APPLIED, GAP, fold_seed, seed_key
@@ -259,13 +259,7 @@ class Processors:
             @self._reports_crashes("telemetry-sink")
             async def telemetry_sink(stream):
                 async for events in stream.take_events(self.sink_batch, within=0.5):
-                    kept = []
-                    for event in events:
-                        decoded = await self._decode_record(event, "telemetry-sink")
-                        if decoded is not None:
-                            kept.append((event, (decoded.name, decoded.record)))
-                    if kept:
-                        await self._sink(kept)
+                    await self._sink([(event, (event.message.topic, event.message.value)) for event in events])
 
             procs = self
 
@@ -291,16 +285,18 @@ class Processors:
         async def status_view(web, request):
             return web.json(self.status())
 
-    async def _sink(self, kept: list) -> None:
-        """Insert a batch on the store's thread; while the store is unavailable, wait (backing off) and retry the
-        same batch, so the stream does not move on without it; records the store refuses go to the dead-letter
-        topic (``insert_or_set_aside``)."""
+    async def _sink(self, batch: list) -> None:
+        """A batch of (event, (topic, raw value)) into the store, on the store's thread (``sink_records``: native
+        where it can, decoded otherwise); while the store is unavailable, wait (backing off) and retry the same
+        batch, so the stream does not move on without it; records that do not decode or that the store refuses go
+        to the dead-letter topic."""
         loop = asyncio.get_running_loop()
         stats = self.stats["telemetry-sink"]
+        items = [item for _, item in batch]
         for delay in backoff():
             try:
-                inserted, refused = await loop.run_in_executor(self._store_exec, insert_or_set_aside, self.store,
-                                                               [record for _, record in kept])
+                inserted, rejected = await loop.run_in_executor(self._store_exec, sink_records, self.store, self.serde,
+                                                                self.bb.registry, items)
                 break
             except StoreUnavailable as exc:
                 stats["insert_retries"] += 1
@@ -309,9 +305,9 @@ class Processors:
         for table, n in inserted.items():
             stats[f"rows:{table}"] += n
         self._sink_marks.append((time.monotonic(), sum(inserted.values())))
-        for i, reason in refused:
-            log.warning("telemetry sink: record set aside (dead-letter topic): %s", reason)
-            await self._dead_letter(kept[i][0], "unstorable", reason, "telemetry-sink")
+        for i, reason, detail in rejected:
+            log.warning("telemetry sink: record set aside (dead-letter topic): %s: %s", reason, detail[:300])
+            await self._dead_letter(batch[i][0], reason, detail, "telemetry-sink")
 
     async def _on_revoked(self, sender, revoked, **kwargs) -> None:
         """A rebalance took partitions away: their state goes with them (their new owner restores it)."""

@@ -82,21 +82,26 @@ class EventConsumer:
         self._pending: list = []  # messages of the last batch, stored when the next batch is asked for
         self.dead_lettered = 0
 
-    def poll(self, timeout: float = 1.0, max_records: int = 1000) -> list[ConsumedEvent]:
+    def poll_raw(self, timeout: float = 1.0, max_records: int = 1000) -> list[LogRecord]:
+        """The next batch undecoded (the caller decodes, and dead-letters what does not decode); offsets as
+        ``poll``'s."""
         self._store_pending()
-        msgs = self._consumer.consume(num_messages=max_records, timeout=timeout)
         out = []
-        dead = 0
-        for msg in msgs:
+        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout):
             err = msg.error()
             if err is not None:
                 if err.fatal():
                     raise EsperError(f"consumer failed: {err.str()}")
                 continue  # transient (e.g. partition EOF); librdkafka retries by itself
-            ts_type, ts = msg.timestamp()
-            rec = LogRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), ts,
-                            list(msg.headers() or []))
             self._pending.append(msg)
+            out.append(LogRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                 msg.timestamp()[1], list(msg.headers() or [])))
+        return out
+
+    def poll(self, timeout: float = 1.0, max_records: int = 1000) -> list[ConsumedEvent]:
+        out = []
+        dead = 0
+        for rec in self.poll_raw(timeout, max_records):
             try:
                 out.append(ConsumedEvent(rec, decode_for_topic(self.serde, self.registry, rec.value, rec.topic)))
             except DecodeError as exc:

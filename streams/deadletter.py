@@ -15,7 +15,7 @@ from streams.exceptions import DecodeError
 from streams.serde import Decoded, Serde
 from streams.topics import TopicRegistry
 
-__all__ = ["DLQ_HEADERS", "decode_for_topic", "dead_letter_headers"]
+__all__ = ["DLQ_HEADERS", "decode_for_topic", "frame_for_topic", "dead_letter_headers"]
 
 DLQ_HEADERS = ("esper.dlq.reason", "esper.dlq.detail", "esper.dlq.source", "esper.dlq.consumer", "esper.dlq.at")
 
@@ -29,6 +29,16 @@ def decode_for_topic(serde: Serde, registry: TopicRegistry, value: bytes | None,
     if decoded.name not in registry.spec(topic).events:
         raise DecodeError("wrong-topic", f"{decoded.name} does not belong on {topic}")
     return decoded.typed() if typed else decoded
+
+
+def frame_for_topic(serde: Serde, registry: TopicRegistry, value: bytes | None, topic: str):
+    """``decode_for_topic``'s checks on the header alone (``Serde.frame``: writer schema, body offset, whether the
+    writer is current), for a reader that hands the body on undecoded; the body's own checks are then the
+    reader's (the sink's native path: ClickHouse's Avro reader, and a decode of each record when it refuses)."""
+    writer, offset, current = serde.frame(value)
+    if writer.name not in registry.spec(topic).events:
+        raise DecodeError("wrong-topic", f"{writer.name} does not belong on {topic}")
+    return writer, offset, current
 
 
 def dead_letter_headers(headers, reason: str, detail: str, source: str, consumer: str) -> list[tuple[str, bytes]]:

@@ -65,6 +65,8 @@ class Serde(Protocol):
 
     def peek(self, data: bytes, topic: str) -> tuple[str, dict]: ...
 
+    def frame(self, data: bytes) -> tuple[NamedSchema, int, bool]: ...
+
 
 def _as_record(catalog: SchemaCatalog, event: Any, schema_name: str | None) -> tuple[NamedSchema, dict]:
     if schema_name is not None:
@@ -110,6 +112,13 @@ class SingleObjectSerde:
     def peek(self, data: bytes, topic: str = "") -> tuple[str, dict]:
         """(schema name, envelope) without decoding the rest of the record: what a fold needs to skip it."""
         return _peek(self, data, topic, self._writer(data), HEADER_LEN)
+
+    def frame(self, data: bytes) -> tuple[NamedSchema, int, bool]:
+        """The record's header checked, its body not read: (writer schema, where the body starts, whether the writer
+        is this version's own schema, so a reader needs no schema resolution). What the sink's native path needs
+        to hand bodies to ClickHouse undecoded. Raises DecodeError as ``decode`` does for a bad header."""
+        writer = self._writer(data)
+        return writer, HEADER_LEN, self._reader_for(writer) is None
 
     def _writer(self, data: bytes) -> NamedSchema:
         if data is None or len(data) < HEADER_LEN:
@@ -202,6 +211,12 @@ class ConfluentSerde:
     def peek(self, data: bytes, topic: str = "") -> tuple[str, dict]:
         """(schema name, envelope) without decoding the rest of the record: what a fold needs to skip it."""
         return _peek(self, data, topic, self._writer(data), 5)
+
+    def frame(self, data: bytes) -> tuple[NamedSchema, int, bool]:
+        """See ``SingleObjectSerde.frame``."""
+        writer = self._writer(data)
+        local = self.catalog.find(writer.name)
+        return writer, 5, local is not None and local.fingerprint == writer.fingerprint
 
     def _writer(self, data: bytes) -> NamedSchema:
         if data is None or len(data) < 5:

@@ -5,6 +5,11 @@ At least once: a batch's offsets are committed only after its rows are inserted;
 is unavailable the sink waits and retries the same batch, backing off to ``MAX_BACKOFF_S``: nothing is skipped. A
 batch the store refuses is inserted record by record and the records it still refuses are set aside (the callers
 put them on the dead-letter topic, reason ``unstorable``), so one bad record never blocks the rest.
+
+``sink_records`` is the whole path from raw records, shared by the processors' sink and ``esper sink``: telemetry
+written with this version's schema goes the native way (``native``: ClickHouse reads the Avro bodies itself, no
+decode in Python) when the store is embedded; everything else, and a native batch ClickHouse refuses, is decoded
+here, record by record, so a bad record is dead-lettered with a decode's own reason.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import time
 from collections import defaultdict
 from typing import Any, Iterable
 
-from processors.exceptions import StoreUnavailable
+from processors.clickhouse.native import NATIVE
+from processors.exceptions import StoreError, StoreUnavailable
+from streams.deadletter import decode_for_topic, frame_for_topic
+from streams.exceptions import DecodeError
 from streams.topics import TOPICS
 
-__all__ = ["TelemetrySink", "insert_batch", "insert_or_set_aside", "rows_for", "rows_for_record", "SINK_TOPICS",
-           "MAX_BACKOFF_S", "backoff"]
+__all__ = ["TelemetrySink", "insert_batch", "insert_or_set_aside", "sink_records", "rows_for", "rows_for_record",
+           "SINK_TOPICS", "MAX_BACKOFF_S", "backoff"]
 
 MAX_BACKOFF_S = 30.0
 log = logging.getLogger("esper.sink")
@@ -149,6 +157,61 @@ def insert_or_set_aside(store, records: list[tuple[str, dict]]) -> tuple[dict[st
     return dict(inserted), refused
 
 
+def sink_records(store, serde, registry, items: list[tuple[str, bytes]], native: bool = True) \
+        -> tuple[dict[str, int], list[tuple[int, str, str]]]:
+    """A batch of raw records, (topic, value), into the store. Returns the rows inserted per table, and (index,
+    reason, detail) for each record to put on the dead-letter topic: one whose header or body does not decode (a
+    decode's reason) or that the store refused on its own (``unstorable``). ``StoreUnavailable`` propagates: the
+    caller waits and retries the whole batch (rows already in count once, by event id).
+
+    Records of an event type with a native mapping, written with this version's schema, go to ClickHouse undecoded
+    (``store.insert_container``, one statement per writer schema) unless ``native`` is off or the store has no such
+    path (a ClickHouse server); when ClickHouse refuses such a batch it is decoded here like the rest."""
+    inserted: dict[str, int] = defaultdict(int)
+    rejected: list[tuple[int, str, str]] = []
+    by_writer: dict[bytes, tuple[Any, int, list[int]]] = {}
+    to_decode: list[int] = []
+    native = native and hasattr(store, "insert_container")
+    for i, (topic, value) in enumerate(items):
+        try:
+            writer, offset, current = frame_for_topic(serde, registry, value, topic)
+        except DecodeError as exc:
+            rejected.append((i, exc.reason, exc.detail))
+            continue
+        if native and current and writer.name in NATIVE:
+            by_writer.setdefault(writer.fingerprint, (writer, offset, []))[2].append(i)
+        else:
+            to_decode.append(i)
+    for writer, offset, indices in by_writer.values():
+        try:
+            made = store.insert_container(writer, [items[i][1][offset:] for i in indices])
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            log.info("telemetry sink: ClickHouse refused a batch of %d %s records (%s); decoding them one by one",
+                     len(indices), writer.name, str(exc)[:300])
+            made = None
+        if made is None:
+            to_decode += indices
+        else:
+            inserted[made[0]] += made[1]
+    records, kept = [], []
+    for i in sorted(to_decode):
+        topic, value = items[i]
+        try:
+            decoded = decode_for_topic(serde, registry, value, topic)
+        except DecodeError as exc:
+            rejected.append((i, exc.reason, exc.detail))
+            continue
+        records.append((decoded.name, decoded.record))
+        kept.append(i)
+    done, refused = insert_or_set_aside(store, records)
+    for table, n in done.items():
+        inserted[table] += n
+    rejected += [(kept[j], "unstorable", reason) for j, reason in refused]
+    return dict(inserted), sorted(rejected)
+
+
 class TelemetrySink:
     def __init__(self, store, consumer):
         self.store = store
@@ -158,27 +221,28 @@ class TelemetrySink:
     def run(self, idle_timeout: float | None = None, batch: int = 5000) -> dict[str, int]:
         last = time.monotonic()
         while True:
-            events = self.consumer.poll(timeout=0.5, max_records=batch)
-            if events:
+            records = self.consumer.poll_raw(timeout=0.5, max_records=batch)
+            if records:
                 last = time.monotonic()
-                self._store(events)
+                self._store(records)
             elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
                 break
         self.consumer.commit()  # stores the last batch's offsets: its rows are in
         return dict(self.inserted)
 
-    def _store(self, events) -> None:
-        records = [(e.decoded.name, e.decoded.record) for e in events]
+    def _store(self, records) -> None:
+        items = [(r.topic, r.value) for r in records]
         for delay in backoff():
             try:
-                inserted, refused = insert_or_set_aside(self.store, records)
+                inserted, rejected = sink_records(self.store, self.consumer.serde, self.consumer.registry, items)
                 break
             except StoreUnavailable as exc:
                 log.warning("telemetry sink: %s; retrying in %.1f s", exc, delay)
                 time.sleep(delay)
         for table, n in inserted.items():
             self.inserted[table] += n
-        for i, reason in refused:
-            self.consumer.deadletter.send(events[i].record, "unstorable", reason)
-        if refused:
+        for i, reason, detail in rejected:
+            self.consumer.deadletter.send(records[i], reason, detail)
+        self.consumer.dead_lettered += len(rejected)
+        if rejected:
             self.consumer.deadletter.publisher.flush()

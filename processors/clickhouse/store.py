@@ -175,6 +175,29 @@ class EmbeddedStore(_Store):
         except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError; in-process, so never "unavailable"
             raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
 
+    def insert_container(self, writer, bodies: list[bytes]) -> tuple[str, int] | None:
+        """Avro bodies of ``writer``'s records (undecoded) inserted by ClickHouse itself: one object container, read
+        and mapped to rows by SQL (``native``). Returns (table, rows inserted), or None when ``writer`` has no native
+        mapping (the caller decodes). A record ClickHouse cannot read or check raises StoreError for the whole batch
+        (nothing of it is inserted: one statement)."""
+        from processors.clickhouse.native import NATIVE, native_insert_sql, object_container
+
+        inbox = self.path / "incoming"
+        inbox.mkdir(exist_ok=True)
+        path = inbox / f"{os.getpid()}-{secrets.token_hex(8)}.avro"
+        made = native_insert_sql(writer, str(path))
+        if made is None:
+            return None
+        sql, schema_json = made
+        path.write_bytes(object_container(schema_json, bodies))
+        try:
+            result = self._session.query(sql, "TSV")
+        except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError
+            raise StoreError(f"insert of {len(bodies)} {writer.name} records: {str(exc)[:4000]}") from None
+        finally:
+            path.unlink(missing_ok=True)
+        return NATIVE[writer.name].table, int(result.rows_written())
+
     def arrow_types(self, table: str) -> dict:
         """The Arrow type of each column of ``esper.<table>`` (asked once per table)."""
         known = self._types.get(table)

@@ -11,6 +11,7 @@ import pytest
 from processors.clickhouse import EmbeddedStore
 from processors.clickhouse.sink import insert_or_set_aside
 from processors.exceptions import StoreUnavailable
+from streams import SingleObjectSerde
 from streams.samples import sample_event
 from streams.schemas import SchemaCatalog
 
@@ -24,6 +25,13 @@ def _epochs(n: int, seed: int = 0) -> list[tuple[str, dict]]:
 def store(tmp_path):
     with EmbeddedStore(tmp_path / "ch") as s:
         yield s
+
+
+def _raw(records: list[tuple[str, dict]]) -> list[tuple[str, tuple[str, bytes]]]:
+    """(event, (topic, value)) as the processors' sink takes them: each record encoded on its topic."""
+    serde = SingleObjectSerde(SchemaCatalog.load())
+    return [(f"event-{i}", ("tolaria.run.events", serde.encode(record, schema_name=name)))
+            for i, (name, record) in enumerate(records)]
 
 
 def _count(store) -> int:
@@ -79,6 +87,7 @@ def test_an_unavailable_store_is_waited_for_and_nothing_is_dropped(store, tmp_pa
     from streams import Backbone, load_settings
 
     procs = Processors(Backbone(load_settings(home=tmp_path)), agents=("telemetry-sink",))
+    procs.bb.serde = SingleObjectSerde(SchemaCatalog.load())  # no broker here for the log's schema catalog
     procs.store = Unavailable(store, outages=2)
     dead = []
 
@@ -86,8 +95,7 @@ def test_an_unavailable_store_is_waited_for_and_nothing_is_dropped(store, tmp_pa
         dead.append((event, reason))
 
     monkeypatch.setattr(procs, "_dead_letter", dead_letter)
-    records = _epochs(6)
-    asyncio.run(procs._sink([(f"event-{i}", r) for i, r in enumerate(records)]))
+    asyncio.run(procs._sink(_raw(_epochs(6))))
     procs._store_exec.shutdown()
     assert _count(store) == 6 and dead == []
     assert procs.stats["telemetry-sink"]["insert_retries"] == 2  # waited 0.5 s, then 1 s
@@ -99,6 +107,7 @@ def test_refused_records_reach_the_dead_letter_path(store, tmp_path, monkeypatch
     from streams import Backbone, load_settings
 
     procs = Processors(Backbone(load_settings(home=tmp_path)), agents=("telemetry-sink",))
+    procs.bb.serde = SingleObjectSerde(SchemaCatalog.load())  # no broker here for the log's schema catalog
     procs.store = store
     dead = []
 
@@ -106,9 +115,11 @@ def test_refused_records_reach_the_dead_letter_path(store, tmp_path, monkeypatch
         dead.append((event, reason, agent))
 
     monkeypatch.setattr(procs, "_dead_letter", dead_letter)
-    records = _epochs(3)
-    records[1] = (records[1][0], {k: v for k, v in records[1][1].items() if k != "val_loss"})
-    asyncio.run(procs._sink([(f"event-{i}", r) for i, r in enumerate(records)]))
+    records = _epochs(4)
+    records[1] = (records[1][0], {**records[1][1], "params": -5})  # encodes (an Avro long); the store refuses it
+    batch = _raw(records)
+    batch[3] = (batch[3][0], (batch[3][1][0], batch[3][1][1][:-3]))  # cut short: does not decode
+    asyncio.run(procs._sink(batch))
     procs._store_exec.shutdown()
     assert _count(store) == 2
-    assert dead == [("event-1", "unstorable", "telemetry-sink")]
+    assert dead == [("event-1", "unstorable", "telemetry-sink"), ("event-3", "schema-mismatch", "telemetry-sink")]
