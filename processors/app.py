@@ -7,8 +7,11 @@
   partition the event came from) and restored from it on start.
 - **distributions**: each validated kernel's measurements per hardware (``state.urabrask.distributions``), the peers
   Urabrask tags against.
-- **telemetry-sink**: batched inserts into ClickHouse (``rows_for_record``); the app owns the embedded store and serves
-  SQL to other processes on 127.0.0.1 (``/esper/sql/``, a token from ``endpoint.json``).
+- **telemetry-sink**: batched inserts into ClickHouse (``sink_records``: telemetry natively, the rest through
+  ``rows_for_record``); the app owns the embedded store and serves SQL to other processes on 127.0.0.1
+  (``/esper/sql/``, a token from ``endpoint.json``). Not a faust agent: it keeps no state, so it is a plain
+  consumer-group reader (librdkafka, group ``<app id>-telemetry-sink``) on a thread of this process — faust's intake
+  per record (what ``esper bench materialize``'s no-op agent measures) capped it at ~14k records/s.
 
 Agents work in batches (``take_events``). Delivery is at least once: a batch's state writes (through a librdkafka
 producer, ``state_publisher``: faust's own producer is pure Python) and dead letters (through faust's producer) are
@@ -26,6 +29,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import threading
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -255,12 +259,6 @@ class Processors:
                     await dist.flush()
 
         if "telemetry-sink" in self.agents:
-            @app.agent(self._topic(*SINK_TOPICS), name="telemetry-sink")
-            @self._reports_crashes("telemetry-sink")
-            async def telemetry_sink(stream):
-                async for events in stream.take_events(self.sink_batch, within=0.5):
-                    await self._sink([(event, (event.message.topic, event.message.value)) for event in events])
-
             procs = self
 
             @app.page("/esper/sql/")
@@ -285,29 +283,61 @@ class Processors:
         async def status_view(web, request):
             return web.json(self.status())
 
-    async def _sink(self, batch: list) -> None:
-        """A batch of (event, (topic, raw value)) into the store, on the store's thread (``sink_records``: native
-        where it can, decoded otherwise); while the store is unavailable, wait (backing off) and retry the same
-        batch, so the stream does not move on without it; records that do not decode or that the store refuses go
-        to the dead-letter topic."""
-        loop = asyncio.get_running_loop()
+    # ------------------------------------------------------------------ the telemetry sink
+    @property
+    def sink_group(self) -> str:
+        return f"{self.app_id}-telemetry-sink"
+
+    def _sink_loop(self, stop: threading.Event) -> None:
+        """The telemetry sink's thread: read a batch, store it (``_sink``), and on. A batch's offsets are stored when
+        the next is read (``EventConsumer``), i.e. after its rows are in and its dead letters acknowledged. What
+        raises is logged and counted (``crashes``) and the reader started again from the committed offsets, as faust
+        restarts a crashed agent."""
+        while not stop.is_set():
+            consumer = self.bb.consumer([self.bb.resolve_topic(t) for t in SINK_TOPICS], group_id=self.sink_group,
+                                        name="processors/telemetry-sink", **{"fetch.wait.max.ms": self.fetch_wait_ms})
+            try:
+                while not stop.is_set():
+                    records = consumer.poll_raw(timeout=0.5, max_records=self.sink_batch)
+                    if records and not self._sink(consumer, records, stop):
+                        consumer.unread_last()  # stopped while the store was away: read again on restart
+            except Exception as exc:  # noqa: BLE001 - reported, then the reader starts again
+                consumer.unread_last()
+                self.stats["telemetry-sink"]["crashes"] += 1
+                log.error("telemetry sink raised; starting it again: %r", exc, exc_info=exc)
+                stop.wait(1.0)
+            finally:
+                consumer.close()
+
+    def _sink(self, consumer, records: list, stop: threading.Event | None = None) -> bool:
+        """A batch of raw records into the store, on the store's thread (``sink_records``: native where it can,
+        decoded otherwise); while the store is unavailable, wait (backing off) and retry the same batch, so the
+        reader does not move on without it; records that do not decode or that the store refuses go to the
+        dead-letter topic (acknowledged before the batch's offsets are stored). False when ``stop`` came first."""
         stats = self.stats["telemetry-sink"]
-        items = [item for _, item in batch]
+        items = [(r.topic, r.value) for r in records]
         for delay in backoff():
             try:
-                inserted, rejected = await loop.run_in_executor(self._store_exec, sink_records, self.store, self.serde,
-                                                                self.bb.registry, items)
+                inserted, rejected = self._store_exec.submit(sink_records, self.store, self.serde, self.bb.registry,
+                                                             items).result()
                 break
             except StoreUnavailable as exc:
                 stats["insert_retries"] += 1
                 log.warning("telemetry sink: %s; retrying the batch in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                if stop is not None and stop.wait(delay):
+                    return False
+                if stop is None:
+                    time.sleep(delay)
         for table, n in inserted.items():
             stats[f"rows:{table}"] += n
         self._sink_marks.append((time.monotonic(), sum(inserted.values())))
         for i, reason, detail in rejected:
             log.warning("telemetry sink: record set aside (dead-letter topic): %s: %s", reason, detail[:300])
-            await self._dead_letter(batch[i][0], reason, detail, "telemetry-sink")
+            consumer.deadletter.send(records[i], reason, detail)
+        if rejected:
+            consumer.deadletter.publisher.flush()
+            stats["dead_lettered"] += len(rejected)
+        return True
 
     async def _on_revoked(self, sender, revoked, **kwargs) -> None:
         """A rebalance took partitions away: their state goes with them (their new owner restores it)."""
@@ -405,6 +435,7 @@ class Processors:
         """Run the worker until SIGTERM / SIGINT (blocking); the store is closed on the way out."""
         limit_fetch_wait(self.fetch_wait_ms)
         rewind_to_committed()
+        stop_sink, sink = threading.Event(), None
         if "telemetry-sink" in self.agents:
             self.open_store()  # first: the sooner this process owns the store, the shorter a client's wait for it
         try:
@@ -413,8 +444,14 @@ class Processors:
                 check_layout(self.bb, state.name, BY_SOURCE_PARTITION)
             worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
                                   override_logging=True)
+            if "telemetry-sink" in self.agents:
+                sink = threading.Thread(target=self._sink_loop, args=(stop_sink,), name="telemetry-sink", daemon=True)
+                sink.start()
             worker.execute_from_commandline()
         finally:
+            stop_sink.set()
+            if sink is not None:
+                sink.join(timeout=30)
             if self.store is not None:
                 self._store_exec.submit(self.store.close).result(timeout=30)
             if self._store_exec is not None:

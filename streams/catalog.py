@@ -8,6 +8,7 @@ its own ``schemas/`` (an older or newer writer) refreshes its view of this topic
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from streams.publisher import Publisher
@@ -44,6 +45,7 @@ class CatalogResolver:
         self.min_refresh_s = min_refresh_s
         self._known: dict[bytes, NamedSchema] = {}
         self._last_refresh = float("-inf")
+        self._lock = threading.Lock()  # one refresh at a time: the processors decode on two threads
 
     def refresh(self) -> int:
         reader = ReplayReader(self.source, serde=None)  # raw records only
@@ -60,6 +62,8 @@ class CatalogResolver:
         return len(self._known)
 
     def __call__(self, fp: bytes) -> NamedSchema | None:
-        if fp not in self._known and time.monotonic() - self._last_refresh >= self.min_refresh_s:
-            self.refresh()
+        if fp not in self._known:
+            with self._lock:
+                if fp not in self._known and time.monotonic() - self._last_refresh >= self.min_refresh_s:
+                    self.refresh()
         return self._known.get(fp)

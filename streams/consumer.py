@@ -140,6 +140,11 @@ class EventConsumer:
                 self._consumer.store_offsets(msg)
             self._pending = []
 
+    def unread_last(self) -> None:
+        """Leave the last batch's offsets unstored: it is read again after a restart (a caller that could not
+        handle it)."""
+        self._pending = []
+
     def commit(self) -> None:
         self._store_pending()
         try:

@@ -292,7 +292,7 @@ def _drain(consumer, serde, sent: dict, lags: list, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- telemetry
-def telemetry(batches: int = 10_000, seeds_per_batch: int = 32, rows: int = 10_000_000) -> dict:
+def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_000_000) -> dict:
     from processors.clickhouse import open_store
 
     with _Scratch(("telemetry-sink",)) as s:

@@ -110,7 +110,7 @@ def materialize(as_json: bool = typer.Option(False, "--json"),
 
 @app.command()
 def telemetry(as_json: bool = typer.Option(False, "--json"),
-              batches: int = typer.Option(10_000, help="SeedTelemetry events (32 rows each) on the log."),
+              batches: int = typer.Option(40_000, help="SeedTelemetry events (32 rows each) on the log."),
               rows: int = typer.Option(10_000_000, help="Rows generated in chdb for the quantile queries.")) -> None:
     """Rows/s from Kafka through decode into ClickHouse (the processors' sink), and quantiles over many rows."""
     from esper_runtime.bench import streaming

@@ -4,7 +4,7 @@ and retries the same batch until it is in, dropping nothing."""
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 
 import pytest
 
@@ -27,11 +27,32 @@ def store(tmp_path):
         yield s
 
 
-def _raw(records: list[tuple[str, dict]]) -> list[tuple[str, tuple[str, bytes]]]:
-    """(event, (topic, value)) as the processors' sink takes them: each record encoded on its topic."""
+def _raw(records: list[tuple[str, dict]]) -> list:
+    """The records as the processors' sink reads them off the log: encoded, on their topic."""
+    from streams.publisher import LogRecord
+
     serde = SingleObjectSerde(SchemaCatalog.load())
-    return [(f"event-{i}", ("tolaria.run.events", serde.encode(record, schema_name=name)))
+    return [LogRecord("tolaria.run.events", 0, i, f"key-{i}".encode(), serde.encode(record, schema_name=name), 0)
             for i, (name, record) in enumerate(records)]
+
+
+class DeadLetters:
+    """The sink's reader as far as dead letters go: what it was asked to set aside, and whether it flushed."""
+
+    def __init__(self):
+        self.sent, self.flushed = [], 0
+        self.publisher = self
+
+    def send(self, record, reason, detail):
+        self.sent.append((record.offset, reason))
+
+    def flush(self):
+        self.flushed += 1
+
+
+class Reader:
+    def __init__(self):
+        self.deadletter = DeadLetters()
 
 
 def _count(store) -> int:
@@ -82,44 +103,51 @@ class Unavailable:
         return self.store.insert(table, rows)
 
 
-def test_an_unavailable_store_is_waited_for_and_nothing_is_dropped(store, tmp_path, monkeypatch):
+def test_an_unavailable_store_is_waited_for_and_nothing_is_dropped(store, tmp_path):
     from processors.app import Processors
     from streams import Backbone, load_settings
 
     procs = Processors(Backbone(load_settings(home=tmp_path)), agents=("telemetry-sink",))
     procs.bb.serde = SingleObjectSerde(SchemaCatalog.load())  # no broker here for the log's schema catalog
     procs.store = Unavailable(store, outages=2)
-    dead = []
-
-    async def dead_letter(event, reason, detail, agent):
-        dead.append((event, reason))
-
-    monkeypatch.setattr(procs, "_dead_letter", dead_letter)
-    asyncio.run(procs._sink(_raw(_epochs(6))))
+    reader = Reader()
+    assert procs._sink(reader, _raw(_epochs(6)))
     procs._store_exec.shutdown()
-    assert _count(store) == 6 and dead == []
+    assert _count(store) == 6 and reader.deadletter.sent == []
     assert procs.stats["telemetry-sink"]["insert_retries"] == 2  # waited 0.5 s, then 1 s
     assert procs.stats["telemetry-sink"]["rows:epochs"] == 6
 
 
-def test_refused_records_reach_the_dead_letter_path(store, tmp_path, monkeypatch):
+def test_a_stop_while_the_store_is_away_leaves_the_batch_unstored(store, tmp_path):
+    import threading
+
+    from processors.app import Processors
+    from streams import Backbone, load_settings
+
+    procs = Processors(Backbone(load_settings(home=tmp_path)), agents=("telemetry-sink",))
+    procs.bb.serde = SingleObjectSerde(SchemaCatalog.load())
+    procs.store = Unavailable(store, outages=100)
+    stop = threading.Event()
+    threading.Timer(0.7, stop.set).start()
+    assert procs._sink(Reader(), _raw(_epochs(3)), stop) is False  # the caller leaves its offsets unstored
+    procs._store_exec.shutdown()
+    assert _count(store) == 0
+
+
+def test_refused_records_reach_the_dead_letter_path(store, tmp_path):
     from processors.app import Processors
     from streams import Backbone, load_settings
 
     procs = Processors(Backbone(load_settings(home=tmp_path)), agents=("telemetry-sink",))
     procs.bb.serde = SingleObjectSerde(SchemaCatalog.load())  # no broker here for the log's schema catalog
     procs.store = store
-    dead = []
-
-    async def dead_letter(event, reason, detail, agent):
-        dead.append((event, reason, agent))
-
-    monkeypatch.setattr(procs, "_dead_letter", dead_letter)
     records = _epochs(4)
     records[1] = (records[1][0], {**records[1][1], "params": -5})  # encodes (an Avro long); the store refuses it
     batch = _raw(records)
-    batch[3] = (batch[3][0], (batch[3][1][0], batch[3][1][1][:-3]))  # cut short: does not decode
-    asyncio.run(procs._sink(batch))
+    batch[3] = dataclasses.replace(batch[3], value=batch[3].value[:-3])  # cut short: does not decode
+    reader = Reader()
+    assert procs._sink(reader, batch)
     procs._store_exec.shutdown()
     assert _count(store) == 2
-    assert dead == [("event-1", "unstorable", "telemetry-sink"), ("event-3", "schema-mismatch", "telemetry-sink")]
+    assert reader.deadletter.sent == [(1, "unstorable"), (3, "schema-mismatch")] and reader.deadletter.flushed == 1
+    assert procs.stats["telemetry-sink"]["dead_lettered"] == 2
