@@ -67,7 +67,7 @@ class Processors:
     """Builds the faust app for a backbone (settings, topic prefix) and runs it as a worker."""
 
     def __init__(self, backbone: Backbone | None = None, agents: tuple[str, ...] = AGENTS, app_id: str | None = None,
-                 web_port: int | None = None, sink_batch: int = 2000, batch: int = 2000,
+                 web_port: int | None = None, sink_batch: int = 5000, batch: int = 2000,
                  batch_within: float = 0.02, fetch_wait_ms: int = 20):
         self.bb = backbone or Backbone()
         settings = self.bb.settings
@@ -289,37 +289,49 @@ class Processors:
         return f"{self.app_id}-telemetry-sink"
 
     def _sink_loop(self, stop: threading.Event) -> None:
-        """The telemetry sink's thread: read a batch, store it (``_sink``), and on. A batch's offsets are stored when
-        the next is read (``EventConsumer``), i.e. after its rows are in and its dead letters acknowledged. What
-        raises is logged and counted (``crashes``) and the reader started again from the committed offsets, as faust
-        restarts a crashed agent."""
+        """The telemetry sink's thread: read a batch and hand it to the store's thread, then read the next while
+        ClickHouse inserts (chdb lets go of the GIL); a batch's offsets are stored once its rows are in and its
+        dead letters acknowledged. What raises is logged and counted (``crashes``) and the reader started again from
+        the committed offsets, as faust restarts a crashed agent."""
         while not stop.is_set():
             consumer = self.bb.consumer([self.bb.resolve_topic(t) for t in SINK_TOPICS], group_id=self.sink_group,
                                         name="processors/telemetry-sink", **{"fetch.wait.max.ms": self.fetch_wait_ms})
+            inflight = None  # (records, their messages, the insert's future)
             try:
-                while not stop.is_set():
-                    records = consumer.poll_raw(timeout=0.5, max_records=self.sink_batch)
-                    if records and not self._sink(consumer, records, stop):
-                        consumer.unread_last()  # stopped while the store was away: read again on restart
+                while not stop.is_set() or inflight is not None:
+                    records = consumer.poll_raw(timeout=0.5, max_records=self.sink_batch) \
+                        if not stop.is_set() else []
+                    held = consumer.take_pending()
+                    if inflight is not None:
+                        done, messages, future = inflight
+                        inflight = None
+                        if not self._sink(consumer, done, stop, future):
+                            break  # stopped while the store was away: read again on restart
+                        consumer.store(messages)
+                    if records:
+                        inflight = (records, held, self._store_exec.submit(self._insert, records))
             except Exception as exc:  # noqa: BLE001 - reported, then the reader starts again
-                consumer.unread_last()
                 self.stats["telemetry-sink"]["crashes"] += 1
                 log.error("telemetry sink raised; starting it again: %r", exc, exc_info=exc)
                 stop.wait(1.0)
             finally:
+                consumer.unread_last()
                 consumer.close()
 
-    def _sink(self, consumer, records: list, stop: threading.Event | None = None) -> bool:
+    def _insert(self, records: list):
+        return sink_records(self.store, self.serde, self.bb.registry, [(m.topic(), m.value()) for m in records])
+
+    def _sink(self, consumer, records: list, stop: threading.Event | None = None, started=None) -> bool:
         """A batch of raw records into the store, on the store's thread (``sink_records``: native where it can,
-        decoded otherwise); while the store is unavailable, wait (backing off) and retry the same batch, so the
-        reader does not move on without it; records that do not decode or that the store refuses go to the
-        dead-letter topic (acknowledged before the batch's offsets are stored). False when ``stop`` came first."""
+        decoded otherwise; ``started``: its insert, already submitted); while the store is unavailable, wait
+        (backing off) and retry the same batch, so the reader does not move on without it; records that do not
+        decode or that the store refuses go to the dead-letter topic (acknowledged before the caller stores the
+        batch's offsets). False when ``stop`` came first."""
         stats = self.stats["telemetry-sink"]
-        items = [(r.topic, r.value) for r in records]
+        future = started or self._store_exec.submit(self._insert, records)
         for delay in backoff():
             try:
-                inserted, rejected = self._store_exec.submit(sink_records, self.store, self.serde, self.bb.registry,
-                                                             items).result()
+                inserted, rejected = future.result()
                 break
             except StoreUnavailable as exc:
                 stats["insert_retries"] += 1
@@ -328,12 +340,13 @@ class Processors:
                     return False
                 if stop is None:
                     time.sleep(delay)
+                future = self._store_exec.submit(self._insert, records)
         for table, n in inserted.items():
             stats[f"rows:{table}"] += n
         self._sink_marks.append((time.monotonic(), sum(inserted.values())))
         for i, reason, detail in rejected:
             log.warning("telemetry sink: record set aside (dead-letter topic): %s: %s", reason, detail[:300])
-            consumer.deadletter.send(records[i], reason, detail)
+            consumer.deadletter.send(consumer.record_of(records[i]), reason, detail)
         if rejected:
             consumer.deadletter.publisher.flush()
             stats["dead_lettered"] += len(rejected)

@@ -82,26 +82,31 @@ class EventConsumer:
         self._pending: list = []  # messages of the last batch, stored when the next batch is asked for
         self.dead_lettered = 0
 
-    def poll_raw(self, timeout: float = 1.0, max_records: int = 1000) -> list[LogRecord]:
-        """The next batch undecoded (the caller decodes, and dead-letters what does not decode); offsets as
-        ``poll``'s."""
+    def poll_raw(self, timeout: float = 1.0, max_records: int = 1000) -> list:
+        """The next batch as librdkafka's messages, undecoded (``msg.topic()``, ``msg.value()``; ``record_of`` makes a
+        ``LogRecord`` of one, e.g. to dead-letter it): the caller decodes, and dead-letters what does not decode.
+        Offsets as ``poll``'s. No per-record Python object: at sink rates that was most of a batch's read time."""
         self._store_pending()
-        out = []
-        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout):
+        msgs = self._consumer.consume(num_messages=max_records, timeout=timeout)
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.fatal():
                     raise EsperError(f"consumer failed: {err.str()}")
-                continue  # transient (e.g. partition EOF); librdkafka retries by itself
-            self._pending.append(msg)
-            out.append(LogRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                 msg.timestamp()[1], list(msg.headers() or [])))
-        return out
+                msgs = [m for m in msgs if m.error() is None]  # transient (e.g. partition EOF): librdkafka retries
+                break
+        self._pending.extend(msgs)
+        return msgs
+
+    @staticmethod
+    def record_of(msg) -> LogRecord:
+        return LogRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1],
+                         list(msg.headers() or []))
 
     def poll(self, timeout: float = 1.0, max_records: int = 1000) -> list[ConsumedEvent]:
         out = []
         dead = 0
-        for rec in self.poll_raw(timeout, max_records):
+        for rec in map(self.record_of, self.poll_raw(timeout, max_records)):
             try:
                 out.append(ConsumedEvent(rec, decode_for_topic(self.serde, self.registry, rec.value, rec.topic)))
             except DecodeError as exc:
@@ -135,10 +140,18 @@ class EventConsumer:
             yield from self.poll()
 
     def _store_pending(self) -> None:
-        if self._pending:
-            for msg in self._pending:
-                self._consumer.store_offsets(msg)
-            self._pending = []
+        self.store(self.take_pending())
+
+    def take_pending(self) -> list:
+        """The last batch's messages, now the caller's to ``store`` once it has handled them (so that it can read
+        the next batch while it handles this one); the next ``poll`` stores nothing of them."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def store(self, messages: list) -> None:
+        """Mark ``messages`` handled: their offsets are committed with the next (auto) commit."""
+        for msg in messages:
+            self._consumer.store_offsets(msg)
 
     def unread_last(self) -> None:
         """Leave the last batch's offsets unstored: it is read again after a restart (a caller that could not

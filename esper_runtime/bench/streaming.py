@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from streams import Backbone, load_settings
+from streams.exceptions import EsperError
 from streams.contracts import SeedHealth, SeedLifecycleTransition, SeedState, SeedTelemetry
 from streams.envelope import EnvelopeFactory
 from streams.state import decode_state_value
@@ -229,10 +230,10 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
                          "lag: from handing the event to the producer to its state record's create time"}
 
 
-def _raw_insert(store, triples, rows: int, statements: int) -> float:
+def _raw_insert(store, triples, rows: int, statements: int, repeats: int = 3) -> float:
     """Rows/s of chdb alone taking ``rows`` telemetry rows in ``statements`` inserts: the rows mapped and made Arrow
-    streams beforehand (what the sink does per batch, taken out of the timing), then only the inserts timed. Into a
-    scratch copy of the table, dropped after."""
+    streams beforehand (what the sink does per batch, taken out of the timing), then only the inserts timed, into a
+    scratch copy of the table (dropped after); the best of ``repeats`` (a limit: what the machine can do)."""
     import pyarrow as pa
 
     from processors.clickhouse.sink import rows_for
@@ -240,19 +241,22 @@ def _raw_insert(store, triples, rows: int, statements: int) -> float:
 
     all_rows = [row for _, _, ev in triples for _, row in rows_for(ev)]
     per = max(1, -(-len(all_rows) // statements))
-    store.query("CREATE TABLE esper.bench_raw_telemetry AS esper.seed_telemetry", "TSV")
-    try:
-        types = store.arrow_types("bench_raw_telemetry")
-        columns = list(all_rows[0])
-        schema = pa.schema([(c, types[c]) for c in columns])
-        streams = [arrow_stream(pa.Table.from_pylist(all_rows[i:i + per], schema=schema))
-                   for i in range(0, len(all_rows), per)]
-        t0 = time.perf_counter()
-        for data in streams:
-            store.insert_arrow_stream("bench_raw_telemetry", columns, data)
-        return round(len(all_rows) / (time.perf_counter() - t0))
-    finally:
-        store.query("DROP TABLE IF EXISTS esper.bench_raw_telemetry", "TSV")
+    best = 0.0
+    for _ in range(repeats):
+        store.query("CREATE TABLE esper.bench_raw_telemetry AS esper.seed_telemetry", "TSV")
+        try:
+            types = store.arrow_types("bench_raw_telemetry")
+            columns = list(all_rows[0])
+            schema = pa.schema([(c, types[c]) for c in columns])
+            streams = [arrow_stream(pa.Table.from_pylist(all_rows[i:i + per], schema=schema))
+                       for i in range(0, len(all_rows), per)]
+            t0 = time.perf_counter()
+            for data in streams:
+                store.insert_arrow_stream("bench_raw_telemetry", columns, data)
+            best = max(best, len(all_rows) / (time.perf_counter() - t0))
+        finally:
+            store.query("DROP TABLE IF EXISTS esper.bench_raw_telemetry SYNC", "TSV")
+    return round(best)
 
 
 def _drain_rate(applied, backlog: int) -> float:
@@ -317,8 +321,14 @@ def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_0
         def count() -> int:
             return int(store.rows("SELECT count() AS n FROM esper.seed_telemetry")[0]["n"])
 
-        _wait(lambda: count() >= expected, 900, "every row", poll=0.2)
+        # the sink's own count, polled (a SQL count on the store's thread would compete with the inserts); then
+        # the store asked once
+        _wait(lambda: s.status().get("stats", {}).get("telemetry-sink", {}).get("rows:seed_telemetry", 0) >= expected,
+              900, "every row", poll=0.2)
         status = s.status()
+        stored = count()
+        if stored < expected:
+            raise EsperError(f"the sink reported {expected:,} rows but the store holds {stored:,}")
         s.processors.down()
 
         # quantiles over `rows` rows, generated inside chdb (the store is ours again)
@@ -356,6 +366,6 @@ def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_0
                 "notes": "insert: SeedTelemetry batches consumed, decoded, mapped and inserted by the processors' "
                          "telemetry-sink agent, the rows after its first insert over the time to its last insert; "
                          "raw insert: the same rows, already an Arrow stream, handed to chdb's insert in as many "
-                         "statements as the sink made (its limit); "
+                         "statements as the sink made, best of 3 (its limit); "
                          "quantiles: median of 5 runs each on embedded chdb"}
 

@@ -231,7 +231,7 @@ class TelemetrySink:
         return dict(self.inserted)
 
     def _store(self, records) -> None:
-        items = [(r.topic, r.value) for r in records]
+        items = [(r.topic(), r.value()) for r in records]
         for delay in backoff():
             try:
                 inserted, rejected = sink_records(self.store, self.consumer.serde, self.consumer.registry, items)
@@ -242,7 +242,7 @@ class TelemetrySink:
         for table, n in inserted.items():
             self.inserted[table] += n
         for i, reason, detail in rejected:
-            self.consumer.deadletter.send(records[i], reason, detail)
+            self.consumer.deadletter.send(self.consumer.record_of(records[i]), reason, detail)
         self.consumer.dead_lettered += len(rejected)
         if rejected:
             self.consumer.deadletter.publisher.flush()

@@ -22,6 +22,8 @@ from streams.config import resource_dir
 from streams.process import pid_alive
 from processors.exceptions import StoreBusy, StoreError, StoreUnavailable
 
+CONTAINER_MIN_RECORDS = 1000  # a native batch is split in containers of at least this many records (one per core)
+
 __all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "StoreUnavailable", "open_store", "schema_sql",
            "READ_LIMITS"]
 
@@ -176,26 +178,35 @@ class EmbeddedStore(_Store):
             raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
 
     def insert_container(self, writer, bodies: list[bytes]) -> tuple[str, int] | None:
-        """Avro bodies of ``writer``'s records (undecoded) inserted by ClickHouse itself: one object container, read
+        """Avro bodies of ``writer``'s records (undecoded) inserted by ClickHouse itself: object containers, read
         and mapped to rows by SQL (``native``). Returns (table, rows inserted), or None when ``writer`` has no native
         mapping (the caller decodes). A record ClickHouse cannot read or check raises StoreError for the whole batch
-        (nothing of it is inserted: one statement)."""
+        (nothing of it is inserted: one statement).
+
+        A large batch is split into one container per core, read by one glob: ClickHouse parses files in
+        parallel, one per thread (measured on 2 cores, 5,000 records of 32 rows: 0.91 M rows/s from one file,
+        1.26 M from two; ``esper bench telemetry``)."""
         from processors.clickhouse.native import NATIVE, native_insert_sql, object_container
 
         inbox = self.path / "incoming"
         inbox.mkdir(exist_ok=True)
-        path = inbox / f"{os.getpid()}-{secrets.token_hex(8)}.avro"
-        made = native_insert_sql(writer, str(path))
+        tag = f"{os.getpid()}-{secrets.token_hex(8)}"
+        made = native_insert_sql(writer, str(inbox / f"{tag}-*.avro"))
         if made is None:
             return None
         sql, schema_json = made
-        path.write_bytes(object_container(schema_json, bodies))
+        parts = max(1, min(os.cpu_count() or 1, len(bodies) // CONTAINER_MIN_RECORDS))
+        per = -(-len(bodies) // parts)
+        paths = [inbox / f"{tag}-{k}.avro" for k in range(parts)]
         try:
+            for k, path in enumerate(paths):
+                path.write_bytes(object_container(schema_json, bodies[k * per:(k + 1) * per]))
             result = self._session.query(sql, "TSV")
         except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError
             raise StoreError(f"insert of {len(bodies)} {writer.name} records: {str(exc)[:4000]}") from None
         finally:
-            path.unlink(missing_ok=True)
+            for path in paths:
+                path.unlink(missing_ok=True)
         return NATIVE[writer.name].table, int(result.rows_written())
 
     def arrow_types(self, table: str) -> dict:

@@ -120,7 +120,7 @@ def test_both_paths_give_the_same_rows_and_the_same_dead_letters(tmp_path, catal
     assert rejected[0][1] in ("schema-mismatch", "wrong-topic", "bad-magic")
 
 
-def test_a_batch_of_every_kind_ends_as_the_python_path_ends_it(tmp_path, catalog, serde):
+def test_a_batch_of_every_kind_ends_as_the_python_path_ends_it(tmp_path, catalog, serde, containers):
     items = _batch(catalog, serde, list(HOSTILE))
     python = _run(tmp_path / "python", catalog, serde, items, native=False)
     native = _run(tmp_path / "native", catalog, serde, items, native=True)
@@ -129,7 +129,18 @@ def test_a_batch_of_every_kind_ends_as_the_python_path_ends_it(tmp_path, catalog
     assert len(native[2]["seed_telemetry"]) == 48
 
 
-def test_good_telemetry_goes_in_undecoded_and_as_the_python_path_puts_it(tmp_path, catalog, serde, monkeypatch):
+@pytest.fixture(params=[1, 4], ids=["one container", "four containers"])
+def containers(request, monkeypatch):
+    """How many containers a batch is split into (one per core, for large batches): forced, for a small batch."""
+    import processors.clickhouse.store as store
+
+    monkeypatch.setattr(store, "CONTAINER_MIN_RECORDS", 5 if request.param > 1 else 10**9)
+    monkeypatch.setattr(store.os, "cpu_count", lambda: request.param)
+    return request.param
+
+
+def test_good_telemetry_goes_in_undecoded_and_as_the_python_path_puts_it(tmp_path, catalog, serde, monkeypatch,
+                                                                          containers):
     items = [(TOPICS.prefix + TOPIC, serde.encode(_telemetry(i, seeds=32))) for i in range(40)]
     python = _run(tmp_path / "python", catalog, serde, items, native=False)
 

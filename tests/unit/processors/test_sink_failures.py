@@ -4,8 +4,6 @@ and retries the same batch until it is in, dropping nothing."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from processors.clickhouse import EmbeddedStore
@@ -28,12 +26,17 @@ def store(tmp_path):
 
 
 def _raw(records: list[tuple[str, dict]]) -> list:
-    """The records as the processors' sink reads them off the log: encoded, on their topic."""
-    from streams.publisher import LogRecord
-
+    """The records as the processors' sink reads them off the log (librdkafka's messages): encoded, on their
+    topic."""
     serde = SingleObjectSerde(SchemaCatalog.load())
-    return [LogRecord("tolaria.run.events", 0, i, f"key-{i}".encode(), serde.encode(record, schema_name=name), 0)
-            for i, (name, record) in enumerate(records)]
+    return [_message(i, serde.encode(record, schema_name=name)) for i, (name, record) in enumerate(records)]
+
+
+def _message(offset: int, value: bytes):
+    from confluent_kafka import Message
+
+    return Message(topic="tolaria.run.events", partition=0, offset=offset, key=f"key-{offset}".encode(),
+                   value=value, headers=None, error=None, timestamp=(1, 0))
 
 
 class DeadLetters:
@@ -53,6 +56,12 @@ class DeadLetters:
 class Reader:
     def __init__(self):
         self.deadletter = DeadLetters()
+
+    @staticmethod
+    def record_of(msg):
+        from streams.consumer import EventConsumer
+
+        return EventConsumer.record_of(msg)
 
 
 def _count(store) -> int:
@@ -144,7 +153,7 @@ def test_refused_records_reach_the_dead_letter_path(store, tmp_path):
     records = _epochs(4)
     records[1] = (records[1][0], {**records[1][1], "params": -5})  # encodes (an Avro long); the store refuses it
     batch = _raw(records)
-    batch[3] = dataclasses.replace(batch[3], value=batch[3].value[:-3])  # cut short: does not decode
+    batch[3] = _message(3, batch[3].value()[:-3])  # cut short: does not decode
     reader = Reader()
     assert procs._sink(reader, batch)
     procs._store_exec.shutdown()
