@@ -1,6 +1,6 @@
 """The processors' app: one faust-streaming application with an agent per concern.
 
-- **seed-state**: every seed's current state per run (``fold_seed``), kept in the compacted ``state.kasmina.seeds``
+- **seed-state**: every seed's current state per run (``fold_seed_record``), kept in the compacted ``state.kasmina.seeds``
   topic (``MaterializedState``: restored from it at start, each batch's changes written back).
 - **urza**: the Urza library (``UrzaView``: blueprints, artifacts, status, tags), its changed entries written to the
   compacted ``state.urza.library`` topic (keyed by entry, so the latest value of a key is its state whatever
@@ -40,7 +40,7 @@ import faust
 from processors.clickhouse.sink import SINK_TOPICS, backoff, sink_records
 from processors.exceptions import StoreUnavailable
 from processors.faust_patch import limit_fetch_wait, rewind_to_committed
-from views.seed_state import APPLIED, GAP, fold_seed, seed_key
+from views.seed_state import APPLIED, GAP, fold_seed_record, seed_key
 from streams.state import (BY_SOURCE_PARTITION, LAYOUT_HEADER, StateLayoutError, check_layout, encode_state_value,
                            read_state_topic)
 from views.urza_view import URZA_TOPICS, UrzaView
@@ -200,22 +200,36 @@ class Processors:
             @app.agent(self._topic("kasmina.lifecycle.transitions"), name="seed-state")
             @self._reports_crashes("seed-state")
             async def seed_state(stream):
-                async for batch in self._batches(stream, "seed-state"):
+                # the hot path, per event: a decode (to the Avro record: the typed event would cost more than the
+                # decode), the fold, no await; what goes to the dead-letter topic is sent after the batch's loop
+                stats, registry, serde = self.stats["seed-state"], self.bb.registry, self.serde
+                async for events in stream.take_events(self.batch, within=self.batch_within):
                     now = time.time()
-                    await seeds.ensure({event.message.partition for event, _ in batch})
-                    for event, ev in batch:
-                        partition = event.message.partition
-                        key = seed_key(ev.envelope.run_id, ev.envelope.originator_id)
+                    await seeds.ensure({event.message.partition for event in events})
+                    outcomes: Counter = Counter()
+                    dead = []  # (event, reason, detail)
+                    for event in events:
+                        msg = event.message
+                        try:
+                            record = decode_for_topic(serde, registry, msg.value, msg.topic).record
+                        except DecodeError as exc:
+                            dead.append((event, exc.reason, exc.detail))
+                            continue
+                        env = record["envelope"]
+                        key = seed_key(env["run_id"], env["originator_id"])
                         current = seeds.get(key)
-                        outcome, state = fold_seed(current, ev)
-                        self.stats["seed-state"][outcome] += 1
+                        outcome, state = fold_seed_record(current, record)
+                        outcomes[outcome] += 1
                         if outcome == APPLIED:
-                            seeds.set(key, state, partition)
-                            self.lag_ms.append((now - event.message.timestamp) * 1000)  # faust: seconds
+                            seeds.set(key, state, msg.partition)
+                            self.lag_ms.append((now - msg.timestamp) * 1000)  # faust: seconds
                         elif outcome == GAP:
-                            await self._dead_letter(event, "version-gap", f"{ev.envelope.originator_id} version "
-                                                    f"{ev.envelope.originator_version} arrived, expected "
-                                                    f"{(current or {}).get('version', 0) + 1}", "seed-state")
+                            dead.append((event, "version-gap", f"{env['originator_id']} version "
+                                         f"{env['originator_version']} arrived, expected "
+                                         f"{(current or {}).get('version', 0) + 1}"))
+                    stats.update(outcomes)
+                    for event, reason, detail in dead:
+                        await self._dead_letter(event, reason, detail, "seed-state")
                     await seeds.flush()
 
         if "urza" in self.agents:

@@ -176,7 +176,10 @@ def sink_records(store, serde, registry, items: list[tuple[str, bytes]], native:
         try:
             writer, offset, current = frame_for_topic(serde, registry, value, topic)
         except DecodeError as exc:
-            rejected.append((i, exc.reason, exc.detail))
+            if exc.reason == "wrong-topic":  # a decode says it as every reader does (a bad body comes first)
+                to_decode.append(i)
+            else:
+                rejected.append((i, exc.reason, exc.detail))
             continue
         if native and current and writer.name in NATIVE:
             by_writer.setdefault(writer.fingerprint, (writer, offset, []))[2].append(i)
