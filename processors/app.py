@@ -78,7 +78,8 @@ class Processors:
         self.batch, self.batch_within = batch, batch_within
         self.fetch_wait_ms = fetch_wait_ms
         self.stats: dict[str, Counter] = defaultdict(Counter)
-        self.lag_ms: deque[float] = deque(maxlen=100_000)  # log append time -> applied, seed-state agent
+        # log append time -> applied, seed-state agent: the last 10,000 (status() sorts them for its quantiles)
+        self.lag_ms: deque[float] = deque(maxlen=10_000)
         self._sink_marks: list[tuple[float, int]] = []  # (time an insert finished, its rows)
         self.links: dict[str, Any] = {}  # shown in status(): e.g. the status pages of the workers this one started
         self.store = None
@@ -128,7 +129,7 @@ class Processors:
     def state_publisher(self):
         """The librdkafka producer state entries are written with (one per process, made on first use)."""
         if self._state_publisher is None:
-            self._state_publisher = self.bb.publisher(**{"linger.ms": 2})
+            self._state_publisher = self.bb.publisher(**{"linger.ms": 2, "delivery.report.only.error": True})
         return self._state_publisher
 
     def _flush_before_commit(self) -> None:

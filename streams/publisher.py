@@ -142,6 +142,9 @@ class KafkaPublisher(Publisher):
             "message.timeout.ms": 300_000,
         }
         config.update(overrides)
+        # with ``delivery.report.only.error`` librdkafka calls back for failures only: no Python call per record
+        # (the processors' state writes), and no positions to report
+        self._tracks_positions = not config.get("delivery.report.only.error", False)
         self._delivery_timeout_s = float(config["message.timeout.ms"]) / 1000
         self._producer = Producer(config)
         self._lock = threading.Lock()
@@ -151,6 +154,9 @@ class KafkaPublisher(Publisher):
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The last offset delivered to each (topic, partition) by this publisher."""
+        if not self._tracks_positions:
+            raise PublishError("this publisher reports failed deliveries only (delivery.report.only.error): "
+                               "it knows no positions")
         with self._lock:
             return dict(self._positions)
 
