@@ -60,14 +60,15 @@ AGENTS = ("seed-state", "urza", "distributions", "telemetry-sink")
 # not run by default: ``esper bench materialize``'s limit — the seed-state agent's input taken in the same batches
 # and dropped (no decode, no fold, no write): what faust itself can take in on this machine
 BENCH_AGENTS = ("noop",)
-SCALABLE = ("seed-state", "distributions")  # state partitioned like their input: any number of workers per group
+SCALABLE = ("seed-state", "distributions")
+SINK_BATCH = 5000  # records the telemetry sink reads and inserts at a time  # state partitioned like their input: any number of workers per group
 
 
 class Processors:
     """Builds the faust app for a backbone (settings, topic prefix) and runs it as a worker."""
 
     def __init__(self, backbone: Backbone | None = None, agents: tuple[str, ...] = AGENTS, app_id: str | None = None,
-                 web_port: int | None = None, sink_batch: int = 5000, batch: int = 2000,
+                 web_port: int | None = None, sink_batch: int = SINK_BATCH, batch: int = 2000,
                  batch_within: float = 0.02, fetch_wait_ms: int = 20):
         self.bb = backbone or Backbone()
         settings = self.bb.settings

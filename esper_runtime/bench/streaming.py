@@ -264,6 +264,22 @@ def _raw_insert(store, triples, rows: int, statements: int, repeats: int = 3) ->
     return round(best)
 
 
+def _native_insert(store, serde, triples, batch: int, containers: int | None = None) -> float:
+    """Rows/s of the sink's native path alone (``insert_container``: containers built, chdb reads and maps them) on
+    the same records, in the sink's batches, after the raw insert (into the real table: its rows count once, by
+    event id); ``containers`` per batch (None: the sink's choice, one per core)."""
+    from streams.schemas import SchemaCatalog
+
+    writer = SchemaCatalog.load().get("esper.kasmina.SeedTelemetry")
+    encoded = [serde.encode(ev) for _, _, ev in triples]
+    bodies = [data[serde.frame(data)[1]:] for data in encoded]
+    rows = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(bodies), batch):
+        rows += store.insert_container(writer, bodies[i:i + batch], containers)[1]
+    return round(rows / (time.perf_counter() - t0))
+
+
 def _drain_rate(applied, backlog: int) -> float:
     """Events/s while ``applied()`` (the workers' count, polled) goes to ``backlog``: from the first event seen
     applied to the last, or from now when most of a small backlog went before the first look."""
@@ -303,6 +319,7 @@ def _drain(consumer, serde, sent: dict, lags: list, timeout: float) -> None:
 
 # ---------------------------------------------------------------------------------------------------- telemetry
 def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_000_000) -> dict:
+    from processors.app import SINK_BATCH
     from processors.clickhouse import open_store
 
     with _Scratch(("telemetry-sink",)) as s:
@@ -342,6 +359,9 @@ def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_0
         try:
             raw_rate = _raw_insert(store, batches_(), expected, max(1, status.get("sink_inserts") or 1)) \
                 if hasattr(store, "insert_arrow_stream") else None  # embedded chdb; a server has no such limit here
+            native = hasattr(store, "insert_container")
+            native_rate = _native_insert(store, s.bb.serde, batches_(), SINK_BATCH) if native else None
+            native_one = _native_insert(store, s.bb.serde, batches_(), SINK_BATCH, containers=1) if native else None
             store.query("INSERT INTO esper.seed_telemetry SELECT concat('run-', toString(number % 50)), "
                         "intDiv(number, 5000), now64(3), number % 16, 'l', number % 64, 'TRAINING', 0.5, "
                         "randCanonical(), randCanonical(), randCanonical(), 1 + 100 * randCanonical(), 0, '', "
@@ -366,6 +386,7 @@ def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_0
             store.close()
         sink_rate = status.get("sink_rows_per_s")
         return {"bench": "telemetry", "insert_rows_per_s": sink_rate, "raw_insert_rows_per_s": raw_rate,
+                "native_insert_rows_per_s": native_rate, "native_insert_one_container_rows_per_s": native_one,
                 "insert_over_raw": round(sink_rate / raw_rate, 3) if sink_rate and raw_rate else None,
                 "inserts": status.get("sink_inserts"), "rows_from_kafka": expected,
                 "rows": total, "quantiles_ms": timings,
@@ -373,5 +394,7 @@ def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_0
                          "telemetry-sink agent, the rows after its first insert over the time to its last insert; "
                          "raw insert: the same rows, already an Arrow stream, handed to chdb's insert in as many "
                          "statements as the sink made, best of 3 (its limit); "
+                         "native insert: the same records, encoded, through the sink's native path into chdb alone "
+                         "(no Kafka), in the sink's batches, each split in one container per core (and in one); "
                          "quantiles: median of 5 runs each on embedded chdb"}
 

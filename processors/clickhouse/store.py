@@ -177,15 +177,15 @@ class EmbeddedStore(_Store):
         except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError; in-process, so never "unavailable"
             raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
 
-    def insert_container(self, writer, bodies: list[bytes]) -> tuple[str, int] | None:
+    def insert_container(self, writer, bodies: list[bytes], containers: int | None = None) -> tuple[str, int] | None:
         """Avro bodies of ``writer``'s records (undecoded) inserted by ClickHouse itself: object containers, read
         and mapped to rows by SQL (``native``). Returns (table, rows inserted), or None when ``writer`` has no native
         mapping (the caller decodes). A record ClickHouse cannot read or check raises StoreError for the whole batch
         (nothing of it is inserted: one statement).
 
-        A large batch is split into one container per core, read by one glob: ClickHouse parses files in
-        parallel, one per thread (measured on 2 cores, 5,000 records of 32 rows: 0.91 M rows/s from one file,
-        1.26 M from two; ``esper bench telemetry``)."""
+        A large batch is split into ``containers`` (default: one per core, each of at least
+        ``CONTAINER_MIN_RECORDS``) read by one glob: ClickHouse parses files in parallel, one per thread
+        (``esper bench telemetry`` reports the native insert both ways)."""
         from processors.clickhouse.native import NATIVE, native_insert_sql, object_container
 
         inbox = self.path / "incoming"
@@ -195,7 +195,7 @@ class EmbeddedStore(_Store):
         if made is None:
             return None
         sql, schema_json = made
-        parts = max(1, min(os.cpu_count() or 1, len(bodies) // CONTAINER_MIN_RECORDS))
+        parts = containers or max(1, min(os.cpu_count() or 1, len(bodies) // CONTAINER_MIN_RECORDS))
         per = -(-len(bodies) // parts)
         paths = [inbox / f"{tag}-{k}.avro" for k in range(parts)]
         try:
