@@ -60,8 +60,8 @@ AGENTS = ("seed-state", "urza", "distributions", "telemetry-sink")
 # not run by default: ``esper bench materialize``'s limit — the seed-state agent's input taken in the same batches
 # and dropped (no decode, no fold, no write): what faust itself can take in on this machine
 BENCH_AGENTS = ("noop",)
-SCALABLE = ("seed-state", "distributions")
-SINK_BATCH = 5000  # records the telemetry sink reads and inserts at a time  # state partitioned like their input: any number of workers per group
+SCALABLE = ("seed-state", "distributions")  # state partitioned like their input: any number of workers per group
+SINK_BATCH = 5000  # records the telemetry sink reads and inserts at a time
 
 
 class Processors:
