@@ -140,9 +140,10 @@ def _schema_parts(writer: NamedSchema) -> tuple[bytes, str] | None:
     return _PARTS[writer.fingerprint]
 
 
-def native_insert_sql(writer: NamedSchema, path: str) -> tuple[str, bytes] | None:
+def native_insert_sql(writer: NamedSchema, path: str, table: str | None = None) -> tuple[str, bytes] | None:
     """(the INSERT for a container of ``writer``'s records at ``path``, the schema JSON its header carries), or None
-    when this event type has no native mapping or a schema this path cannot check."""
+    when this event type has no native mapping or a schema this path cannot check. ``table``: another table with
+    the mapping's columns (a scratch copy) instead of the mapping's own."""
     mapping = NATIVE.get(writer.name)
     parts = _schema_parts(writer) if mapping is not None else None
     if parts is None:
@@ -152,5 +153,5 @@ def native_insert_sql(writer: NamedSchema, path: str) -> tuple[str, bytes] | Non
     # the records checked whole (a subquery, so records that make no rows are checked too), then mapped
     source = (f"(SELECT * FROM file('{quoted}', 'Avro') "
               f"WHERE throwIf(NOT ({valid}), 'a string in a {writer.name} record is not valid UTF-8') = 0)")
-    return (f"INSERT INTO esper.{mapping.table} ({', '.join(mapping.columns)}) "
+    return (f"INSERT INTO esper.{table or mapping.table} ({', '.join(mapping.columns)}) "
             + mapping.select.format(source=source)), schema_json

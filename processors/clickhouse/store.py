@@ -177,7 +177,8 @@ class EmbeddedStore(_Store):
         except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError; in-process, so never "unavailable"
             raise StoreError(f"insert into {table}: {str(exc)[:4000]}") from None
 
-    def insert_container(self, writer, bodies: list[bytes], containers: int | None = None) -> tuple[str, int] | None:
+    def insert_container(self, writer, bodies: list[bytes], containers: int | None = None,
+                         table: str | None = None) -> tuple[str, int] | None:
         """Avro bodies of ``writer``'s records (undecoded) inserted by ClickHouse itself: object containers, read
         and mapped to rows by SQL (``native``). Returns (table, rows inserted), or None when ``writer`` has no native
         mapping (the caller decodes). A record ClickHouse cannot read or check raises StoreError for the whole batch
@@ -185,13 +186,14 @@ class EmbeddedStore(_Store):
 
         A large batch is split into ``containers`` (default: one per core, each of at least
         ``CONTAINER_MIN_RECORDS``) read by one glob: ClickHouse parses files in parallel, one per thread
-        (``esper bench telemetry`` reports the native insert both ways)."""
+        (``esper bench telemetry`` reports the native insert both ways). ``table``: a scratch copy of the mapping's
+        table instead of it (the bench)."""
         from processors.clickhouse.native import NATIVE, native_insert_sql, object_container
 
         inbox = self.path / "incoming"
         inbox.mkdir(exist_ok=True)
         tag = f"{os.getpid()}-{secrets.token_hex(8)}"
-        made = native_insert_sql(writer, str(inbox / f"{tag}-*.avro"))
+        made = native_insert_sql(writer, str(inbox / f"{tag}-*.avro"), table)
         if made is None:
             return None
         sql, schema_json = made
@@ -207,7 +209,7 @@ class EmbeddedStore(_Store):
         finally:
             for path in paths:
                 path.unlink(missing_ok=True)
-        return NATIVE[writer.name].table, int(result.rows_written())
+        return table or NATIVE[writer.name].table, int(result.rows_written())
 
     def arrow_types(self, table: str) -> dict:
         """The Arrow type of each column of ``esper.<table>`` (asked once per table)."""

@@ -34,6 +34,7 @@ def test_telemetry_bench(kafka_bootstrap):
     assert r["rows_from_kafka"] == 600 * 32 and r["rows"] == 600 * 32 + 100_000
     assert r["insert_rows_per_s"] is None or r["insert_rows_per_s"] > 0
     assert r["raw_insert_rows_per_s"] > 0  # the limit, measured in the same run
+    assert r["native_insert_rows_per_s"] > 0 and r["native_insert_one_container_rows_per_s"] > 0  # beside it
     assert r["insert_over_raw"] is None or r["insert_over_raw"] == round(r["insert_rows_per_s"] /
                                                                         r["raw_insert_rows_per_s"], 3)
     assert set(r["quantiles_ms"]) == {"latency_quantiles", "per_layer_quantiles", "one_run_quantiles"}
