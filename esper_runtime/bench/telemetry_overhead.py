@@ -7,6 +7,12 @@ is the A/A reference. Rounds alternate the order; ``ratio`` is the median over r
 per training step, the epoch boundary included; rounds are added until the A/A spread is under 0.01
 (``esper_runtime.bench.paired``). Short epochs are the worst case: the per-epoch cost is spread over
 fewer steps.
+
+Publishing leaves work behind: librdkafka compresses and sends on its own threads, and the broker receives, on
+the same cores, after ``end_epoch`` has returned. In training that work overlaps the publishing model's next
+epoch, so that is where it is charged: in a round each copy first runs one untimed epoch (which absorbs what the
+copy before it left running), then ``timed_epochs`` timed ones, whose mean is the round's figure. Timed one epoch
+each, the copy that ran after the published one paid for it (the A/A ratio read 1.03 with the twin always second).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from streams import Backbone
 from streams.topics import ensure_topics
 
 
-def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150) -> dict:
+def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150, timed_epochs: int = 2) -> dict:
     bb = Backbone()
     registry = bb.registry.with_prefix(f"bench-{uuid.uuid4().hex[:8]}.")
     admin = bb.admin()
@@ -51,22 +57,26 @@ def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150) -> dict:
             epochs[name] += 1
             return (time.perf_counter() - t0) / steps
 
+        def block(name: str) -> float:
+            epoch(name)  # absorbs the background work the previous copy left running
+            return statistics.fmean(epoch(name) for _ in range(timed_epochs))
+
         for name in models:  # warm-up: allocator, kernels, the producer's connection and metadata
             for _ in range(3):
                 epoch(name)
         publisher.flush()
-        run_ = paired_rounds({name: (lambda name=name: epoch(name)) for name in ("quiet", "twin", "published")},
+        run_ = paired_rounds({name: (lambda name=name: block(name)) for name in ("quiet", "twin", "published")},
                              reference="quiet", twin="twin", min_rounds=rounds, max_rounds=max(rounds, max_rounds))
         times = run_["times"]
         publisher.flush()
         return {"bench": "telemetry-overhead", "ratio": round(ratio(times, "published", "quiet"), 4),
                 "aa_ratio": round(ratio(times, "twin", "quiet"), 4), "aa_spread": run_["aa_spread"],
                 "aa_spread_met": run_["aa_spread_met"],
-                "step_ms": round(statistics.median(times["quiet"]) * 1000, 3), "steps_per_epoch": steps,
+                "step_ms": round(statistics.median(times["quiet"]) * 1000, 3), "steps_per_epoch": steps, "timed_epochs_per_round": timed_epochs,
                 "rounds": run_["rounds"], "events_published": models["published"].kasmina.events_published,
                 "seed_layers": len(models["published"].seed_layers()),
                 "notes": "per-step time with the epoch boundary included, published to the real broker vs no "
-                         "publisher; aa_ratio is an identical unpublished copy (the measurement's noise)"}
+                         "publisher, each copy's timed epochs after one untimed one; aa_ratio is an identical unpublished copy (the measurement's noise)"}
     finally:
         publisher.close()
         admin.delete_topics(registry.names(), operation_timeout=30)

@@ -279,12 +279,13 @@ class Kasmina:
             return
         for layer in self.layers:
             health = layer.health()
+            alpha, ready = layer.alpha_blend.tolist(), layer.ready.tolist()
             seeds = [
                 SeedHealth(
-                    seed_id=i, state=layer._codes[i].state, alpha=float(layer.alpha_blend[i]),
+                    seed_id=i, state=layer._codes[i].state, alpha=alpha[i],
                     chunk_variance=h["chunk_variance"], dead_node_ratio=h["dead_node_ratio"],
                     avg_correlation=h["avg_correlation"], exec_latency_us=h["exec_latency_us"],
-                    is_ready_for_transition=bool(layer.ready[i]), growth_signal=h["growth_signal"],
+                    is_ready_for_transition=bool(ready[i]), growth_signal=h["growth_signal"],
                     growth_from_model=h["growth_source"] == "model",
                     kernel_artifact_id=self._seeds[(layer.layer_id, i)].kernel_artifact_id or None,
                 )

@@ -327,25 +327,26 @@ class KasminaLayer(nn.Module):
         return signal.to(torch.float32), from_model
 
     def health(self) -> list[dict]:
-        """Per-seed means over the samples since the last reset."""
-        acc = self.health_accumulator.detach().cpu()
+        """Per-seed means over the samples since the last reset. The accumulator is read into Python numbers once:
+        a float() of a tensor element per field and seed was most of what publishing telemetry cost an epoch."""
         signal, from_model = self.growth_signals()
+        signal, from_model = signal.tolist(), from_model.tolist()
         out = []
-        for i in range(self.num_seeds):
-            n = max(float(acc[i, HEALTH["samples"]]), 1.0)
-            corr_n = max(float(acc[i, HEALTH["corr_samples"]]), 1.0)
-            lat_n = float(acc[i, HEALTH["latency_samples"]])
-            grow_n = max(float(acc[i, HEALTH["growth_samples"]]), 1.0)
+        for i, row in enumerate(self.health_accumulator.detach().cpu().tolist()):
+            n = max(row[HEALTH["samples"]], 1.0)
+            corr_n = max(row[HEALTH["corr_samples"]], 1.0)
+            lat_n = row[HEALTH["latency_samples"]]
+            grow_n = max(row[HEALTH["growth_samples"]], 1.0)
             out.append({
-                "chunk_variance": float(acc[i, HEALTH["variance"]]) / n,
-                "dead_node_ratio": float(acc[i, HEALTH["dead"]]) / n,
-                "avg_correlation": float(acc[i, HEALTH["correlation"]]) / corr_n,
-                "exec_latency_us": float(acc[i, HEALTH["latency_us"]]) / lat_n if lat_n else 0.0,
-                "samples": int(acc[i, HEALTH["samples"]]),
-                "growth_layer": float(acc[i, HEALTH["growth_layer"]]) / grow_n,
-                "growth_model": float(acc[i, HEALTH["growth_model"]]) / grow_n,
-                "growth_signal": float(signal[i]),
-                "growth_source": "model" if bool(from_model[i]) else "layer",
+                "chunk_variance": row[HEALTH["variance"]] / n,
+                "dead_node_ratio": row[HEALTH["dead"]] / n,
+                "avg_correlation": row[HEALTH["correlation"]] / corr_n,
+                "exec_latency_us": row[HEALTH["latency_us"]] / lat_n if lat_n else 0.0,
+                "samples": int(row[HEALTH["samples"]]),
+                "growth_layer": row[HEALTH["growth_layer"]] / grow_n,
+                "growth_model": row[HEALTH["growth_model"]] / grow_n,
+                "growth_signal": signal[i],
+                "growth_source": "model" if from_model[i] else "layer",
             })
         return out
 
