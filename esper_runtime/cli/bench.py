@@ -44,13 +44,16 @@ def dormant_overhead(
     rounds: int = typer.Option(30, help="Alternating rounds per model, at least."),
     max_rounds: int = typer.Option(150, help="At most: rounds are added until the A/A spread is under 0.01."),
     steps: int = typer.Option(32, help="Training steps per round (rounds alike: see stats_every)."),
+    epoch_steps: int = typer.Option(500, help="Epoch length the trainer announces to the esper-run configuration "
+                                    "(its sampling interval: steps per epoch ÷ samples_per_epoch, at least stats_every)."),
 ) -> None:
     """Training-step time of a wrapped model with every seed DORMANT over the unwrapped model (MLP, small CNN),
     with the A/A spread of the measurement beside each ratio."""
     from esper_runtime.bench import dormant
 
     console.print("[dim]bench dormant-overhead: timing an MLP and a small CNN, wrapped and unwrapped...[/dim]")
-    _report(dormant.run(rounds=rounds, steps=steps, max_rounds=max(rounds, max_rounds)), as_json)
+    _report(dormant.run(rounds=rounds, steps=steps, max_rounds=max(rounds, max_rounds), epoch_steps=epoch_steps),
+            as_json)
 
 
 @app.command("kernel-load")

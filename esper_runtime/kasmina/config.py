@@ -15,7 +15,12 @@ class KasminaConfig(BaseModel):
     exclude: list[str] = Field(default=[], description="fnmatch patterns on module paths to leave alone.")
     chunk_size: int | None = Field(default=None, ge=1, le=65536, description="Output features per seed.")
     seeds_per_layer: int = Field(default=4, ge=1, le=4096, description="Used when chunk_size is not set.")
-    stats_every: int = Field(default=32, ge=1, description="Seeds sample activation statistics every N training steps.")
+    stats_every: int = Field(default=32, ge=1, description="Seeds sample activation statistics every N training steps "
+                             "(at least: see samples_per_epoch).")
+    samples_per_epoch: int | None = Field(
+        default=None, ge=1, description="Statistics samples an epoch needs: the interval grows to steps per epoch ÷ "
+        "this when that is longer than stats_every (the epoch's length is the trainer's loader, or the last "
+        "epoch's). Unset: every stats_every steps, however long the epoch.")
     measure_latency: bool = Field(default=True, description="Time grafted children's forward on sampled steps (seed "
                                   "health's latency). Off: no wall-clock reading reaches health, telemetry or the "
                                   "controller, so a run is reproducible bit for bit.")

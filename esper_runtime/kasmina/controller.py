@@ -146,6 +146,12 @@ class Kasmina:
         self._queue.append(command)
 
     # ------------------------------------------------------------------ the epoch boundary
+    def expect_epoch_steps(self, steps: int) -> None:
+        """The trainer's epoch length, so ``samples_per_epoch`` holds from the first epoch (without it, from the
+        second: each layer measures the epoch it saw)."""
+        for layer in self.layers:
+            layer.expect_epoch_steps(steps)
+
     def end_epoch(self, epoch: int) -> BoundaryReport:
         self.verify()
         self.epoch = epoch

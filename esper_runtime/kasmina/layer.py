@@ -12,7 +12,8 @@ a chunk of the same width. What a seed does to its chunk depends on its state:
 - FOSSILIZED: alpha = 1, child frozen for good.
 
 Only training-mode forwards count as steps. With every seed inactive the forward is the base layer plus a step
-counter; activation statistics are sampled every ``stats_every`` steps.
+counter; activation statistics are sampled every ``sample_every`` steps (``stats_every``, or longer for a long epoch
+when ``samples_per_epoch`` is set: sampling is most of what a dormant layer costs).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ class KasminaLayer(nn.Module):
         self._phase_steps = [0] * self.num_seeds
         self._optimizers: dict[int, torch.optim.Optimizer] = {}
         self._step = 0
+        self._epoch_start_step = 0
         self._samples = 0
+        self.sample_every = config.stats_every
         # The first training step after a health reset is always sampled, so an epoch shorter than stats_every
         # steps still tells Tamiyo how every chunk is doing.
         self._sample_due = True
@@ -102,7 +105,7 @@ class KasminaLayer(nn.Module):
         y = self.base_layer(x)
         if self.training:
             self._step += 1
-            if self._sample_due or self._step % self.config.stats_every == 0:
+            if self._sample_due or self._step % self.sample_every == 0:
                 self._observe(y)
                 if y.requires_grad and self.channel_dim == -1 and y.dim() == 2:
                     self._measure_growth(y, x)
@@ -147,7 +150,7 @@ class KasminaLayer(nn.Module):
                         self._train_reconstruction(i, chunk, x)
                 continue  # the host path stays the identity
             child = self.seeds[str(i)]
-            sample = training and self.config.measure_latency and self._step % self.config.stats_every == 0
+            sample = training and self.config.measure_latency and self._step % self.sample_every == 0
             try:
                 t0 = time.perf_counter() if sample else 0.0
                 child_out = self._run_child(child, chunk, x)
@@ -269,8 +272,11 @@ class KasminaLayer(nn.Module):
                 g = grad.detach()[:rows].float()
                 acc = self.health_accumulator
                 for source, phi in probes.items():
-                    c = (phi.t() @ g).pow(2)  # (units, features); a chunk of F features is measured with 2F units
-                    per_seed = torch.stack([c[:_PROBE_UNITS * (e - s), s:e].sum() for s, e in self.bounds]).sqrt()
+                    c = (phi.t() @ g).pow_(2)  # (units, features); a chunk of F features is measured with 2F units
+                    if self.uniform_chunk is not None:  # every chunk uses all the units: one reduction
+                        per_seed = c.view(c.shape[0], self.num_seeds, self.uniform_chunk).sum(dim=(0, 2)).sqrt_()
+                    else:
+                        per_seed = torch.stack([c[:_PROBE_UNITS * (e - s), s:e].sum() for s, e in self.bounds]).sqrt()
                     acc[:, HEALTH[f"growth_{source}"]] += per_seed
                 acc[:, HEALTH["growth_samples"]] += 1
 
@@ -357,7 +363,17 @@ class KasminaLayer(nn.Module):
         mean = torch.where(n > 0, acc[:, HEALTH["latency_us"]] / n.clamp_min(1), torch.zeros_like(n))
         self.exec_latency_us.copy_(mean.round().to(self.exec_latency_us.dtype))
 
+    def expect_epoch_steps(self, steps: int) -> None:
+        """Sample ``samples_per_epoch`` times in an epoch of ``steps`` training steps (never more often than
+        ``stats_every``). A count of steps, not a clock, so a run samples the same steps on any machine."""
+        wanted = self.config.samples_per_epoch
+        if wanted and steps > 0:
+            self.sample_every = max(self.config.stats_every, steps // wanted)
+
     def reset_health(self) -> None:
+        steps, self._epoch_start_step = self._step - self._epoch_start_step, self._step
+        if steps:  # the epoch just ended is the best guess for the next one
+            self.expect_epoch_steps(steps)
         recon = self.health_accumulator[:, HEALTH["recon_error"]].clone()
         self.health_accumulator.zero_()
         self.health_accumulator[:, HEALTH["recon_error"]] = recon

@@ -17,7 +17,7 @@ __all__ = ["growth_defaults"]
 
 def growth_defaults(epochs: int, chunk: int = 8) -> EsperConfig:
     return EsperConfig.model_validate({
-        "kasmina": {"chunk_size": chunk, "stats_every": 2, "reconstruction_steps": 20, "graft_steps": 50,
+        "kasmina": {"chunk_size": chunk, "stats_every": 2, "samples_per_epoch": 16, "reconstruction_steps": 20, "graft_steps": 50,
                     "stabilize_steps": 25, "evaluate_steps": 25},
         "tamiyo": {"warmup_epochs": 3, "patience": 1, "min_delta": 0.01, "max_germinations": 6, "max_active_seeds": 6,
                    "one_graft_at_a_time": True, "min_growth_ratio": 0.25,

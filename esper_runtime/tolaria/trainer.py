@@ -212,6 +212,10 @@ class TolariaTrainer:
         if self.kasmina is not None:
             self.kasmina.prepare()
             self.kasmina.run_config = self.resolved_config()  # what save_model writes beside the weights
+            try:
+                self.kasmina.expect_epoch_steps(len(self.train_loader))
+            except TypeError:  # a loader without a length (an iterable dataset): the layers measure the first epoch
+                pass
         if self.controller is not None and hasattr(self.controller, "prepare"):
             self.controller.prepare()
         if self._resumed is None:

@@ -243,3 +243,39 @@ def test_seeds_on_a_conv_layer_walk_the_lifecycle(store, publisher, kernels):
         seen += [tr.to_state.value for tr in t.do(L, S, cmd, kernels["residual_mlp"]).transitions]
     assert seen[-1] == "FOSSILIZED"
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+
+def _sampled_steps(model, steps: int) -> list[int]:
+    """Which of ``steps`` training steps sampled the first layer's statistics."""
+    layer, out = model.seed_layers()[0], []
+    for step in range(1, steps + 1):
+        before = layer._samples
+        model(torch.randn(16, 4))
+        if layer._samples > before:
+            out.append(step)
+    return out
+
+
+def test_samples_per_epoch_stretches_the_sampling_interval_over_a_long_epoch():
+    torch.manual_seed(0)
+    model = wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                 KasminaConfig(seeds_per_layer=2, stats_every=2, samples_per_epoch=4))
+    model.train()
+    model.kasmina.expect_epoch_steps(40)  # what the trainer says: 40 steps an epoch, so every 10th is sampled
+    assert _sampled_steps(model, 40) == [1, 10, 20, 30, 40]
+    model.kasmina.expect_epoch_steps(6)  # a short epoch: never more often than stats_every
+    assert model.seed_layers()[0].sample_every == 2
+
+
+def test_without_the_trainer_the_interval_follows_the_last_epoch_and_unset_keeps_stats_every():
+    torch.manual_seed(0)
+    stretched = wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                     KasminaConfig(seeds_per_layer=2, stats_every=2, samples_per_epoch=4))
+    fixed = wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                 KasminaConfig(seeds_per_layer=2, stats_every=2))
+    for model in (stretched, fixed):
+        model.train()
+        assert len(_sampled_steps(model, 40)) == 21  # the first epoch: step 1, then every stats_every steps
+        model.kasmina.end_epoch(0)
+    assert _sampled_steps(stretched, 40) == [1, 10, 20, 30, 40]  # _step continues: 50, 60, 70, 80 are multiples
+    assert len(_sampled_steps(fixed, 40)) == 21
