@@ -334,6 +334,7 @@ class BlueprintEntry:
     failures: list[str]
     failed_widths: list[int]
     artifacts: list[str]
+    mutation: str = ''
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -348,6 +349,7 @@ class BlueprintEntry:
             "failures": self.failures,
             "failed_widths": self.failed_widths,
             "artifacts": self.artifacts,
+            "mutation": self.mutation,
         }
 
     @classmethod
@@ -364,6 +366,7 @@ class BlueprintEntry:
             failures=list(d["failures"]),
             failed_widths=list(d["failed_widths"]),
             artifacts=list(d["artifacts"]),
+            mutation=d.get("mutation", ''),
         )
 
 
@@ -1124,6 +1127,7 @@ class BlueprintSubmitted:
     chunk_widths: list[int] = field(default_factory=list)
     pipelines: list[str] = field(default_factory=list)
     input_widths: list[int] = field(default_factory=list)
+    mutation: str = ''
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -1138,6 +1142,7 @@ class BlueprintSubmitted:
             "chunk_widths": self.chunk_widths,
             "pipelines": self.pipelines,
             "input_widths": self.input_widths,
+            "mutation": self.mutation,
         }
 
     @classmethod
@@ -1154,6 +1159,7 @@ class BlueprintSubmitted:
             chunk_widths=list(d.get("chunk_widths", [])),
             pipelines=list(d.get("pipelines", [])),
             input_widths=list(d.get("input_widths", [])),
+            mutation=d.get("mutation", ''),
         )
 
 

@@ -121,6 +121,7 @@ class BlueprintRecord:
     failures: list[str] = field(default_factory=list)
     failed_widths: list[int] = field(default_factory=list)  # chunk widths a compilation failed at
     artifacts: list[str] = field(default_factory=list)
+    mutation: str = ""  # the Karn operator that made it from ``parents``; "" for a design a person wrote
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -294,6 +295,7 @@ class UrzaView:
         rec = self._blueprint(ev.blueprint_id)
         rec.name, rec.ir, rec.tags, rec.parents, rec.submitted_by = (ev.name, ir, list(ev.tags), list(ev.parent_ids),
                                                                      ev.submitted_by)
+        rec.mutation = ev.mutation
         if rec.status == "PENDING":
             rec.status = "SUBMITTED"
 

@@ -189,18 +189,3 @@ def urabrask(
            lambda consumer: worker.run(consumer, idle_timeout=idle_timeout or None))
     stats = worker.stats
     console.print(f"urabrask: validated {stats.validated}, rejected {stats.rejected}, skipped {stats.skipped}")
-
-
-def karn(
-    idle_timeout: float = typer.Option(0.0, help="Stop after this many idle seconds (0: run until Ctrl-C)."),
-    dataset: Path = typer.Option(None, help="JSONL file (default: $ESPER_HOME/karn/field_reports.jsonl)."),
-    group: str = typer.Option("karn"),
-) -> None:
-    """Run Karn's listener: log every FieldReport on innovation.field_reports to a dataset."""
-    from esper_runtime.karn import KarnListener
-
-    bb = Backbone()
-    listener = KarnListener(dataset or bb.settings.home / "karn" / "field_reports.jsonl")
-    _serve(bb, "innovation.field_reports", group, "karn",
-           lambda consumer: listener.run(consumer, idle_timeout=idle_timeout or None))
-    console.print(f"karn: logged {listener.logged} field reports to {listener.dataset}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from esper_runtime.cli import analytics, api, bench, chaos, infra, library, processors, replay, simic, tail
+from esper_runtime.cli import analytics, api, bench, chaos, infra, karn, library, processors, replay, simic, tail
 
 
 
@@ -38,7 +38,7 @@ app.add_typer(library.blueprints_app, name="blueprints")
 app.add_typer(library.kernels_app, name="kernels")
 app.command("tezzeret")(library.tezzeret)
 app.command("urabrask")(library.urabrask)
-app.command("karn")(library.karn)
+app.add_typer(karn.app, name="karn")
 app.command("replay")(replay.replay)
 app.command("sql")(analytics.sql)
 app.command("sink")(analytics.sink)

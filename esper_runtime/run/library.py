@@ -20,7 +20,7 @@ from pathlib import Path
 from streams import Backbone
 from esper_runtime.run.exceptions import LibraryError
 
-__all__ = ["LibraryError", "WidthStatus", "library_status", "ensure_library"]
+__all__ = ["LibraryError", "WidthStatus", "Workers", "library_status", "ensure_library", "wait_settled"]
 
 ENDED = ("VALIDATED", "REJECTED", "RETIRED")
 
@@ -111,21 +111,52 @@ def ensure_library(bb: Backbone, shapes, echo=print, progress=None, timeout_s: f
                 submit_blueprint(pub, envs, bp, "esper-run", widths=tuple(sorted({f for f, _ in todo})),
                                  pipelines=("fast",),
                                  input_widths=tuple(sorted({d for _, d in todo if d is not None})))
-    logs = bb.settings.home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    cmd = [sys.executable, "-m", "esper_runtime.cli.main"]
-    specs = {"tezzeret": ["tezzeret", "--widths", ",".join(sorted({str(f) for f, _ in missing}))],
-             "urabrask": ["urabrask"]}
-    workers: dict[str, tuple[subprocess.Popen, Path]] = {}
-    try:
-        for name, args in specs.items():
-            log = logs / f"{name}-{stamp}.log"
-            with log.open("ab") as fh:
-                workers[name] = (subprocess.Popen(cmd + args, stdout=fh, stderr=subprocess.STDOUT), log)
-        status = _wait(bb, ids, readers, missing, workers, progress, timeout_s, status)
-    finally:
-        for proc, _ in workers.values():  # ours, by PID
+    with Workers(bb, sorted({f for f, _ in missing})) as workers:
+        status = wait_settled(bb, ids, readers, missing, workers, progress, timeout_s, status)
+    return _checked(status, workers.logs)
+
+
+class Workers:
+    """A Tezzeret and an Urabrask worker in their own processes for as long as the ``with`` block lasts (logs under
+    ``$ESPER_HOME/logs``, no idle timeout: a cold compile can take longer than any guess); stopped by PID after."""
+
+    def __init__(self, bb: Backbone, widths):
+        self.bb = bb
+        self.widths = sorted(set(widths))
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    @property
+    def logs(self) -> dict[str, Path]:
+        return {name: log for name, (_, log) in self.procs.items()}
+
+    def __enter__(self) -> "Workers":
+        logs = self.bb.settings.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cmd = [sys.executable, "-m", "esper_runtime.cli.main"]
+        specs = {"tezzeret": ["tezzeret", "--widths", ",".join(str(w) for w in self.widths)], "urabrask": ["urabrask"]}
+        try:
+            for name, args in specs.items():
+                log = logs / f"{name}-{stamp}.log"
+                with log.open("ab") as fh:
+                    self.procs[name] = (subprocess.Popen(cmd + args, stdout=fh, stderr=subprocess.STDOUT), log)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def check(self, unsettled: int) -> None:
+        """LibraryError when a worker has stopped while ``unsettled`` kernels still wait for it."""
+        for name, (proc, log) in self.procs.items():
+            if proc.poll() is not None:
+                raise LibraryError(f"the {name} worker stopped (exit {proc.returncode}) with {unsettled} "
+                                   f"kernels unsettled; its log: {log} ({_log_tail(log)})")
+
+    def stop(self) -> None:
+        for proc, _ in self.procs.values():  # ours, by PID
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -133,18 +164,20 @@ def ensure_library(bb: Backbone, shapes, echo=print, progress=None, timeout_s: f
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-    return _checked(status, {name: log for name, (_, log) in workers.items()})
 
 
-def _wait(bb, ids, readers, missing, workers, progress, timeout_s, status):
+def wait_settled(bb, ids, readers, missing, workers: Workers, progress=None, timeout_s: float = 3600,
+                 status: dict | None = None, label: str = "kernels settled (compiled and measured)"):
+    """Wait until every blueprint in ``ids`` is settled at every shape in ``missing``; the status per shape."""
     from contextlib import nullcontext
 
     from esper_runtime.urza.library import load_view
 
-    total = sum(len(ids) - (len(readers) if d is None else 0) for _, d in missing)
+    status = dict(status or {})
+    total = sum(len(ids) - (len(set(ids) & set(readers)) if d is None else 0) for _, d in missing)
     deadline = time.monotonic() + timeout_s
     with (progress() if progress else nullcontext()) as bar:
-        task = bar.add_task("kernels settled (compiled and measured)", total=total) if bar else None
+        task = bar.add_task(label, total=total) if bar else None
         while True:
             view = load_view(bb)
             status.update({s: library_status(view, ids, *s, readers) for s in missing})
@@ -153,13 +186,10 @@ def _wait(bb, ids, readers, missing, workers, progress, timeout_s, status):
                 bar.update(task, completed=settled)
             if all(status[w].settled for w in missing):
                 return status
-            for name, (proc, log) in workers.items():
-                if proc.poll() is not None:
-                    raise LibraryError(f"the {name} worker stopped (exit {proc.returncode}) with {total - settled} "
-                                       f"kernels unsettled; its log: {log} ({_log_tail(log)})")
+            workers.check(total - settled)
             if time.monotonic() > deadline:
                 raise LibraryError(f"the library was not ready after {timeout_s:.0f} s ({total - settled} kernels "
-                                   f"unsettled); logs: {', '.join(str(log) for _, log in workers.values())}")
+                                   f"unsettled); logs: {', '.join(str(log) for log in workers.logs.values())}")
             time.sleep(2)
 
 

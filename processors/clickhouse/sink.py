@@ -44,7 +44,7 @@ TABLE_OF_EVENT = {"esper.tolaria.EpochCompleted": "epochs", "esper.kasmina.SeedT
           "esper.kasmina.SeedLifecycleTransition": "lifecycle_transitions", "esper.tamiyo.TamiyoDecision": "decisions",
           "esper.urabrask.KernelValidationReport": "kernel_measurements", "esper.innovation.FieldReport": "field_reports",
           "esper.kasmina.KasminaControlCommand": "commands", "esper.tolaria.SystemStatePacket": "system_state",
-          "esper.tolaria.AdaptationSignal": "adaptation_signals"}
+          "esper.tolaria.AdaptationSignal": "adaptation_signals", "esper.urza.BlueprintSubmitted": "blueprints"}
 SINK_TOPICS = TOPICS.carrying(*TABLE_OF_EVENT)
 
 
@@ -108,6 +108,10 @@ def rows_for_record(name: str, r: dict) -> list[tuple[str, dict]]:
                                          "memory_mb_peak": r["memory_mb_peak"],
                                          "precision_drift_vs_fp32": r["precision_drift_vs_fp32"], "runs": r["runs"],
                                          "failure": r["failure"]})]
+    if short == "BlueprintSubmitted":
+        return [("blueprints", {"blueprint_id": r["blueprint_id"], "name": r["name"], **_base(env),
+                                "submitted_by": r["submitted_by"], "mutation": r.get("mutation", ""),
+                                "parent_ids": list(r["parent_ids"]), "tags": list(r["tags"])})]
     if short == "FieldReport":
         return [("field_reports", {**run, **_base(env), "blueprint_id": r["blueprint_id"], "seed_id": r["seed_id"],
                                    "outcome": r["outcome"], "pre_metric": r["pre_metric"],

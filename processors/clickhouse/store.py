@@ -111,6 +111,8 @@ def _arrow_type(clickhouse_type: str):
         t = t[len("LowCardinality("):-1]
     if t == "String":
         return pa.string()
+    if t.startswith("Array(") and t.endswith(")"):
+        return pa.list_(_arrow_type(t[len("Array("):-1]))
     if t.startswith("DateTime64(3"):
         return pa.timestamp("ms")  # the rows' naive datetimes are UTC, as the columns are
     simple = {"UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(), "UInt64": pa.uint64(),

@@ -1,0 +1,95 @@
+"""``esper karn ...``: Karn, the architect — listening to field reports, and inventing designs (issue #17)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams import Backbone
+
+app = typer.Typer(no_args_is_help=True, help="Karn: the library's inventor and the field reports it learns from.")
+console = Console(stderr=True)
+
+
+@app.command("listen")
+def listen(
+    idle_timeout: float = typer.Option(0.0, help="Stop after this many idle seconds (0: run until Ctrl-C)."),
+    dataset: Path = typer.Option(None, help="JSONL file (default: $ESPER_HOME/karn/field_reports.jsonl)."),
+    group: str = typer.Option("karn"),
+) -> None:
+    """Run Karn's listener: log every FieldReport on innovation.field_reports to a dataset."""
+    from esper_runtime.cli.library import _serve
+    from esper_runtime.karn import KarnListener
+
+    bb = Backbone()
+    listener = KarnListener(dataset or bb.settings.home / "karn" / "field_reports.jsonl")
+    _serve(bb, "innovation.field_reports", group, "karn",
+           lambda consumer: listener.run(consumer, idle_timeout=idle_timeout or None))
+    console.print(f"karn: logged {listener.logged} field reports to {listener.dataset}")
+
+
+@app.command("evolve")
+def evolve(
+    generations: int = typer.Option(3, min=1, help="Generations to run."),
+    per_generation: int = typer.Option(4, min=1, help="New designs per generation."),
+    config: str = typer.Option(None, "--config", "-c", help="A run's YAML: designs are compiled and measured for its "
+                               "seeds' shapes (default: the demo's)."),
+    seed: int = typer.Option(0, help="Karn's random seed (operators, parents)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object, last."),
+) -> None:
+    """Invent designs: mutate the best of Urza's library, compile and measure the children through Tezzeret and
+    Urabrask, and report whether children score above their parents. Every design, compilation and measurement is
+    on the log; Urza offers the validated ones to later runs."""
+    from esper_runtime.cli.main import _progress
+    from esper_runtime.karn.evolve import EvolveOptions, KarnError, evolve as run_evolve
+    from esper_runtime.run.pipeline import local_infrastructure, prepare
+
+    if config:
+        from esper_runtime.run.config import load_run_config
+
+        cfg = load_run_config(config)
+    else:
+        from esper_runtime.demo.run import DemoOptions, demo_config
+
+        cfg = demo_config(DemoOptions(out=Path("out/demo")))
+    shapes = prepare(cfg).shapes
+    echo = lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True)  # noqa: E731
+    with local_infrastructure(echo) as bb:
+        report = run_evolve(bb, shapes, EvolveOptions(generations=generations, per_generation=per_generation,
+                                                      seed=seed), echo=echo, progress=_progress(console))
+    s1 = report["stage1"]
+    if report["submitted"]:
+        console.print(f"karn: {report['validated']}/{report['submitted']} designs validated; children's mean score "
+                      f"{s1['children_mean_score']:.3f} vs parents' {s1['parents_mean_score']:.3f} (stage 1 "
+                      f"{'met' if s1['met'] else 'not met'}); {report['seconds_per_design']} s a design")
+    if as_json:
+        print(json.dumps(report))
+    if not report["validated"]:
+        raise KarnError(f"no design Karn made in {generations} generations was validated by Urabrask "
+                        f"({report['submitted']} submitted): nothing was added to the library")
+
+
+@app.command("lineage")
+def lineage(as_json: bool = typer.Option(False, "--json", help="Print the family tree as JSON.")) -> None:
+    """Karn's designs with their parents, operators and Urabrask's verdict, folded from the log."""
+    from esper_runtime.karn.lineage import family_tree, read_field_reports
+    from esper_runtime.urza.library import load_view
+
+    bb = Backbone()
+    try:
+        tree = family_tree(load_view(bb), read_field_reports(bb))
+    finally:
+        bb.close()
+    if as_json:
+        print(json.dumps(tree))
+        return
+    table = Table("design", "operator", "parents", "kernels validated", "risk (best)", "field: fossilized / germinated")
+    for d in tree["designs"]:
+        table.add_row(d["name"], d["mutation"], ", ".join(d["parent_names"]), f"{d['validated']}/{d['kernels']}",
+                      "-" if d["best_risk"] is None else f"{d['best_risk']:.3f}",
+                      f"{d['fossilized']}/{d['germinated']}")
+    Console().print(table)

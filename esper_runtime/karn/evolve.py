@@ -1,0 +1,298 @@
+"""``esper karn evolve``: Karn invents designs and sends them through the pipeline everyone's designs go through.
+
+Each generation:
+
+1. **Read the library from the log** (Urza's view): every design with kernels for the target run's seed shapes,
+   and how Urabrask judged them. A design's *score* is Urabrask's: over the shapes, the mean of ``1 - risk_score``
+   of its best VALIDATED kernel, 0 where it ended without one (rejected, failed to compile).
+2. **Choose operators** with a UCB1 bandit (``OperatorPolicy``) whose evidence is the log itself: every Karn child
+   Urza holds, its operator (``BlueprintSubmitted.mutation``) and its score. Nothing of the policy lives outside
+   the log: a rerun on the same log chooses the same.
+3. **Choose parents** among the scored designs, better ranks more often; **mutate** (``karn.mutate``); keep
+   children that pass the static checks and compute something no design in the library computes.
+4. **Submit** them with their lineage (``parent_ids``, ``mutation``) for the run's shapes; Tezzeret compiles and
+   Urabrask measures in their own processes; wait until every child is settled.
+
+Reported (the last line of ``--json``): per generation the children's mean score against their parents', and the
+share validated; the stage-1 criterion (appendix G: children's mean score above their parents'); cost per design.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from esper_runtime.blueprints.ir import Blueprint
+from esper_runtime.karn.mutate import OPERATORS, Child, mutate, structure_key
+from esper_runtime.run.library import ENDED, Workers, library_status, wait_settled
+from streams.exceptions import EsperError
+
+__all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "propose", "evolve", "KarnError"]
+
+PRODUCER = "karn/evolve-v1"
+Shape = tuple[int, "int | None"]
+
+
+class KarnError(EsperError):
+    """Karn could not do what it was asked (nothing to mutate, nothing validated)."""
+
+
+@dataclass
+class EvolveOptions:
+    generations: int = 3
+    per_generation: int = 4
+    seed: int = 0
+    exploration: float = 1.0  # UCB1's c
+    attempts: int = 40  # mutation tries per child before a generation gives up on filling its quota
+    timeout_s: float = 3600
+
+
+def _kernels_at(view, bid: str, width: int, in_features: int | None, reads: bool) -> list:
+    want = in_features if reads else None
+    return [k for k in view.kernels.values()
+            if k.blueprint_id == bid and k.features == width and k.in_features == want]
+
+
+def design_score(view, bid: str, shapes, reads: bool) -> float | None:
+    """Urabrask's score of a design over ``shapes`` (0..1), or None while any shape is unsettled. A design that
+    reads a wide input is not scored at shapes without one (a Conv2d layer)."""
+    record = view.blueprints.get(bid)
+    values = []
+    for width, d in shapes:
+        if reads and d is None:
+            continue
+        kernels = _kernels_at(view, bid, width, d, reads)
+        validated = [k for k in kernels if k.status == "VALIDATED"]
+        if validated:
+            risks = [k.risk_score for k in validated if k.risk_score is not None]
+            values.append(1.0 - min(risks) if risks else 0.5)
+        elif any(k.status in ENDED for k in kernels) or (record is not None and (
+                record.status == "REJECTED" or width in record.failed_widths)):
+            values.append(0.0)
+        else:
+            return None
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class OperatorPolicy:
+    """UCB1 over the operators: each operator's mean score of the children it made, plus ``c·sqrt(2 ln N / n)``;
+    an operator never tried comes first. ``from_view`` rebuilds it from the log."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)
+    c: float = 1.0
+
+    @classmethod
+    def from_view(cls, view, shapes, c: float = 1.0) -> "OperatorPolicy":
+        policy = cls(c=c)
+        for rec in view.blueprints.values():
+            if rec.mutation and rec.ir:
+                score = design_score(view, rec.blueprint_id, shapes, _reads(rec.ir))
+                if score is not None:
+                    policy.record(rec.mutation, score)
+        return policy
+
+    def record(self, operator: str, reward: float) -> None:
+        self.counts[operator] = self.counts.get(operator, 0) + 1
+        self.totals[operator] = self.totals.get(operator, 0.0) + reward
+
+    def mean(self, operator: str) -> float | None:
+        n = self.counts.get(operator, 0)
+        return self.totals[operator] / n if n else None
+
+    def value(self, operator: str) -> float:
+        n = self.counts.get(operator, 0)
+        if not n:
+            return math.inf
+        total = sum(self.counts.values())
+        return self.totals[operator] / n + self.c * math.sqrt(2 * math.log(total) / n)
+
+    def ranked(self, rng: random.Random) -> list[str]:
+        """Operators best first (ties in a random order)."""
+        ops = list(OPERATORS)
+        rng.shuffle(ops)
+        return sorted(ops, key=lambda op: -self.value(op))
+
+
+def _reads(ir: dict) -> bool:
+    from esper_runtime.blueprints.ir import reads_input
+
+    return reads_input(ir)
+
+
+def _population(view, shapes) -> list[tuple[float, Blueprint]]:
+    """Designs with a positive score, best first: the parents to choose from."""
+    out = []
+    for rec in view.blueprints.values():
+        if not rec.ir or rec.status == "REJECTED":
+            continue
+        score = design_score(view, rec.blueprint_id, shapes, _reads(rec.ir))
+        if score:
+            try:
+                out.append((score, Blueprint.parse(rec.ir)))
+            except Exception:  # noqa: BLE001 - a stored design this version cannot parse is no parent
+                continue
+    out.sort(key=lambda t: (-t[0], t[1].blueprint_id))
+    return out
+
+
+def _pick(population, rng: random.Random) -> Blueprint:
+    """A parent, by rank: the i-th best with weight 1/(i+1)."""
+    weights = [1.0 / (i + 1) for i in range(len(population))]
+    return rng.choices(population, weights=weights, k=1)[0][1]
+
+
+def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, attempts: int = 40) -> list[Child]:
+    """Up to ``k`` checked children of the library's scored designs, none computing what a design in the library
+    (or another child) computes."""
+    population = _population(view, shapes)
+    if not population:
+        raise KarnError("no design in Urza has a validated kernel for these shapes: nothing to mutate "
+                        "(compile the starter library first: `esper karn evolve` does when it can)")
+    known = {structure_key(rec.ir) for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir}
+    children: list[Child] = []
+    for _ in range(k * attempts):
+        if len(children) >= k:
+            break
+        ranked = policy.ranked(rng)
+        # mostly the best operator, sometimes the next ones: children of one generation should not all be alike
+        operator = ranked[min(int(rng.expovariate(1.5)), len(ranked) - 1)]
+        parents = [_pick(population, rng)]
+        if operator == "crossover":
+            parents.append(_pick(population, rng))
+            if parents[0].blueprint_id == parents[1].blueprint_id:
+                continue
+        child = mutate(operator, parents, rng)
+        if child is None:
+            continue
+        key = structure_key(child.blueprint.doc)
+        if key in known:
+            continue
+        known.add(key)
+        children.append(child)
+    return children
+
+
+def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print, progress=None) -> dict:
+    """Run ``opts.generations`` generations against Urza on ``bb``'s log for the seed ``shapes``; the report."""
+    from esper_runtime.run.library import ensure_library
+    from esper_runtime.urza.library import load_view, submit_blueprint
+    from streams.envelope import EnvelopeFactory
+
+    shapes = sorted({s if isinstance(s, tuple) else (s, None) for s in shapes}, key=lambda s: (s[0], s[1] or 0))
+    ensure_library(bb, shapes, echo, progress)  # the starter library is the first population
+    rng = random.Random(opts.seed)
+    envs = EnvelopeFactory(f"karn-{uuid.uuid4().hex[:6]}", PRODUCER)
+    generations, designs = [], []
+    started = time.monotonic()
+    with Workers(bb, sorted({f for f, _ in shapes})) as workers:
+        for g in range(1, opts.generations + 1):
+            t0 = time.monotonic()
+            view = load_view(bb)
+            policy = OperatorPolicy.from_view(view, shapes, opts.exploration)
+            children = propose(view, shapes, opts.per_generation, rng, policy, opts.attempts)
+            if not children:
+                echo(f"generation {g}: no new design passed the checks in {opts.per_generation * opts.attempts} tries")
+                generations.append({"generation": g, "submitted": 0})
+                continue
+            parent_scores = {bp.blueprint_id: design_score(view, bp.blueprint_id, shapes, bp.reads_input)
+                             for bp in (Blueprint.parse(view.blueprints[p].ir)
+                                        for c in children for p in c.parent_ids)}
+            with bb.publisher() as pub:
+                for child in children:
+                    bp = child.blueprint
+                    widths = sorted({f for f, d in shapes if d is not None or not bp.reads_input})
+                    inputs = sorted({d for _, d in shapes if d is not None}) if bp.reads_input else []
+                    submit_blueprint(pub, envs, bp, PRODUCER, widths=tuple(widths), pipelines=("fast",),
+                                     input_widths=tuple(inputs), parent_ids=child.parent_ids,
+                                     mutation=child.operator)
+            echo(f"generation {g}: {len(children)} designs submitted ("
+                 + ", ".join(f"{c.blueprint.name} = {c.operator}" for c in children) + ")")
+            ids = [c.blueprint.blueprint_id for c in children]
+            readers = {c.blueprint.blueprint_id for c in children if c.blueprint.reads_input}
+            wait_settled(bb, ids, readers, shapes, workers, progress, opts.timeout_s,
+                         label=f"generation {g}: designs compiled and measured")
+            view = _until_scored(bb, children, shapes)
+            rows = []
+            for child in children:
+                bp = child.blueprint
+                score = design_score(view, bp.blueprint_id, shapes, bp.reads_input) or 0.0
+                parents = [parent_scores[p] or 0.0 for p in child.parent_ids]
+                validated = [s for s in shapes if (not bp.reads_input or s[1] is not None)
+                             and library_status(view, [bp.blueprint_id], *s, readers).validated]
+                rows.append({"blueprint_id": bp.blueprint_id, "name": bp.name, "mutation": child.operator,
+                             "parents": list(child.parent_ids), "generation": g, "score": round(score, 4),
+                             "parents_score": round(sum(parents) / len(parents), 4),
+                             "validated_shapes": len(validated), "params_at_first_shape": _params(bp, shapes)})
+            designs.extend(rows)
+            seconds = time.monotonic() - t0
+            summary = _summary(rows)
+            generations.append({"generation": g, "submitted": len(rows), **summary, "seconds": round(seconds, 1),
+                                "operators": _count(r["mutation"] for r in rows)})
+            echo(f"generation {g}: {summary['validated']}/{len(rows)} validated; mean score "
+                 f"{summary['children_mean_score']:.3f} (parents {summary['parents_mean_score']:.3f}); {seconds:.0f} s")
+    elapsed = time.monotonic() - started
+    total = _summary(designs) if designs else {}
+    view = load_view(bb)
+    policy = OperatorPolicy.from_view(view, shapes, opts.exploration)
+    return {
+        "command": "karn evolve",
+        "shapes": [list(s) for s in shapes],
+        "generations": generations,
+        "designs": designs,
+        "stage1": {"children_mean_score": total.get("children_mean_score"),
+                   "parents_mean_score": total.get("parents_mean_score"),
+                   "met": bool(designs) and total["children_mean_score"] > total["parents_mean_score"],
+                   "criterion": "mutated children's mean Urabrask score above their parents' (appendix G stage 1)"},
+        "validated": total.get("validated", 0),
+        "submitted": len(designs),
+        "operators": {op: {"children": policy.counts.get(op, 0),
+                           "mean_score": None if policy.mean(op) is None else round(policy.mean(op), 4)}
+                      for op in OPERATORS},
+        "seconds": round(elapsed, 1),
+        "seconds_per_design": round(elapsed / len(designs), 1) if designs else None,
+        "designs_per_hour": round(3600 * len(designs) / elapsed, 1) if designs and elapsed else None,
+        "score": "Urabrask's: mean over the shapes of 1 - risk_score of the design's best validated kernel, "
+                 "0 where it has none",
+    }
+
+
+def _until_scored(bb, children, shapes, timeout_s: float = 60.0):
+    """The view once every child has a score (tags arrive with VALIDATED; this waits out the fold's lag)."""
+    from esper_runtime.urza.library import load_view
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = load_view(bb)
+        if all(design_score(view, c.blueprint.blueprint_id, shapes, c.blueprint.reads_input) is not None
+               for c in children) or time.monotonic() > deadline:
+            return view
+        time.sleep(1)
+
+
+def _params(bp: Blueprint, shapes) -> int | None:
+    from esper_runtime.blueprints.validate import param_count
+
+    for width, d in shapes:
+        if bp.reads_input and d is None:
+            continue
+        return param_count(bp.instantiate(width, d if bp.reads_input else None))
+    return None
+
+
+def _summary(rows: list[dict]) -> dict:
+    return {"validated": sum(1 for r in rows if r["validated_shapes"]),
+            "children_mean_score": round(sum(r["score"] for r in rows) / len(rows), 4),
+            "parents_mean_score": round(sum(r["parents_score"] for r in rows) / len(rows), 4)}
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
