@@ -16,7 +16,7 @@ console = Console(stderr=True)
 def sql(query: str = typer.Argument(..., help="e.g. \"SELECT run_id, max(val_accuracy) FROM esper.epochs GROUP BY run_id\""),
         fmt: str = typer.Option("table", "--format", help="table or json (one object per row)")) -> None:
     """Run one read-only SELECT on the analytics tables (esper.epochs, seed_telemetry, lifecycle_transitions,
-    decisions, kernel_measurements, field_reports), with limits on time, memory and rows."""
+    decisions, kernel_measurements, field_reports, blueprints), with limits on time, memory and rows."""
     from processors.clickhouse import open_store
 
     store = open_store(Backbone().settings)

@@ -313,7 +313,9 @@ class TamiyoController:
         source = self._signal.get(key, (0.0, "layer", 0.0))[1]
         scored = []
         for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width,
-                                 in_features=in_features, model_features=model_features):
+                                 in_features=in_features, model_features=model_features, limit=1000):
+            if not self.config.karn_designs and getattr(self.urza.blueprints.get(k.blueprint_id), "mutation", ""):
+                continue
             score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
                 + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0)
             if k.in_features is not None:

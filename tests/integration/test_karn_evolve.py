@@ -64,6 +64,16 @@ def test_karn_evolves_designs_through_the_pipeline_and_the_log_holds_their_famil
     assert all(d["parent_names"] and d["depth"] >= 1 for d in lineage["designs"])
     assert lineage["karn_validated"] == report["validated"]
 
+    # the lineage in SQL (the processors' sink ran while Karn did): at least the first generation, minutes old
+    sql = _esper(env, "sql", "SELECT blueprint_id, mutation, length(parent_ids) AS parents FROM esper.blueprints "
+                 "FINAL WHERE mutation != ''", "--format", "json", timeout=300)
+    assert sql.returncode == 0, sql.stderr[-2000:]
+    rows = [json.loads(line) for line in sql.stdout.strip().splitlines() if line.startswith("{")]
+    by_id = {d["blueprint_id"]: d for d in report["designs"]}
+    assert {d["blueprint_id"] for d in report["designs"] if d["generation"] == 1} <= {r["blueprint_id"] for r in rows}
+    assert all(r["mutation"] == by_id[r["blueprint_id"]]["mutation"]
+               and int(r["parents"]) == len(by_id[r["blueprint_id"]]["parents"]) for r in rows)
+
     # Urza offers Karn's validated designs like anyone's: the query a run's Tamiyo makes for this seed shape
     offered = subprocess.run([sys.executable, "-c", QUERY], capture_output=True, text=True, env=env, timeout=300)
     assert offered.returncode == 0, offered.stderr[-2000:]

@@ -61,3 +61,20 @@ def test_growth_goes_where_the_signal_is_and_reads_the_wider_input():
     # the reader of the chosen input first even though it is the largest, then the other reader, then the rest;
     # a kernel built for another model's input width is never offered
     assert ranked == ["bp-reads_model", "bp-reads_layer", "bp-chunk_only"]
+
+
+def test_karn_designs_are_offered_unless_the_run_holds_to_the_designs_people_wrote():
+    host = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    view, envs = UrzaView(), EnvelopeFactory("lib", "test")
+    _kernel(view, envs, "written", 8, params=10)
+    _kernel(view, envs, "invented", 8, params=10)
+    view.apply(BlueprintSubmitted(envelope=envs.next("blueprint/bp-invented"), blueprint_id="bp-invented",
+                                  name="invented", ir_version=1, ir_json="{}", submitted_by="karn/evolve-v1",
+                                  parent_ids=["bp-written"], mutation="deepen"))
+    offered = {}
+    for karn in (True, False):
+        cfg = EsperConfig.model_validate({"kasmina": {"chunk_size": 8}, "tamiyo": {"karn_designs": karn}})
+        tamiyo = TamiyoController(wrap(host, cfg.kasmina, publisher=None, run_id="t"), cfg.tamiyo, view, publisher=None)
+        offered[karn] = sorted(k.blueprint_id for _, k in tamiyo._kernels_for((0, 0), 8))
+        host = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert offered == {True: ["bp-invented", "bp-written"], False: ["bp-written"]}
