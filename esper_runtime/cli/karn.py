@@ -39,13 +39,15 @@ def evolve(
     config: str = typer.Option(None, "--config", "-c", help="A run's YAML: designs are compiled and measured for its "
                                "seeds' shapes (default: the demo's)."),
     seed: int = typer.Option(0, help="Karn's random seed (operators, parents)."),
+    field_seeds: int = typer.Option(0, min=0, help="Then the field stage: the run's grown host trained with Karn's "
+                                    "designs offered and without, for this many random seeds each (0: skip)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object, last."),
 ) -> None:
     """Invent designs: mutate the best of Urza's library, compile and measure the children through Tezzeret and
     Urabrask, and report whether children score above their parents. Every design, compilation and measurement is
     on the log; Urza offers the validated ones to later runs."""
     from esper_runtime.cli.main import _progress
-    from esper_runtime.karn.evolve import EvolveOptions, KarnError, evolve as run_evolve
+    from esper_runtime.karn.evolve import EvolveOptions, KarnError, evolve as run_evolve, field_trial
     from esper_runtime.run.pipeline import local_infrastructure, prepare
 
     if config:
@@ -56,16 +58,25 @@ def evolve(
         from esper_runtime.demo.run import DemoOptions, demo_config
 
         cfg = demo_config(DemoOptions(out=Path("out/demo")))
-    shapes = prepare(cfg).shapes
+    prep = prepare(cfg)
     echo = lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True)  # noqa: E731
     with local_infrastructure(echo) as bb:
-        report = run_evolve(bb, shapes, EvolveOptions(generations=generations, per_generation=per_generation,
-                                                      seed=seed), echo=echo, progress=_progress(console))
+        report = run_evolve(bb, prep.shapes, EvolveOptions(generations=generations, per_generation=per_generation,
+                                                           seed=seed), echo=echo, progress=_progress(console))
+        if field_seeds and report["validated"]:
+            report["field"] = field_trial(bb, prep, field_seeds, echo)
     s1 = report["stage1"]
     if report["submitted"]:
         console.print(f"karn: {report['validated']}/{report['submitted']} designs validated; children's mean score "
                       f"{s1['children_mean_score']:.3f} vs parents' {s1['parents_mean_score']:.3f} (stage 1 "
                       f"{'met' if s1['met'] else 'not met'}); {report['seconds_per_design']} s a design")
+    if "field" in report:
+        f = report["field"]
+        k, p, kd = f["karn_designs"], f["people_only"], f["field"]["karn_designs_in_karn_arm"]
+        console.print(f"field ({field_seeds} seeds): with Karn's designs {k['accuracy_mean']:.3f} ± "
+                      f"{k['accuracy_std']:.3f}, held to the library people wrote {p['accuracy_mean']:.3f} ± "
+                      f"{p['accuracy_std']:.3f}; Karn's designs fossilized {kd['fossilized']} of "
+                      f"{kd['germinated']} germinated")
     if as_json:
         print(json.dumps(report))
     if not report["validated"]:

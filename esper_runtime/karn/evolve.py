@@ -147,9 +147,12 @@ def _pick(population, rng: random.Random) -> Blueprint:
     return rng.choices(population, weights=weights, k=1)[0][1]
 
 
-def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, attempts: int = 40) -> list[Child]:
+def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, attempts: int = 40,
+            pool: int = 3) -> list[Child]:
     """Up to ``k`` checked children of the library's scored designs, none computing what a design in the library
-    (or another child) computes."""
+    (or another child) computes: ``pool``·k candidates are made, and the ``k`` kept are chosen one at a time as the
+    farthest from the library and the children already kept (``diversity.novelty``), so a generation does not
+    spend its compilations on near-copies."""
     population = _population(view, shapes)
     if not population:
         raise KarnError("no design in Urza has a validated kernel for these shapes: nothing to mutate "
@@ -157,7 +160,7 @@ def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, at
     known = {structure_key(rec.ir) for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir}
     children: list[Child] = []
     for _ in range(k * attempts):
-        if len(children) >= k:
+        if len(children) >= k * pool:
             break
         ranked = policy.ranked(rng)
         # mostly the best operator, sometimes the next ones: children of one generation should not all be alike
@@ -175,7 +178,21 @@ def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, at
             continue
         known.add(key)
         children.append(child)
-    return children
+    return _most_novel(children, [rec.ir for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir], k)
+
+
+def _most_novel(candidates: list[Child], library: list[dict], k: int) -> list[Child]:
+    """Greedy max-min: each pick the candidate farthest from the library and the picks so far."""
+    from esper_runtime.karn.diversity import novelty, signature
+
+    others = [signature(doc) for doc in library]
+    left, picked = list(candidates), []
+    while left and len(picked) < k:
+        best = max(left, key=lambda c: novelty(c.blueprint.doc, others))
+        left.remove(best)
+        picked.append(best)
+        others.append(signature(best.blueprint.doc))
+    return picked
 
 
 def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print, progress=None) -> dict:
@@ -233,7 +250,8 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
             seconds = time.monotonic() - t0
             summary = _summary(rows)
             generations.append({"generation": g, "submitted": len(rows), **summary, "seconds": round(seconds, 1),
-                                "operators": _count(r["mutation"] for r in rows)})
+                                "operators": _count(r["mutation"] for r in rows),
+                                "library_diversity": round(_library_diversity(view, shapes), 4)})
             echo(f"generation {g}: {summary['validated']}/{len(rows)} validated; mean score "
                  f"{summary['children_mean_score']:.3f} (parents {summary['parents_mean_score']:.3f}); {seconds:.0f} s")
     elapsed = time.monotonic() - started
@@ -260,6 +278,13 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
         "score": "Urabrask's: mean over the shapes of 1 - risk_score of the design's best validated kernel, "
                  "0 where it has none",
     }
+
+
+def _library_diversity(view, shapes) -> float:
+    """Mean pairwise structural distance of the designs Urza offers for these shapes."""
+    from esper_runtime.karn.diversity import diversity
+
+    return diversity(bp.doc for _, bp in _population(view, shapes))
 
 
 def _until_scored(bb, children, shapes, timeout_s: float = 60.0):
@@ -296,3 +321,61 @@ def _count(items) -> dict[str, int]:
     for item in items:
         out[item] = out.get(item, 0) + 1
     return out
+
+
+def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> dict:
+    """Appendix G's field stage: for each random seed, the run's grown host trained twice — Tamiyo offered Karn's
+    designs besides the library people wrote, and held to the latter (``tamiyo.karn_designs``) — then the final
+    accuracy of each arm (mean ± std over seeds) and how Karn's designs did where they were grafted (the
+    ``FieldReport`` events of those runs: FOSSILIZED / germinated, mean reward)."""
+    import dataclasses
+    import statistics
+
+    from esper_runtime.karn.lineage import read_field_reports
+    from esper_runtime.run.pipeline import _grown, _train
+    from esper_runtime.tolaria.trainer import count_params
+    from esper_runtime.urza.library import load_view
+    from esper_runtime.urza.store import ArtifactStore
+
+    view = load_view(bb)
+    store = ArtifactStore(bb.settings.home / "artifacts")
+    arms = {"karn_designs": True, "people_only": False}
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    with bb.publisher() as publisher:
+        for seed in range(seeds):
+            for arm, allowed in arms.items():
+                esper = prep.cfg.esper
+                cfg = prep.cfg.model_copy(update={"esper": esper.model_copy(update={
+                    "tamiyo": esper.tamiyo.model_copy(update={"karn_designs": allowed})})})
+                run_id = f"{prep.cfg.name}-karn-field-{arm.replace('_', '-')}-{uuid.uuid4().hex[:6]}-s{seed}"
+                model, _, trainer = _grown(dataclasses.replace(prep, cfg=cfg), seed, run_id, store, view, publisher,
+                                           None)
+                _, history = _train(trainer)
+                runs[arm].append({"seed": seed, "run_id": run_id, "accuracy": history.epochs[-1]["val_accuracy"],
+                                  "params": count_params(model)})
+                echo(f"field seed {seed}, {arm.replace('_', ' ')}: accuracy {runs[arm][-1]['accuracy']:.3f} "
+                     f"({runs[arm][-1]['params']} params)")
+    karn_ids = {rec.blueprint_id for rec in view.blueprints.values() if rec.mutation}
+    reports = read_field_reports(bb)
+
+    def outcomes(arm: str, karn: bool) -> dict:
+        ids = {r["run_id"] for r in runs[arm]}
+        rows = [r for r in reports if r["envelope"]["run_id"] in ids and (r["blueprint_id"] in karn_ids) == karn]
+        rewards = [r["reward"] for r in rows if r.get("reward") is not None]
+        fossilized = sum(1 for r in rows if r["outcome"] == "FOSSILIZED")
+        return {"germinated": len(rows), "fossilized": fossilized,
+                "success_rate": round(fossilized / len(rows), 4) if rows else None,
+                "mean_reward": round(statistics.fmean(rewards), 4) if rewards else None}
+
+    def stats(arm: str) -> dict:
+        acc = [r["accuracy"] for r in runs[arm]]
+        return {"accuracy_mean": round(statistics.fmean(acc), 4),
+                "accuracy_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+                "params_mean": round(statistics.fmean(r["params"] for r in runs[arm]), 1), "runs": runs[arm]}
+
+    return {"seeds": seeds, "epochs": prep.cfg.esper.tolaria.epochs, **{arm: stats(arm) for arm in arms},
+            "paired_difference_mean": round(statistics.fmean(
+                a["accuracy"] - b["accuracy"] for a, b in zip(runs["karn_designs"], runs["people_only"])), 4),
+            "field": {"karn_designs_in_karn_arm": outcomes("karn_designs", True),
+                      "people_designs_in_karn_arm": outcomes("karn_designs", False),
+                      "people_designs_in_control_arm": outcomes("people_only", False)}}

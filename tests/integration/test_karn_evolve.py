@@ -22,6 +22,8 @@ model: {mlp: [8]}
 task: classification
 esper:
   kasmina: {chunk_size: 8, exclude: ["2"]}
+  tolaria: {epochs: 12}
+  tamiyo: {warmup_epochs: 1}
 """
 
 
@@ -42,7 +44,7 @@ def test_karn_evolves_designs_through_the_pipeline_and_the_log_holds_their_famil
                ESPER_TOPIC_PREFIX=f"karn-{uuid.uuid4().hex[:8]}.", ESPER_PROCESSORS_PORT=str(_free_port()),
                TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     res = _esper(env, "karn", "evolve", "--config", str(tmp_path / "run.yaml"), "--generations", "2",
-                 "--per-generation", "2", "--json")
+                 "--per-generation", "2", "--field-seeds", "2", "--json")
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["shapes"] == [[8, 2]]
@@ -56,6 +58,18 @@ def test_karn_evolves_designs_through_the_pipeline_and_the_log_holds_their_famil
     assert report["seconds_per_design"] > 0 and report["designs_per_hour"] > 0
     # the second generation's operator choice saw the first's outcomes: the bandit's evidence is the log
     assert sum(op["children"] for op in report["operators"].values()) == 4
+
+    # the field stage: the same seeds trained with Karn's designs offered and without
+    field = report["field"]
+    assert field["seeds"] == 2 and field["epochs"] == 12
+    for arm in ("karn_designs", "people_only"):
+        assert [r["seed"] for r in field[arm]["runs"]] == [0, 1]
+        assert all(0.0 <= r["accuracy"] <= 1.0 for r in field[arm]["runs"])
+    assert field["paired_difference_mean"] == pytest.approx(
+        (field["karn_designs"]["accuracy_mean"] - field["people_only"]["accuracy_mean"]), abs=2e-4)
+    for row in field["field"].values():
+        assert 0 <= row["fossilized"] <= row["germinated"]
+        assert row["success_rate"] == (round(row["fossilized"] / row["germinated"], 4) if row["germinated"] else None)
 
     tree = _esper(env, "karn", "lineage", "--json", timeout=300)
     assert tree.returncode == 0, tree.stderr[-2000:]

@@ -168,3 +168,31 @@ def test_scores_policy_and_family_tree_are_folds_of_the_log():
     known = {structure_key(r.ir) for r in view.blueprints.values()}
     assert all(structure_key(c.blueprint.doc) not in known for c in children)
     assert len({structure_key(c.blueprint.doc) for c in children}) == 3
+
+
+def test_distance_ignores_names_and_order_and_sees_wiring():
+    from esper_runtime.karn.diversity import distance, diversity, novelty
+
+    a = LIBRARY["residual_mlp"].doc
+    renamed = json.loads(json.dumps(a))
+    for n in renamed["nodes"]:
+        n["id"] = "n_" + n["id"]
+        n["inputs"] = [s if s == "x" else "n_" + s for s in n["inputs"]]
+    renamed["nodes"].reverse()
+    renamed["output"] = "n_" + a["output"]
+    assert distance(a, renamed) == 0.0
+    assert 0.0 < distance(a, LIBRARY["wide_residual_mlp"].doc) < distance(a, LIBRARY["attention_head"].doc) <= 1.0
+    assert diversity([a, renamed]) == 0.0 and diversity([a]) == 0.0
+    assert novelty(a, [renamed, LIBRARY["attention_head"].doc]) == 0.0 and novelty(a, []) == 1.0
+
+
+def test_a_generation_keeps_its_most_novel_candidates():
+    from esper_runtime.karn.diversity import novelty
+
+    view = UrzaView().apply_all(_library_events())
+    shapes = [(8, None)]
+    library = [r.ir for r in view.blueprints.values()]
+    wide = propose(view, shapes, 2, random.Random(2), OperatorPolicy(), pool=4)
+    narrow = propose(view, shapes, 2, random.Random(2), OperatorPolicy(), pool=1)
+    assert len(wide) == len(narrow) == 2
+    assert novelty(wide[0].blueprint.doc, library) >= novelty(narrow[0].blueprint.doc, library)
