@@ -162,22 +162,27 @@ def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, at
     for _ in range(k * attempts):
         if len(children) >= k * pool:
             break
+        # the parent first, then the operators best first from a random rank (mostly the best, sometimes the next
+        # ones: a generation's children should not all be alike), each tried until one applies to this parent and
+        # makes something new: an operator that does not fit a parent (no gate to remove) costs no try
+        parent = _pick(population, rng)
         ranked = policy.ranked(rng)
-        # mostly the best operator, sometimes the next ones: children of one generation should not all be alike
-        operator = ranked[min(int(rng.expovariate(1.5)), len(ranked) - 1)]
-        parents = [_pick(population, rng)]
-        if operator == "crossover":
-            parents.append(_pick(population, rng))
-            if parents[0].blueprint_id == parents[1].blueprint_id:
+        start = min(int(rng.expovariate(1.5)), len(ranked) - 1)
+        for operator in ranked[start:] + ranked[:start]:
+            parents = [parent]
+            if operator == "crossover":
+                parents.append(_pick(population, rng))
+                if parents[0].blueprint_id == parents[1].blueprint_id:
+                    continue
+            child = mutate(operator, parents, rng)
+            if child is None:
                 continue
-        child = mutate(operator, parents, rng)
-        if child is None:
-            continue
-        key = structure_key(child.blueprint.doc)
-        if key in known:
-            continue
-        known.add(key)
-        children.append(child)
+            key = structure_key(child.blueprint.doc)
+            if key in known:
+                continue
+            known.add(key)
+            children.append(child)
+            break
     return _most_novel(children, [rec.ir for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir], k)
 
 
