@@ -29,16 +29,12 @@ from typing import Callable
 from esper_runtime.blueprints.ir import Blueprint
 from esper_runtime.karn.mutate import OPERATORS, Child, mutate, structure_key
 from esper_runtime.run.library import ENDED, Workers, library_status, wait_settled
-from streams.exceptions import EsperError
+from esper_runtime.karn.exceptions import KarnError
 
 __all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "propose", "evolve", "KarnError"]
 
 PRODUCER = "karn/evolve-v1"
 Shape = tuple[int, "int | None"]
-
-
-class KarnError(EsperError):
-    """Karn could not do what it was asked (nothing to mutate, nothing validated)."""
 
 
 @dataclass

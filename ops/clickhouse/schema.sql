@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS esper.field_reports (
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, blueprint_id, event_id);
 ALTER TABLE esper.field_reports ADD COLUMN IF NOT EXISTS decision_id String DEFAULT '';
 
--- the library's family tree: every submitted design, who made it, from which parents and by which Karn operator
+-- the family tree of the library: every submitted design, who made it, from which parents, by which Karn operator
 CREATE TABLE IF NOT EXISTS esper.blueprints (
     blueprint_id String, name String, occurred_at DateTime64(3, 'UTC'), submitted_by LowCardinality(String),
     mutation LowCardinality(String), parent_ids Array(String), tags Array(String), event_id String
