@@ -371,7 +371,7 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
     def stats(arm: str) -> dict:
         acc = [r["accuracy"] for r in runs[arm]]
         return {"accuracy_mean": round(statistics.fmean(acc), 4),
-                "accuracy_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+                "accuracy_std": round(statistics.pstdev(acc), 4) if len(acc) > 1 else 0.0,
                 "params_mean": round(statistics.fmean(r["params"] for r in runs[arm]), 1), "runs": runs[arm]}
 
     return {"seeds": seeds, "epochs": prep.cfg.esper.tolaria.epochs, **{arm: stats(arm) for arm in arms},
