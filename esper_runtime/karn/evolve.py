@@ -34,7 +34,6 @@ from esper_runtime.karn.exceptions import KarnError
 __all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "propose", "evolve", "KarnError"]
 
 PRODUCER = "karn/evolve-v1"
-Shape = tuple[int, "int | None"]
 
 
 @dataclass
