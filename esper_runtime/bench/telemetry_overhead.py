@@ -72,11 +72,13 @@ def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150, timed_epochs: 
         return {"bench": "telemetry-overhead", "ratio": round(ratio(times, "published", "quiet"), 4),
                 "aa_ratio": round(ratio(times, "twin", "quiet"), 4), "aa_spread": run_["aa_spread"],
                 "aa_spread_met": run_["aa_spread_met"],
-                "step_ms": round(statistics.median(times["quiet"]) * 1000, 3), "steps_per_epoch": steps, "timed_epochs_per_round": timed_epochs,
+                "step_ms": round(statistics.median(times["quiet"]) * 1000, 3), "steps_per_epoch": steps,
+                "timed_epochs_per_round": timed_epochs,
                 "rounds": run_["rounds"], "events_published": models["published"].kasmina.events_published,
                 "seed_layers": len(models["published"].seed_layers()),
                 "notes": "per-step time with the epoch boundary included, published to the real broker vs no "
-                         "publisher, each copy's timed epochs after one untimed one; aa_ratio is an identical unpublished copy (the measurement's noise)"}
+                         "publisher, each copy's timed epochs after one untimed one; aa_ratio is an identical "
+                         "unpublished copy (the measurement's noise)"}
     finally:
         publisher.close()
         admin.delete_topics(registry.names(), operation_timeout=30)

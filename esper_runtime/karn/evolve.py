@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from esper_runtime.blueprints.ir import Blueprint
+from esper_runtime.blueprints.ir import Blueprint, reads_input
 from esper_runtime.karn.mutate import OPERATORS, Child, mutate, structure_key
-from esper_runtime.run.library import ENDED, Workers, library_status, wait_settled
+from esper_runtime.run.library import ENDED, Workers, kernels_at, library_status, wait_settled
 from esper_runtime.karn.exceptions import KarnError
 
 __all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "propose", "evolve", "KarnError"]
@@ -46,21 +47,16 @@ class EvolveOptions:
     timeout_s: float = 3600
 
 
-def _kernels_at(view, bid: str, width: int, in_features: int | None, reads: bool) -> list:
-    want = in_features if reads else None
-    return [k for k in view.kernels.values()
-            if k.blueprint_id == bid and k.features == width and k.in_features == want]
-
-
 def design_score(view, bid: str, shapes, reads: bool) -> float | None:
     """Urabrask's score of a design over ``shapes`` (0..1), or None while any shape is unsettled. A design that
     reads a wide input is not scored at shapes without one (a Conv2d layer)."""
     record = view.blueprints.get(bid)
+    own = [k for k in view.kernels.values() if k.blueprint_id == bid]
     values = []
     for width, d in shapes:
         if reads and d is None:
             continue
-        kernels = _kernels_at(view, bid, width, d, reads)
+        kernels = kernels_at(own, width, d, reads)
         validated = [k for k in kernels if k.status == "VALIDATED"]
         if validated:
             risks = [k.risk_score for k in validated if k.risk_score is not None]
@@ -87,7 +83,7 @@ class OperatorPolicy:
         policy = cls(c=c)
         for rec in view.blueprints.values():
             if rec.mutation and rec.ir:
-                score = design_score(view, rec.blueprint_id, shapes, _reads(rec.ir))
+                score = design_score(view, rec.blueprint_id, shapes, reads_input(rec.ir))
                 if score is not None:
                     policy.record(rec.mutation, score)
         return policy
@@ -114,19 +110,13 @@ class OperatorPolicy:
         return sorted(ops, key=lambda op: -self.value(op))
 
 
-def _reads(ir: dict) -> bool:
-    from esper_runtime.blueprints.ir import reads_input
-
-    return reads_input(ir)
-
-
 def _population(view, shapes) -> list[tuple[float, Blueprint]]:
     """Designs with a positive score, best first: the parents to choose from."""
     out = []
     for rec in view.blueprints.values():
         if not rec.ir or rec.status == "REJECTED":
             continue
-        score = design_score(view, rec.blueprint_id, shapes, _reads(rec.ir))
+        score = design_score(view, rec.blueprint_id, shapes, reads_input(rec.ir))
         if score:
             try:
                 out.append((score, Blueprint.parse(rec.ir)))
@@ -217,9 +207,8 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
                 echo(f"generation {g}: no new design passed the checks in {opts.per_generation * opts.attempts} tries")
                 generations.append({"generation": g, "submitted": 0})
                 continue
-            parent_scores = {bp.blueprint_id: design_score(view, bp.blueprint_id, shapes, bp.reads_input)
-                             for bp in (Blueprint.parse(view.blueprints[p].ir)
-                                        for c in children for p in c.parent_ids)}
+            parent_scores = {p: design_score(view, p, shapes, reads_input(view.blueprints[p].ir))
+                             for c in children for p in c.parent_ids}
             with bb.publisher() as pub:
                 for child in children:
                     bp = child.blueprint
@@ -250,7 +239,7 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
             seconds = time.monotonic() - t0
             summary = _summary(rows)
             generations.append({"generation": g, "submitted": len(rows), **summary, "seconds": round(seconds, 1),
-                                "operators": _count(r["mutation"] for r in rows),
+                                "operators": dict(Counter(r["mutation"] for r in rows)),
                                 "library_diversity": round(_library_diversity(view, shapes), 4)})
             echo(f"generation {g}: {summary['validated']}/{len(rows)} validated; mean score "
                  f"{summary['children_mean_score']:.3f} (parents {summary['parents_mean_score']:.3f}); {seconds:.0f} s")
@@ -316,11 +305,6 @@ def _summary(rows: list[dict]) -> dict:
             "parents_mean_score": round(sum(r["parents_score"] for r in rows) / len(rows), 4)}
 
 
-def _count(items) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
 
 
 def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from streams import Backbone
 from esper_runtime.run.exceptions import LibraryError
 
-__all__ = ["LibraryError", "WidthStatus", "Workers", "library_status", "ensure_library", "wait_settled"]
+__all__ = ["LibraryError", "WidthStatus", "Workers", "kernels_at", "library_status", "ensure_library", "wait_settled"]
 
 ENDED = ("VALIDATED", "REJECTED", "RETIRED")
 
@@ -55,7 +55,7 @@ def library_status(view, blueprint_ids: list[str], width: int, in_features: int 
     for bid in blueprint_ids:
         if bid in reads_input and in_features is None:
             continue
-        kernels = [k for k in by_blueprint.get(bid, []) if k.in_features == (in_features if bid in reads_input else None)]
+        kernels = kernels_at(by_blueprint.get(bid, []), width, in_features, bid in reads_input)
         record = view.blueprints.get(bid)
         if any(k.status == "VALIDATED" for k in kernels):
             status.validated += 1
@@ -66,6 +66,13 @@ def library_status(view, blueprint_ids: list[str], width: int, in_features: int 
         else:
             status.pending += 1
     return status
+
+
+def kernels_at(kernels, width: int, in_features: int | None, reads_input: bool) -> list:
+    """Of a blueprint's ``kernels``, those built for a seed of chunk width ``width`` whose layer has ``in_features``
+    inputs: a design that reads a wide input only at that input width, one that reads its chunk alone without one."""
+    want = in_features if reads_input else None
+    return [k for k in kernels if k.features == width and k.in_features == want]
 
 
 def _log_tail(path: Path, lines: int = 5) -> str:
