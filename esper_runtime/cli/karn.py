@@ -41,6 +41,9 @@ def evolve(
     seed: int = typer.Option(0, help="Karn's random seed (operators, parents)."),
     field_seeds: int = typer.Option(0, min=0, help="Then the field stage: the run's grown host trained with Karn's "
                                     "designs offered and without, for this many random seeds each (0: skip)."),
+    reward_model: bool = typer.Option(True, "--reward-model/--no-reward-model", help="Choose among candidates by "
+                                      "the reward model's predicted Urabrask score (refitted from the log each "
+                                      "generation, used only when it ranks held-out designs better than chance)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object, last."),
 ) -> None:
     """Invent designs: mutate the best of Urza's library, compile and measure the children through Tezzeret and
@@ -48,21 +51,14 @@ def evolve(
     on the log; Urza offers the validated ones to later runs."""
     from esper_runtime.cli.main import _progress
     from esper_runtime.karn.evolve import EvolveOptions, KarnError, evolve as run_evolve, field_trial
-    from esper_runtime.run.pipeline import local_infrastructure, prepare
+    from esper_runtime.run.pipeline import local_infrastructure
 
-    if config:
-        from esper_runtime.run.config import load_run_config
-
-        cfg = load_run_config(config)
-    else:
-        from esper_runtime.demo.run import DemoOptions, demo_config
-
-        cfg = demo_config(DemoOptions(out=Path("out/demo")))
-    prep = prepare(cfg)
+    prep = _prepared(config)
     echo = lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True)  # noqa: E731
     with local_infrastructure(echo) as bb:
         report = run_evolve(bb, prep.shapes, EvolveOptions(generations=generations, per_generation=per_generation,
-                                                           seed=seed), echo=echo, progress=_progress(console))
+                                                           seed=seed, reward_model=reward_model),
+                            echo=echo, progress=_progress(console))
         if field_seeds and report["validated"]:
             report["field"] = field_trial(bb, prep, field_seeds, echo)
     s1 = report["stage1"]
@@ -70,6 +66,10 @@ def evolve(
         console.print(f"karn: {report['validated']}/{report['submitted']} designs validated; children's mean score "
                       f"{s1['children_mean_score']:.3f} vs parents' {s1['parents_mean_score']:.3f} (stage 1 "
                       f"{'met' if s1['met'] else 'not met'}); {report['seconds_per_design']} s a design")
+    if report["reward_model"].get("designs"):
+        rm = report["reward_model"]
+        console.print(f"reward model: predicted {rm['mean_predicted']:.3f} for the {rm['designs']} designs it chose, "
+                      f"Urabrask gave {rm['mean_score']:.3f}; Kendall tau {rm['kendall_tau']}")
     if "field" in report:
         f = report["field"]
         k, p, kd = f["karn_designs"], f["people_only"], f["field"]["karn_designs_in_karn_arm"]
@@ -82,6 +82,55 @@ def evolve(
     if not report["validated"]:
         raise KarnError(f"no design Karn made in {generations} generations was validated by Urabrask "
                         f"({report['submitted']} submitted): nothing was added to the library")
+
+
+@app.command("reward")
+def reward(
+    config: str = typer.Option(None, "--config", "-c", help="A run's YAML: designs are scored at its seeds' shapes "
+                               "(default: the demo's)."),
+    seed: int = typer.Option(0, help="Folds and model initialization."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Save the chosen models under $ESPER_HOME/karn/reward."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object, last."),
+) -> None:
+    """Fit Karn's reward model on the log and judge it on designs held out: Urabrask's score from the IR, and the
+    field reward from the IR and Urabrask's measurements; a random forest over graph features and a GNN over the
+    IR graph, Kendall's tau of each. Exits 1 when neither target had enough designs for a model."""
+    from esper_runtime.karn.reward import train_from_log
+
+    bb = Backbone()
+    try:
+        report = train_from_log(bb, _prepared(config).shapes, bb.settings.home / "karn" / "reward" if save else None, seed)
+    finally:
+        bb.close()
+    table = Table("target", "designs (Karn's)", "forest: tau / MAE", "gnn: tau / MAE", "chosen")
+    for target, r in report["targets"].items():
+        models = r.get("models", {})
+
+        def cell(kind: str) -> str:
+            m = models.get(kind)
+            return "-" if m is None else f"{m['kendall_tau']} / {m['mae']}"
+
+        table.add_row(target, f"{r['samples']} ({r['karn_samples']})", cell("forest"), cell("gnn"),
+                      r.get("chosen") or r.get("reason", "-"))
+    console.print(table)
+    console.print(f"log version {report['version']}")
+    if as_json:
+        print(json.dumps(report))
+    if not any(r.get("models") for r in report["targets"].values()):
+        raise typer.Exit(1)
+
+
+def _prepared(config: str | None):
+    """The run ``config`` names (default: the demo's), its data and model checked (``run.pipeline.prepare``)."""
+    from esper_runtime.run.pipeline import prepare
+
+    if config:
+        from esper_runtime.run.config import load_run_config
+
+        return prepare(load_run_config(config))
+    from esper_runtime.demo.run import DemoOptions, demo_config
+
+    return prepare(demo_config(DemoOptions(out=Path("out/demo"))))
 
 
 @app.command("lineage")

@@ -19,6 +19,7 @@ share validated; the stage-1 criterion (appendix G: children's mean score above 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import Counter
@@ -45,6 +46,8 @@ class EvolveOptions:
     exploration: float = 1.0  # UCB1's c
     attempts: int = 40  # mutation tries per child before a generation gives up on filling its quota
     timeout_s: float = 3600
+    reward_model: bool = True  # rank candidates by the reward model's prediction (karn.reward) when it has one
+    novelty_weight: float = 0.5
 
 
 def design_score(view, bid: str, shapes, reads: bool) -> float | None:
@@ -133,11 +136,12 @@ def _pick(population, rng: random.Random) -> Blueprint:
 
 
 def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, attempts: int = 40,
-            pool: int = 3) -> list[Child]:
+            pool: int = 3, predictor=None, novelty_weight: float = 0.5) -> list[Child]:
     """Up to ``k`` checked children of the library's scored designs, none computing what a design in the library
-    (or another child) computes: ``pool``·k candidates are made, and the ``k`` kept are chosen one at a time as the
-    farthest from the library and the children already kept (``diversity.novelty``), so a generation does not
-    spend its compilations on near-copies."""
+    (or another child) computes: ``pool``·k candidates are made, and the ``k`` kept are chosen one at a time
+    (``select``) by their novelty — the distance from the library and the children already kept
+    (``diversity.novelty``), so a generation does not spend its compilations on near-copies — plus, with a
+    ``predictor`` (the reward model, ``karn.reward``), the score it predicts Urabrask will give them."""
     population = _population(view, shapes)
     if not population:
         raise KarnError("no design in Urza has a validated kernel for these shapes: nothing to mutate "
@@ -168,19 +172,25 @@ def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, at
             known.add(key)
             children.append(child)
             break
-    return _most_novel(children, [rec.ir for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir], k)
+    library = [rec.ir for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir]
+    return select(children, library, k, predictor, novelty_weight)
 
 
-def _most_novel(candidates: list[Child], library: list[dict], k: int) -> list[Child]:
-    """Greedy max-min: each pick the candidate farthest from the library and the picks so far."""
+def select(candidates: list[Child], library: list[dict], k: int, predictor=None,
+           novelty_weight: float = 0.5) -> list[Child]:
+    """Greedy: each pick the candidate with the highest predicted score (0 without a predictor) plus
+    ``novelty_weight`` × its distance from the library and the picks so far. The prediction is kept on the child
+    (``Child.predicted``) for the report."""
     from esper_runtime.karn.diversity import novelty, signature
 
+    predicted = dict(zip(map(id, candidates), predictor.predict([c.blueprint.doc for c in candidates])
+                         if predictor is not None and candidates else [0.0] * len(candidates)))
     others = [signature(doc) for doc in library]
     left, picked = list(candidates), []
     while left and len(picked) < k:
-        best = max(left, key=lambda c: novelty(c.blueprint.doc, others))
+        best = max(left, key=lambda c: predicted[id(c)] + novelty_weight * novelty(c.blueprint.doc, others))
         left.remove(best)
-        picked.append(best)
+        picked.append(dataclasses.replace(best, predicted=predicted[id(best)] if predictor is not None else None))
         others.append(signature(best.blueprint.doc))
     return picked
 
@@ -202,10 +212,12 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
             t0 = time.monotonic()
             view = load_view(bb)
             policy = OperatorPolicy.from_view(view, shapes, opts.exploration)
-            children = propose(view, shapes, opts.per_generation, rng, policy, opts.attempts)
+            predictor, model_report = _reward_model(view, shapes, opts, echo, g)
+            children = propose(view, shapes, opts.per_generation, rng, policy, opts.attempts,
+                               predictor=predictor, novelty_weight=opts.novelty_weight)
             if not children:
                 echo(f"generation {g}: no new design passed the checks in {opts.per_generation * opts.attempts} tries")
-                generations.append({"generation": g, "submitted": 0})
+                generations.append({"generation": g, "submitted": 0, "reward_model": model_report})
                 continue
             parent_scores = {p: design_score(view, p, shapes, reads_input(view.blueprints[p].ir))
                              for c in children for p in c.parent_ids}
@@ -234,13 +246,15 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
                 rows.append({"blueprint_id": bp.blueprint_id, "name": bp.name, "mutation": child.operator,
                              "parents": list(child.parent_ids), "generation": g, "score": round(score, 4),
                              "parents_score": round(sum(parents) / len(parents), 4),
+                             "predicted_score": None if child.predicted is None else round(child.predicted, 4),
                              "validated_shapes": len(validated), "params_at_first_shape": _params(bp, shapes)})
             designs.extend(rows)
             seconds = time.monotonic() - t0
             summary = _summary(rows)
             generations.append({"generation": g, "submitted": len(rows), **summary, "seconds": round(seconds, 1),
                                 "operators": dict(Counter(r["mutation"] for r in rows)),
-                                "library_diversity": round(_library_diversity(view, shapes), 4)})
+                                "library_diversity": round(_library_diversity(view, shapes), 4),
+                                "reward_model": model_report})
             echo(f"generation {g}: {summary['validated']}/{len(rows)} validated; mean score "
                  f"{summary['children_mean_score']:.3f} (parents {summary['parents_mean_score']:.3f}); {seconds:.0f} s")
     elapsed = time.monotonic() - started
@@ -261,12 +275,46 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
         "operators": {op: {"children": policy.counts.get(op, 0),
                            "mean_score": None if policy.mean(op) is None else round(policy.mean(op), 4)}
                       for op in OPERATORS},
+        "reward_model": _prospective(designs),
         "seconds": round(elapsed, 1),
         "seconds_per_design": round(elapsed / len(designs), 1) if designs else None,
         "designs_per_hour": round(3600 * len(designs) / elapsed, 1) if designs and elapsed else None,
         "score": "Urabrask's: mean over the shapes of 1 - risk_score of the design's best validated kernel, "
                  "0 where it has none",
     }
+
+
+def _reward_model(view, shapes, opts: EvolveOptions, echo, generation: int):
+    """This generation's reward model, refitted from the log (Urabrask's scores of every settled design), and
+    its report; (None, report) when Karn goes without one (switched off, too few designs, no better than
+    chance on designs held out)."""
+    from esper_runtime.karn.reward import fit_best, urabrask_samples
+
+    if not opts.reward_model:
+        return None, {"used": False, "reason": "switched off"}
+    fitted, report = fit_best(urabrask_samples(view, shapes), "urabrask", seed=opts.seed + generation)
+    report["used"] = fitted is not None
+    if fitted is None:
+        echo(f"generation {generation}: no reward model ({report['reason']}); candidates chosen by novelty")
+    else:
+        echo(f"generation {generation}: reward model {report['chosen']} (held-out Kendall tau "
+             f"{report['models'][report['chosen']]['kendall_tau']:.2f} over {report['samples']} designs)")
+    return fitted, report
+
+
+def _prospective(designs: list[dict]) -> dict:
+    """How the reward model did on the designs it chose, before they were compiled: Kendall's tau between its
+    prediction and Urabrask's score, and the mean of each."""
+    from esper_runtime.karn.reward import kendall_tau
+
+    rows = [d for d in designs if d.get("predicted_score") is not None]
+    if not rows:
+        return {"designs": 0}
+    tau = kendall_tau([d["predicted_score"] for d in rows], [d["score"] for d in rows])
+    return {"designs": len(rows), "kendall_tau": None if tau is None else round(tau, 4),
+            "mean_predicted": round(sum(d["predicted_score"] for d in rows) / len(rows), 4),
+            "mean_score": round(sum(d["score"] for d in rows) / len(rows), 4),
+            "criterion": "prediction made before the design was compiled, against Urabrask's score after"}
 
 
 def _library_diversity(view, shapes) -> float:
@@ -312,7 +360,6 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
     designs besides the library people wrote, and held to the latter (``tamiyo.karn_designs``) — then the final
     accuracy of each arm (mean ± std over seeds) and how Karn's designs did where they were grafted (the
     ``FieldReport`` events of those runs: FOSSILIZED / germinated, mean reward)."""
-    import dataclasses
     import statistics
 
     from esper_runtime.karn.lineage import read_field_reports

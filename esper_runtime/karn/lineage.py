@@ -9,16 +9,16 @@ from typing import Any, Iterable
 __all__ = ["family_tree", "field_outcomes", "read_field_reports"]
 
 
-def read_field_reports(bb) -> list[dict[str, Any]]:
-    """Every FieldReport on the log (decoded Avro dicts); an undecodable record is skipped here (the dead-letter
-    rule has recorded it where it was consumed)."""
+def read_field_reports(bb, **bounds) -> list[dict[str, Any]]:
+    """Every FieldReport on the log (decoded Avro dicts), within ``bounds`` (``ReplayReader.bounds``'s); an
+    undecodable record is skipped here (the dead-letter rule has recorded it where it was consumed)."""
     from streams.contracts import FieldReport
     from streams.replay import ReplayReader
 
     source = bb.source()
     try:
         return [ev.decoded.record for ev in ReplayReader(source, bb.serde).events(
-                    [bb.resolve_topic("innovation.field_reports")])
+                    [bb.resolve_topic("innovation.field_reports")], **bounds)
                 if ev.decoded is not None and ev.decoded.schema.name == FieldReport.AVRO_NAME]
     finally:
         source.close()

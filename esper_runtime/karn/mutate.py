@@ -44,6 +44,7 @@ class Child:
     blueprint: Blueprint
     operator: str
     parent_ids: tuple[str, ...]
+    predicted: float | None = None  # the reward model's predicted Urabrask score, when Karn had one
 
 
 # ---------------------------------------------------------------------------------------------- graph helpers
