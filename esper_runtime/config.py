@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -34,9 +35,10 @@ class TamiyoConfig(BaseModel):
     max_active_seeds: int = Field(default=1, ge=1, description="Adaptations in flight at once.")
     max_germinations: int = Field(default=8, ge=0, description="Germinations in the whole run.")
     preferred_tags: list[str] = Field(default=["numerically_stable"], description="Tags every candidate must have.")
-    karn_designs: bool = Field(default=True, description="Offer designs Karn invented (BlueprintSubmitted.mutation "
-                               "set) besides those people wrote; off: the library people wrote only (a field "
-                               "comparison's control arm).")
+    karn_designs: bool | Literal["prefer"] = Field(
+        default=True, description="Offer designs Karn invented (BlueprintSubmitted.mutation set) besides those people "
+        "wrote; false: the library people wrote only (a field comparison's control arm); prefer: Karn's first, among "
+        "designs reading the same input (a field trial of Karn's designs).")
     fine_tune_epochs: int = Field(default=3, ge=1)
     accept_tolerance: float = Field(default=0.01, ge=0,
                                     description="EVALUATING passes if val accuracy is at most this below the pre-graft.")

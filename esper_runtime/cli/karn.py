@@ -50,7 +50,7 @@ def evolve(
     Urabrask, and report whether children score above their parents. Every design, compilation and measurement is
     on the log; Urza offers the validated ones to later runs."""
     from esper_runtime.cli.main import _progress
-    from esper_runtime.karn.evolve import EvolveOptions, KarnError, evolve as run_evolve, field_trial
+    from esper_runtime.karn.evolve import FIELD_ARMS, EvolveOptions, KarnError, evolve as run_evolve, field_trial
     from esper_runtime.run.pipeline import local_infrastructure
 
     prep = _prepared(config)
@@ -71,12 +71,15 @@ def evolve(
         console.print(f"reward model: predicted {rm['mean_predicted']:.3f} for the {rm['designs']} designs it chose, "
                       f"Urabrask gave {rm['mean_score']:.3f}; Kendall tau {rm['kendall_tau']}")
     if "field" in report:
-        f = report["field"]
-        k, p, kd = f["karn_designs"], f["people_only"], f["field"]["karn_designs_in_karn_arm"]
-        console.print(f"field ({field_seeds} seeds): with Karn's designs {k['accuracy_mean']:.3f} ± "
-                      f"{k['accuracy_std']:.3f}, held to the library people wrote {p['accuracy_mean']:.3f} ± "
-                      f"{p['accuracy_std']:.3f}; Karn's designs fossilized {kd['fossilized']} of "
-                      f"{kd['germinated']} germinated")
+        table = Table(f"field arm ({field_seeds} seeds)", "accuracy", "params", "vs people only (paired)",
+                      "Karn's designs: fossilized / germinated", "people's designs: fossilized / germinated")
+        for arm in FIELD_ARMS:
+            a = report["field"][arm]
+            table.add_row(arm, f"{a['accuracy_mean']:.3f} ± {a['accuracy_std']:.3f}",
+                          f"{a['params_mean']:.0f} ± {a['params_std']:.0f}", f"{a['paired_difference_mean']:+.3f}",
+                          f"{a['field']['karn']['fossilized']} / {a['field']['karn']['germinated']}",
+                          f"{a['field']['people']['fossilized']} / {a['field']['people']['germinated']}")
+        console.print(table)
     if as_json:
         print(json.dumps(report))
     if not report["validated"]:

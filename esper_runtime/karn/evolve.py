@@ -8,13 +8,18 @@ Each generation:
 2. **Choose operators** with a UCB1 bandit (``OperatorPolicy``) whose evidence is the log itself: every Karn child
    Urza holds, its operator (``BlueprintSubmitted.mutation``) and its score. Nothing of the policy lives outside
    the log: a rerun on the same log chooses the same.
-3. **Choose parents** among the scored designs, better ranks more often; **mutate** (``karn.mutate``); keep
-   children that pass the static checks and compute something no design in the library computes.
-4. **Submit** them with their lineage (``parent_ids``, ``mutation``) for the run's shapes; Tezzeret compiles and
+3. **Choose parents** among the scored designs, better ranks more often, the score weighed by the design's field
+   record (``field_factor``: FieldReports, FOSSILIZED / germinated); **mutate** (``karn.mutate``); keep children
+   that pass the static checks and compute something no design in the library computes.
+4. **Choose among the candidates** (``select``): three times as many as the generation's quota are made; the
+   reward model (``karn.reward``, refitted from the log) predicts Urabrask's score of each before it is compiled,
+   and the kept ones maximize prediction plus a novelty bonus (the structural distance from the library).
+5. **Submit** them with their lineage (``parent_ids``, ``mutation``) for the run's shapes; Tezzeret compiles and
    Urabrask measures in their own processes; wait until every child is settled.
 
 Reported (the last line of ``--json``): per generation the children's mean score against their parents', and the
-share validated; the stage-1 criterion (appendix G: children's mean score above their parents'); cost per design.
+share validated; the stage-1 criterion (appendix G: children's mean score above their parents'); how the reward
+model's predictions, made before compiling, ranked the designs it chose (Kendall tau); cost per design.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from esper_runtime.karn.mutate import OPERATORS, Child, mutate, structure_key
 from esper_runtime.run.library import ENDED, Workers, kernels_at, library_status, wait_settled
 from esper_runtime.karn.exceptions import KarnError
 
-__all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "propose", "evolve", "KarnError"]
+__all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "field_factor", "propose", "select", "evolve",
+           "field_trial", "FIELD_ARMS", "KarnError"]
 
 PRODUCER = "karn/evolve-v1"
 
@@ -113,13 +119,26 @@ class OperatorPolicy:
         return sorted(ops, key=lambda op: -self.value(op))
 
 
-def _population(view, shapes) -> list[tuple[float, Blueprint]]:
-    """Designs with a positive score, best first: the parents to choose from."""
+def field_factor(outcome: dict[str, int] | None) -> float:
+    """What the field says of a design, as a factor on its score: twice its success rate with a uniform prior,
+    ``2·(fossilized + 1) / (germinated + 2)`` — 1 for a design never grafted, toward 2 for one that always
+    fossilized, toward 0 for one always culled or rolled back."""
+    if not outcome:
+        return 1.0
+    return 2.0 * (outcome["fossilized"] + 1) / (outcome["germinated"] + 2)
+
+
+def _population(view, shapes, outcomes: dict[str, dict[str, int]] | None = None) -> list[tuple[float, Blueprint]]:
+    """Designs with a positive score, best first: the parents to choose from. With ``outcomes`` (the field
+    reports per design, ``lineage.field_outcomes``) a design's score is weighed by ``field_factor``: what was
+    grafted and paid is bred from more, what failed in the field less."""
     out = []
     for rec in view.blueprints.values():
         if not rec.ir or rec.status == "REJECTED":
             continue
         score = design_score(view, rec.blueprint_id, shapes, reads_input(rec.ir))
+        if score and outcomes:
+            score *= field_factor(outcomes.get(rec.blueprint_id))
         if score:
             try:
                 out.append((score, Blueprint.parse(rec.ir)))
@@ -136,13 +155,15 @@ def _pick(population, rng: random.Random) -> Blueprint:
 
 
 def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, attempts: int = 40,
-            pool: int = 3, predictor=None, novelty_weight: float = 0.5) -> list[Child]:
+            pool: int = 3, predictor=None, novelty_weight: float = 0.5,
+            outcomes: dict[str, dict[str, int]] | None = None) -> list[Child]:
     """Up to ``k`` checked children of the library's scored designs, none computing what a design in the library
     (or another child) computes: ``pool``·k candidates are made, and the ``k`` kept are chosen one at a time
     (``select``) by their novelty — the distance from the library and the children already kept
     (``diversity.novelty``), so a generation does not spend its compilations on near-copies — plus, with a
-    ``predictor`` (the reward model, ``karn.reward``), the score it predicts Urabrask will give them."""
-    population = _population(view, shapes)
+    ``predictor`` (the reward model, ``karn.reward``), the score it predicts Urabrask will give them. Parents are
+    drawn by rank of their score weighed by their field record (``outcomes``, see ``_population``)."""
+    population = _population(view, shapes, outcomes)
     if not population:
         raise KarnError("no design in Urza has a validated kernel for these shapes: nothing to mutate "
                         "(compile the starter library first: `esper karn evolve` does when it can)")
@@ -197,6 +218,7 @@ def select(candidates: list[Child], library: list[dict], k: int, predictor=None,
 
 def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print, progress=None) -> dict:
     """Run ``opts.generations`` generations against Urza on ``bb``'s log for the seed ``shapes``; the report."""
+    from esper_runtime.karn.lineage import field_outcomes, read_field_reports
     from esper_runtime.run.library import ensure_library
     from esper_runtime.urza.library import load_view, submit_blueprint
     from streams.envelope import EnvelopeFactory
@@ -214,7 +236,8 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
             policy = OperatorPolicy.from_view(view, shapes, opts.exploration)
             predictor, model_report = _reward_model(view, shapes, opts, echo, g)
             children = propose(view, shapes, opts.per_generation, rng, policy, opts.attempts,
-                               predictor=predictor, novelty_weight=opts.novelty_weight)
+                               predictor=predictor, novelty_weight=opts.novelty_weight,
+                               outcomes=field_outcomes(read_field_reports(bb)))
             if not children:
                 echo(f"generation {g}: no new design passed the checks in {opts.per_generation * opts.attempts} tries")
                 generations.append({"generation": g, "submitted": 0, "reward_model": model_report})
@@ -355,11 +378,17 @@ def _summary(rows: list[dict]) -> dict:
 
 
 
+FIELD_ARMS = {"karn_designs": True, "karn_first": "prefer", "people_only": False}  # tamiyo.karn_designs per arm
+
+
 def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> dict:
-    """Appendix G's field stage: for each random seed, the run's grown host trained twice — Tamiyo offered Karn's
-    designs besides the library people wrote, and held to the latter (``tamiyo.karn_designs``) — then the final
-    accuracy of each arm (mean ± std over seeds) and how Karn's designs did where they were grafted (the
-    ``FieldReport`` events of those runs: FOSSILIZED / germinated, mean reward)."""
+    """Appendix G's field stage: for each random seed, the run's grown host trained in three arms
+    (``tamiyo.karn_designs``): Karn's designs offered beside the library people wrote (``karn_designs``: Tamiyo
+    takes what her rule ranks first, whoever wrote it), Karn's designs first among those reading the same input
+    (``karn_first``: a trial of Karn's designs where Tamiyo grows), and the library people wrote only
+    (``people_only``, the control). Reported: each arm's final accuracy and parameters (mean ± population std over
+    seeds), its paired difference against the control, and how the designs did where they were grafted (the
+    ``FieldReport`` events of those runs, split by who wrote the design: FOSSILIZED / germinated, mean reward)."""
     import statistics
 
     from esper_runtime.karn.lineage import read_field_reports
@@ -370,11 +399,10 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
 
     view = load_view(bb)
     store = ArtifactStore(bb.settings.home / "artifacts")
-    arms = {"karn_designs": True, "people_only": False}
-    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    runs: dict[str, list[dict]] = {arm: [] for arm in FIELD_ARMS}
     with bb.publisher() as publisher:
         for seed in range(seeds):
-            for arm, allowed in arms.items():
+            for arm, allowed in FIELD_ARMS.items():
                 esper = prep.cfg.esper
                 cfg = prep.cfg.model_copy(update={"esper": esper.model_copy(update={
                     "tamiyo": esper.tamiyo.model_copy(update={"karn_designs": allowed})})})
@@ -396,17 +424,20 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
         fossilized = sum(1 for r in rows if r["outcome"] == "FOSSILIZED")
         return {"germinated": len(rows), "fossilized": fossilized,
                 "success_rate": round(fossilized / len(rows), 4) if rows else None,
-                "mean_reward": round(statistics.fmean(rewards), 4) if rewards else None}
+                "mean_reward": round(statistics.fmean(rewards), 4) if rewards else None,
+                "designs": sorted({view.blueprints[r["blueprint_id"]].name for r in rows
+                                   if r["blueprint_id"] in view.blueprints})}
 
     def stats(arm: str) -> dict:
-        acc = [r["accuracy"] for r in runs[arm]]
+        acc, params = [r["accuracy"] for r in runs[arm]], [r["params"] for r in runs[arm]]
         return {"accuracy_mean": round(statistics.fmean(acc), 4),
                 "accuracy_std": round(statistics.pstdev(acc), 4) if len(acc) > 1 else 0.0,
-                "params_mean": round(statistics.fmean(r["params"] for r in runs[arm]), 1), "runs": runs[arm]}
+                "params_mean": round(statistics.fmean(params), 1),
+                "params_std": round(statistics.pstdev(params), 1) if len(params) > 1 else 0.0,
+                "paired_difference_mean": round(statistics.fmean(
+                    a["accuracy"] - b["accuracy"] for a, b in zip(runs[arm], runs["people_only"])), 4),
+                "field": {"karn": outcomes(arm, True), "people": outcomes(arm, False)},
+                "runs": runs[arm]}
 
-    return {"seeds": seeds, "epochs": prep.cfg.esper.tolaria.epochs, **{arm: stats(arm) for arm in arms},
-            "paired_difference_mean": round(statistics.fmean(
-                a["accuracy"] - b["accuracy"] for a, b in zip(runs["karn_designs"], runs["people_only"])), 4),
-            "field": {"karn_designs_in_karn_arm": outcomes("karn_designs", True),
-                      "people_designs_in_karn_arm": outcomes("karn_designs", False),
-                      "people_designs_in_control_arm": outcomes("people_only", False)}}
+    return {"seeds": seeds, "epochs": prep.cfg.esper.tolaria.epochs, **{arm: stats(arm) for arm in FIELD_ARMS},
+            "paired_difference": "arm minus people_only, same seed: final validation accuracy"}

@@ -314,10 +314,12 @@ class TamiyoController:
         scored = []
         for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width,
                                  in_features=in_features, model_features=model_features, limit=1000):
-            if not self.config.karn_designs and getattr(self.urza.blueprints.get(k.blueprint_id), "mutation", ""):
+            karn = bool(getattr(self.urza.blueprints.get(k.blueprint_id), "mutation", ""))
+            if karn and self.config.karn_designs is False:
                 continue
             score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
-                + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0)
+                + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0) \
+                + (25.0 if karn and self.config.karn_designs == "prefer" else 0.0)
             if k.in_features is not None:
                 # a design that reads a wide input adds units the chunk alone cannot (issue #12): those reading the
                 # input with the stronger growth signal come first, then the others, the smallest first, since

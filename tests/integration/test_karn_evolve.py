@@ -59,17 +59,24 @@ def test_karn_evolves_designs_through_the_pipeline_and_the_log_holds_their_famil
     # the second generation's operator choice saw the first's outcomes: the bandit's evidence is the log
     assert sum(op["children"] for op in report["operators"].values()) == 4
 
-    # the field stage: the same seeds trained with Karn's designs offered and without
+    # the field stage: the same seeds trained with Karn's designs offered, preferred, and not at all
     field = report["field"]
     assert field["seeds"] == 2 and field["epochs"] == 12
-    for arm in ("karn_designs", "people_only"):
+    for arm in ("karn_designs", "karn_first", "people_only"):
         assert [r["seed"] for r in field[arm]["runs"]] == [0, 1]
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in field[arm]["runs"])
-    assert field["paired_difference_mean"] == pytest.approx(
-        (field["karn_designs"]["accuracy_mean"] - field["people_only"]["accuracy_mean"]), abs=2e-4)
-    for row in field["field"].values():
-        assert 0 <= row["fossilized"] <= row["germinated"]
-        assert row["success_rate"] == (round(row["fossilized"] / row["germinated"], 4) if row["germinated"] else None)
+        assert field[arm]["paired_difference_mean"] == pytest.approx(
+            (field[arm]["accuracy_mean"] - field["people_only"]["accuracy_mean"]), abs=2e-4)
+        for row in field[arm]["field"].values():
+            assert 0 <= row["fossilized"] <= row["germinated"]
+            assert row["success_rate"] == (round(row["fossilized"] / row["germinated"], 4) if row["germinated"]
+                                           else None)
+    assert field["people_only"]["field"]["karn"]["germinated"] == 0  # the control never grafts Karn's designs
+    # the reward model: refitted from the log each generation, used only when it beats chance on held-out designs
+    for g in report["generations"]:
+        rm = g["reward_model"]
+        assert rm["used"] == ("chosen" in rm) and ("reason" in rm) != rm["used"]
+    assert report["reward_model"]["designs"] == sum(1 for d in report["designs"] if d["predicted_score"] is not None)
 
     tree = _esper(env, "karn", "lineage", "--json", timeout=300)
     assert tree.returncode == 0, tree.stderr[-2000:]

@@ -118,3 +118,12 @@ def test_a_saved_gnn_loads_as_weights_only_and_predicts_the_same(tmp_path):
     (directory / "model.pt").write_bytes((directory / "model.pt").read_bytes() + b"x")
     with pytest.raises(KarnError, match="hash"):
         load_model(directory)
+
+
+def test_the_field_record_weighs_a_design_as_a_parent():
+    from esper_runtime.karn.evolve import field_factor
+
+    assert field_factor(None) == 1.0
+    assert field_factor({"germinated": 0, "fossilized": 0}) == 1.0
+    assert field_factor({"germinated": 4, "fossilized": 4}) == pytest.approx(10 / 6)
+    assert field_factor({"germinated": 4, "fossilized": 0}) == pytest.approx(2 / 6)

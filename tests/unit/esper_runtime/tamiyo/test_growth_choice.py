@@ -71,10 +71,16 @@ def test_karn_designs_are_offered_unless_the_run_holds_to_the_designs_people_wro
     view.apply(BlueprintSubmitted(envelope=envs.next("blueprint/bp-invented"), blueprint_id="bp-invented",
                                   name="invented", ir_version=1, ir_json="{}", submitted_by="karn/evolve-v1",
                                   parent_ids=["bp-written"], mutation="deepen"))
+    _kernel(view, envs, "reads_layer", 8, ("u", 4), params=100)
     offered = {}
-    for karn in (True, False):
+    for karn in (True, False, "prefer"):
         cfg = EsperConfig.model_validate({"kasmina": {"chunk_size": 8}, "tamiyo": {"karn_designs": karn}})
         tamiyo = TamiyoController(wrap(host, cfg.kasmina, publisher=None, run_id="t"), cfg.tamiyo, view, publisher=None)
-        offered[karn] = sorted(k.blueprint_id for _, k in tamiyo._kernels_for((0, 0), 8))
+        tamiyo._signal[(0, 0)] = (1.0, "layer", 0.0)
+        offered[karn] = [k.blueprint_id for _, k in tamiyo._kernels_for((0, 0), 8)]
         host = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    assert offered == {True: ["bp-invented", "bp-written"], False: ["bp-written"]}
+    # offered: ranked as any design (the reader of the stronger input first, then by risk and tags, ties by id);
+    # held to the people's library: never; preferred: Karn's first among designs reading the same input
+    assert offered[True][0] == "bp-reads_layer" and sorted(offered[True][1:]) == ["bp-invented", "bp-written"]
+    assert offered[False] == ["bp-reads_layer", "bp-written"]
+    assert offered["prefer"][:2] == ["bp-reads_layer", "bp-invented"]
