@@ -5,8 +5,9 @@ Each generation:
 1. **Read the library from the log** (Urza's view): every design with kernels for the target run's seed shapes,
    and how Urabrask judged them. A design's *score* is Urabrask's: over the shapes, the mean of ``1 - risk_score``
    of its best VALIDATED kernel, 0 where it ended without one (rejected, failed to compile).
-2. **Choose operators** with a UCB1 bandit (``OperatorPolicy``) whose evidence is the log itself: every Karn child
-   Urza holds, its operator (``BlueprintSubmitted.mutation``) and its score. Nothing of the policy lives outside
+2. **Choose operators** with a UCB1 bandit conditioned on the parent (``OperatorPolicy``: a chunk design, a
+   reader of the layer's input, a reader of the model's) whose evidence is the log itself: every Karn child Urza
+   holds, its operator (``BlueprintSubmitted.mutation``), its first parent, its score and its field record. Nothing of the policy lives outside
    the log: a rerun on the same log chooses the same.
 3. **Choose parents** among the scored designs, better ranks more often, the score weighed by the design's field
    record (``field_factor``: FieldReports, FOSSILIZED / germinated); **mutate** (``karn.mutate``); keep children
@@ -78,45 +79,71 @@ def design_score(view, bid: str, shapes, reads: bool) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def parent_context(doc: dict) -> str:
+    """What a parent is, for the operator policy: ``chunk`` (it reads only its chunk), or the wide input it reads
+    (``layer``: ``u``, ``model``: ``x0``) — an operator that helps a reader may not help a chunk design."""
+    from esper_runtime.blueprints.ir import input_source
+
+    return input_source(doc) or "chunk"
+
+
 @dataclass
 class OperatorPolicy:
-    """UCB1 over the operators: each operator's mean score of the children it made, plus ``c·sqrt(2 ln N / n)``;
-    an operator never tried comes first. ``from_view`` rebuilds it from the log."""
+    """UCB1 over the operators, conditioned on the parent's context (``parent_context``): within a context, each
+    operator's mean reward of the children it made from such parents plus ``c·sqrt(2 ln N / n)``; an operator not
+    yet tried in the context is valued by its mean over every context plus the bonus of one try; one never tried
+    anywhere comes first. A child's reward is its score weighed by its field record (``field_factor``).
+    ``from_view`` rebuilds the policy from the log."""
 
     counts: dict[str, int] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=dict)
     c: float = 1.0
+    by_context: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (context, op) -> [n, total]
 
     @classmethod
-    def from_view(cls, view, shapes, c: float = 1.0) -> "OperatorPolicy":
+    def from_view(cls, view, shapes, c: float = 1.0,
+                  outcomes: dict[str, dict[str, int]] | None = None) -> "OperatorPolicy":
         policy = cls(c=c)
         for rec in view.blueprints.values():
             if rec.mutation and rec.ir:
                 score = design_score(view, rec.blueprint_id, shapes, reads_input(rec.ir))
                 if score is not None:
-                    policy.record(rec.mutation, score)
+                    parent = view.blueprints.get(rec.parents[0]) if rec.parents else None
+                    context = parent_context(parent.ir) if parent is not None and parent.ir else None
+                    policy.record(rec.mutation, score * field_factor((outcomes or {}).get(rec.blueprint_id)),
+                                  context)
         return policy
 
-    def record(self, operator: str, reward: float) -> None:
+    def record(self, operator: str, reward: float, context: str | None = None) -> None:
         self.counts[operator] = self.counts.get(operator, 0) + 1
         self.totals[operator] = self.totals.get(operator, 0.0) + reward
+        if context is not None:
+            row = self.by_context.setdefault((context, operator), [0, 0.0])
+            row[0] += 1
+            row[1] += reward
 
     def mean(self, operator: str) -> float | None:
         n = self.counts.get(operator, 0)
         return self.totals[operator] / n if n else None
 
-    def value(self, operator: str) -> float:
+    def value(self, operator: str, context: str | None = None) -> float:
         n = self.counts.get(operator, 0)
         if not n:
             return math.inf
+        if context is not None:
+            in_context = sum(row[0] for (ctx, _), row in self.by_context.items() if ctx == context)
+            row = self.by_context.get((context, operator))
+            if row:
+                return row[1] / row[0] + self.c * math.sqrt(2 * math.log(max(in_context, 1)) / row[0])
+            return self.totals[operator] / n + self.c * math.sqrt(2 * math.log(in_context + 1))
         total = sum(self.counts.values())
         return self.totals[operator] / n + self.c * math.sqrt(2 * math.log(total) / n)
 
-    def ranked(self, rng: random.Random) -> list[str]:
-        """Operators best first (ties in a random order)."""
+    def ranked(self, rng: random.Random, context: str | None = None) -> list[str]:
+        """Operators best first for a parent of ``context`` (ties in a random order)."""
         ops = list(OPERATORS)
         rng.shuffle(ops)
-        return sorted(ops, key=lambda op: -self.value(op))
+        return sorted(ops, key=lambda op: -self.value(op, context))
 
 
 def field_factor(outcome: dict[str, int] | None) -> float:
@@ -176,7 +203,7 @@ def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, at
         # ones: a generation's children should not all be alike), each tried until one applies to this parent and
         # makes something new: an operator that does not fit a parent (no gate to remove) costs no try
         parent = _pick(population, rng)
-        ranked = policy.ranked(rng)
+        ranked = policy.ranked(rng, parent_context(parent.doc))
         start = min(int(rng.expovariate(1.5)), len(ranked) - 1)
         for operator in ranked[start:] + ranked[:start]:
             parents = [parent]
@@ -233,11 +260,11 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
         for g in range(1, opts.generations + 1):
             t0 = time.monotonic()
             view = load_view(bb)
-            policy = OperatorPolicy.from_view(view, shapes, opts.exploration)
+            outcomes = field_outcomes(read_field_reports(bb))
+            policy = OperatorPolicy.from_view(view, shapes, opts.exploration, outcomes)
             predictor, model_report = _reward_model(view, shapes, opts, echo, g)
             children = propose(view, shapes, opts.per_generation, rng, policy, opts.attempts,
-                               predictor=predictor, novelty_weight=opts.novelty_weight,
-                               outcomes=field_outcomes(read_field_reports(bb)))
+                               predictor=predictor, novelty_weight=opts.novelty_weight, outcomes=outcomes)
             if not children:
                 echo(f"generation {g}: no new design passed the checks in {opts.per_generation * opts.attempts} tries")
                 generations.append({"generation": g, "submitted": 0, "reward_model": model_report})

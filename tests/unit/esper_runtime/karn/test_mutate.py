@@ -3,6 +3,7 @@ as identity-at-start as its parents, and carries its lineage; the operator polic
 the log."""
 
 import json
+import math
 import random
 
 import pytest
@@ -104,6 +105,22 @@ def test_the_operator_policy_tries_every_operator_then_favours_the_best():
     policy.record("deepen", 0.95)
     policy.record("deepen", 0.95)
     assert policy.ranked(rng)[0] == "deepen"
+
+
+def test_the_operator_policy_is_conditioned_on_the_parent():
+    policy = OperatorPolicy(c=0.1)
+    for op in OPERATORS:
+        policy.record(op, 0.5, "chunk")
+    for _ in range(3):
+        policy.record("deepen", 0.9, "chunk")
+        policy.record("deepen", 0.1, "layer")
+        policy.record("add_gate", 0.9, "layer")
+    rng = random.Random(0)
+    assert policy.ranked(rng, "chunk")[0] == "deepen"
+    assert policy.ranked(rng, "layer")[0] == "add_gate"
+    # a context with no evidence of its own: the operators' means over every context, plus the bonus of one try
+    assert policy.value("deepen", "model") == pytest.approx(policy.mean("deepen") + 0.1 * math.sqrt(2 * math.log(1)))
+    assert policy.ranked(rng, "model")[0] == "add_gate"  # 0.9 everywhere it was tried, deepen 0.5 on average
 
 
 # ------------------------------------------------------------------------------ a library on the log
