@@ -39,6 +39,9 @@ class TamiyoConfig(BaseModel):
         default=True, description="Offer designs Karn invented (BlueprintSubmitted.mutation set) besides those people "
         "wrote; false: the library people wrote only (a field comparison's control arm); prefer: Karn's first, among "
         "designs reading the same input (a field trial of Karn's designs).")
+    field_evidence: bool = Field(default=True, description="Weigh each design by its field record on this home's "
+                                 "log (FieldReports of earlier runs: FOSSILIZED / germinated) when ranking kernels; "
+                                 "a design never grafted is ranked as before.")
     fine_tune_epochs: int = Field(default=3, ge=1)
     accept_tolerance: float = Field(default=0.01, ge=0,
                                     description="EVALUATING passes if val accuracy is at most this below the pre-graft.")

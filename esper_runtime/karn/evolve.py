@@ -38,6 +38,7 @@ from esper_runtime.blueprints.ir import Blueprint, reads_input
 from esper_runtime.karn.mutate import OPERATORS, Child, mutate, structure_key
 from esper_runtime.run.library import ENDED, Workers, kernels_at, library_status, wait_settled
 from esper_runtime.karn.exceptions import KarnError
+from esper_runtime.karn.lineage import field_factor
 
 __all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "field_factor", "propose", "select", "evolve",
            "field_trial", "FIELD_ARMS", "KarnError"]
@@ -144,15 +145,6 @@ class OperatorPolicy:
         ops = list(OPERATORS)
         rng.shuffle(ops)
         return sorted(ops, key=lambda op: -self.value(op, context))
-
-
-def field_factor(outcome: dict[str, int] | None) -> float:
-    """What the field says of a design, as a factor on its score: twice its success rate with a uniform prior,
-    ``2·(fossilized + 1) / (germinated + 2)`` — 1 for a design never grafted, toward 2 for one that always
-    fossilized, toward 0 for one always culled or rolled back."""
-    if not outcome:
-        return 1.0
-    return 2.0 * (outcome["fossilized"] + 1) / (outcome["germinated"] + 2)
 
 
 def _population(view, shapes, outcomes: dict[str, dict[str, int]] | None = None) -> list[tuple[float, Blueprint]]:
@@ -418,13 +410,14 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
     ``FieldReport`` events of those runs, split by who wrote the design: FOSSILIZED / germinated, mean reward)."""
     import statistics
 
-    from esper_runtime.karn.lineage import read_field_reports
+    from esper_runtime.karn.lineage import field_outcomes, read_field_reports
     from esper_runtime.run.pipeline import _grown, _train
     from esper_runtime.tolaria.trainer import count_params
     from esper_runtime.urza.library import load_view
     from esper_runtime.urza.store import ArtifactStore
 
     view = load_view(bb)
+    record = field_outcomes(read_field_reports(bb))  # what runs before the trial saw, for every arm alike
     store = ArtifactStore(bb.settings.home / "artifacts")
     runs: dict[str, list[dict]] = {arm: [] for arm in FIELD_ARMS}
     with bb.publisher() as publisher:
@@ -435,7 +428,7 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
                     "tamiyo": esper.tamiyo.model_copy(update={"karn_designs": allowed})})})
                 run_id = f"{prep.cfg.name}-karn-field-{arm.replace('_', '-')}-{uuid.uuid4().hex[:6]}-s{seed}"
                 model, _, trainer = _grown(dataclasses.replace(prep, cfg=cfg), seed, run_id, store, view, publisher,
-                                           None)
+                                           None, field_record=record)
                 _, history = _train(trainer)
                 runs[arm].append({"seed": seed, "run_id": run_id, "accuracy": history.epochs[-1]["val_accuracy"],
                                   "params": count_params(model)})

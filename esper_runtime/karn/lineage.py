@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-__all__ = ["family_tree", "field_outcomes", "read_field_reports"]
+__all__ = ["family_tree", "field_factor", "field_outcomes", "read_field_reports"]
 
 
 def read_field_reports(bb, **bounds) -> list[dict[str, Any]]:
@@ -32,6 +32,15 @@ def field_outcomes(reports: Iterable[dict[str, Any]]) -> dict[str, dict[str, int
         row["germinated"] += 1
         row["fossilized" if r["outcome"] == "FOSSILIZED" else "culled"] += 1
     return out
+
+
+def field_factor(outcome: dict[str, int] | None) -> float:
+    """What the field says of a design, as a factor on its score: twice its success rate with a uniform prior,
+    ``2·(fossilized + 1) / (germinated + 2)`` — 1 for a design never grafted, toward 2 for one that always
+    fossilized, toward 0 for one always culled or rolled back."""
+    if not outcome:
+        return 1.0
+    return 2.0 * (outcome["fossilized"] + 1) / (outcome["germinated"] + 2)
 
 
 def family_tree(view, reports: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:

@@ -201,12 +201,16 @@ def _trainer(prep: Prepared, model, controller, publisher, run_id: str, task: st
                           num_workers=cfg.data.num_workers)
 
 
-def _grown(prep: Prepared, seed: int, run_id: str, store, view, publisher, policy, checkpoint_dir=None):
+def _grown(prep: Prepared, seed: int, run_id: str, store, view, publisher, policy, checkpoint_dir=None,
+           field_record: dict[str, dict[str, int]] | None = None):
+    """The run's wrapped host, its Tamiyo (with ``field_record``: earlier runs' outcomes per design, read from the
+    log once before the run's seeds start) and its trainer."""
     from esper_runtime.kasmina import wrap
 
     host = build_host(prep.cfg.model, prep.in_features, prep.n_outputs, seed).to(prep.device)
     model = wrap(host, kasmina_config(prep.cfg), artifacts=store, publisher=publisher, run_id=run_id)
     tamiyo = _controller(prep.cfg, model, view, publisher, run_id, policy)
+    tamiyo.field_record = field_record or {}
     return model, tamiyo, _trainer(prep, model, tamiyo, publisher, run_id, prep.cfg.name, seed, checkpoint_dir)
 
 
@@ -297,6 +301,7 @@ def _policy(prep: Prepared, opts: RunOptions, bb, view, store, publisher, echo):
 
 def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     from esper_runtime.karn import KarnListener
+    from esper_runtime.karn.lineage import field_outcomes, read_field_reports
     from esper_runtime.kasmina import Code
     from esper_runtime.run.library import ensure_library
     from esper_runtime.run.report import write_report
@@ -313,6 +318,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
         echo(note)
     library = ensure_library(bb, prep.shapes, echo, progress)
     view = load_view(bb)
+    field_record = field_outcomes(read_field_reports(bb))  # earlier runs', for every seed of this one alike
     store = ArtifactStore(bb.settings.home / "artifacts")
     publisher = bb.publisher()
     policy = _policy(prep, opts, bb, view, store, publisher, echo) if cfg.controller == "gnn" else None
@@ -321,7 +327,8 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
         checkpoints = opts.out / "checkpoints" / f"s{seed}"
         previous = _previous(checkpoints, cfg, seed) if opts.resume else None
         run_id = previous or f"{cfg.name}-{uuid.uuid4().hex[:8]}-s{seed}"
-        model, tamiyo, trainer = _grown(prep, seed, run_id, store, view, publisher, policy, checkpoints)
+        model, tamiyo, trainer = _grown(prep, seed, run_id, store, view, publisher, policy, checkpoints,
+                                        field_record)
         host_params = count_params(model)
         t0 = time.perf_counter()
         if previous:

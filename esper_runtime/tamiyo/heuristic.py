@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from esper_runtime.config import TamiyoConfig
 from esper_runtime.kasmina import Code, MorphableModel, seed_name
 from esper_runtime.kasmina.lifecycle import OUTCOME_CODES
+from esper_runtime.karn.lineage import field_factor
 from views.urza_view import UrzaView
 from streams.contracts import DecisionCandidate, FieldReport, KasminaControlCommand, TamiyoDecision
 from streams.envelope import EnvelopeFactory
@@ -96,6 +97,7 @@ class TamiyoController:
         self.culled_designs: dict[tuple[int, int], set[str]] = {}
         self.reset_at: dict[tuple[int, int], int] = {}
         self.field_reports: list[FieldReport] = []
+        self.field_record: dict[str, dict[str, int]] = {}  # earlier runs' outcomes per blueprint (the run sets it)
         self.decisions: list[TamiyoDecision] = []
         self.lineage: list[dict] = self.kasmina.lineage  # shared, so save_model(model) writes it
         self.emergency: str | None = None  # set when Tolaria must roll back (read and cleared by Tolaria)
@@ -320,6 +322,10 @@ class TamiyoController:
             score = -(k.risk_score or 0.0) - (1.0 if k.blueprint_id in tried else 0.0) \
                 + (0.1 if "trainable" in k.tags else 0.0) + (0.05 if "high_speed" in k.tags else 0.0) \
                 + (25.0 if karn and self.config.karn_designs == "prefer" else 0.0)
+            if self.config.field_evidence:
+                # what earlier runs of this home saw: a design that fossilized where it was grafted gains up to
+                # what halving its size would (log2 2), one always culled loses more
+                score += math.log2(field_factor(self.field_record.get(k.blueprint_id)))
             if k.in_features is not None:
                 # a design that reads a wide input adds units the chunk alone cannot (issue #12): those reading the
                 # input with the stronger growth signal come first, then the others, the smallest first, since

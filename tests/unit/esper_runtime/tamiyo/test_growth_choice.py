@@ -84,3 +84,21 @@ def test_karn_designs_are_offered_unless_the_run_holds_to_the_designs_people_wro
     assert offered[True][0] == "bp-reads_layer" and sorted(offered[True][1:]) == ["bp-invented", "bp-written"]
     assert offered[False] == ["bp-reads_layer", "bp-written"]
     assert offered["prefer"][:2] == ["bp-reads_layer", "bp-invented"]
+
+
+def test_a_design_s_field_record_in_earlier_runs_moves_it_in_the_ranking():
+    host = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    view, envs = UrzaView(), EnvelopeFactory("lib", "test")
+    _kernel(view, envs, "first", 8, params=10)
+    _kernel(view, envs, "second", 8, params=10)
+    record = {"bp-first": {"germinated": 3, "fossilized": 0}, "bp-second": {"germinated": 3, "fossilized": 3}}
+    ranked = {}
+    for evidence, field_record in ((True, record), (False, record), (True, {})):
+        cfg = EsperConfig.model_validate({"kasmina": {"chunk_size": 8}, "tamiyo": {"field_evidence": evidence}})
+        tamiyo = TamiyoController(wrap(host, cfg.kasmina, publisher=None, run_id="t"), cfg.tamiyo, view, publisher=None)
+        tamiyo.field_record = field_record
+        ranked[(evidence, bool(field_record))] = [k.blueprint_id for _, k in tamiyo._kernels_for((0, 0), 8)]
+        host = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    # equal otherwise (ties by artifact id): culled 3 of 3 goes behind fossilized 3 of 3, only with the evidence on
+    assert ranked[(True, True)] == ["bp-second", "bp-first"]
+    assert ranked[(False, True)] == ranked[(True, False)] == ["bp-first", "bp-second"]
