@@ -318,7 +318,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
         echo(note)
     library = ensure_library(bb, prep.shapes, echo, progress)
     view = load_view(bb)
-    field_record = field_outcomes(read_field_reports(bb))  # earlier runs', for every seed of this one alike
+    reports = read_field_reports(bb)  # earlier runs' outcomes, read once: every seed of this run sees the same
     store = ArtifactStore(bb.settings.home / "artifacts")
     publisher = bb.publisher()
     policy = _policy(prep, opts, bb, view, store, publisher, echo) if cfg.controller == "gnn" else None
@@ -327,6 +327,8 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
         checkpoints = opts.out / "checkpoints" / f"s{seed}"
         previous = _previous(checkpoints, cfg, seed) if opts.resume else None
         run_id = previous or f"{cfg.name}-{uuid.uuid4().hex[:8]}-s{seed}"
+        # a resumed run does not learn from its own reports: it ranks designs as it did before it stopped
+        field_record = field_outcomes(r for r in reports if r["envelope"]["run_id"] != run_id)
         model, tamiyo, trainer = _grown(prep, seed, run_id, store, view, publisher, policy, checkpoints,
                                         field_record)
         host_params = count_params(model)
