@@ -327,7 +327,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
         checkpoints = opts.out / "checkpoints" / f"s{seed}"
         previous = _previous(checkpoints, cfg, seed) if opts.resume else None
         run_id = previous or f"{cfg.name}-{uuid.uuid4().hex[:8]}-s{seed}"
-        # a resumed run does not learn from its own reports: it ranks designs as it did before it stopped
+        # a resumed run does not take its own adaptations for earlier runs' evidence
         field_record = field_outcomes(r for r in reports if r["envelope"]["run_id"] != run_id)
         model, tamiyo, trainer = _grown(prep, seed, run_id, store, view, publisher, policy, checkpoints,
                                         field_record)
