@@ -204,7 +204,7 @@ def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, at
                 if parents[0].blueprint_id == parents[1].blueprint_id:
                     continue
             child = mutate(operator, parents, rng)
-            if child is None:
+            if child is None or not fits(child.blueprint, shapes):
                 continue
             key = structure_key(child.blueprint.doc)
             if key in known:
@@ -214,6 +214,22 @@ def propose(view, shapes, k: int, rng: random.Random, policy: OperatorPolicy, at
             break
     library = [rec.ir for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir]
     return select(children, library, k, predictor, novelty_weight)
+
+
+def fits(bp: Blueprint, shapes) -> bool:
+    """Whether ``bp`` instantiates and validates at every seed shape it would be compiled for (a child whose
+    attention heads do not divide a 2-wide chunk is not worth a compilation that must fail)."""
+    from esper_runtime.blueprints.exceptions import BlueprintInvalid
+    from esper_runtime.blueprints.validate import validate_concrete
+
+    try:
+        for width, d in shapes:
+            if bp.reads_input and d is None:
+                continue
+            validate_concrete(bp.instantiate(width, d if bp.reads_input else None))
+    except BlueprintInvalid:
+        return False
+    return True
 
 
 def select(candidates: list[Child], library: list[dict], k: int, predictor=None,
@@ -380,12 +396,17 @@ def _until_scored(bb, children, shapes, timeout_s: float = 60.0):
 
 
 def _params(bp: Blueprint, shapes) -> int | None:
+    """Parameters at the first shape the design instantiates at (None: at none of them)."""
+    from esper_runtime.blueprints.exceptions import BlueprintInvalid
     from esper_runtime.blueprints.validate import param_count
 
     for width, d in shapes:
         if bp.reads_input and d is None:
             continue
-        return param_count(bp.instantiate(width, d if bp.reads_input else None))
+        try:
+            return param_count(bp.instantiate(width, d if bp.reads_input else None))
+        except BlueprintInvalid:
+            continue
     return None
 
 

@@ -213,3 +213,23 @@ def test_a_generation_keeps_its_most_novel_candidates():
     narrow = propose(view, shapes, 2, random.Random(2), OperatorPolicy(), pool=1)
     assert len(wide) == len(narrow) == 2
     assert novelty(wide[0].blueprint.doc, library) >= novelty(narrow[0].blueprint.doc, library)
+
+
+def test_a_child_that_cannot_be_built_at_a_run_s_shape_is_not_proposed_and_its_size_is_read_where_it_can_be():
+    from esper_runtime.karn.evolve import _params, fits
+
+    heads = [c for _, c in _children("add_attention_head", tries=3)]
+    assert heads
+    child = heads[0].blueprint
+    tokens = next(n["attrs"]["tokens"] for n in child.doc["nodes"] if n["op"] == "attention")
+    assert tokens > 2 and fits(child, [(8, None), (16, None)]) and not fits(child, [(2, None), (8, None)])
+    assert _params(child, [(2, None), (8, None)]) == _params(child, [(8, None)]) is not None
+
+
+def test_only_children_that_fit_the_run_s_shapes_are_proposed(monkeypatch):
+    import esper_runtime.karn.evolve as evolve
+
+    monkeypatch.setattr(evolve, "fits", lambda bp, shapes: not any(n["op"] == "attention" for n in bp.doc["nodes"]))
+    view = UrzaView().apply_all(_library_events())
+    children = propose(view, [(8, None)], 6, random.Random(0), OperatorPolicy(), pool=2)
+    assert children and not any(n["op"] == "attention" for c in children for n in c.blueprint.doc["nodes"])
