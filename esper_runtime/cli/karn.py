@@ -105,15 +105,17 @@ def reward(
         report = train_from_log(bb, _prepared(config).shapes, bb.settings.home / "karn" / "reward" if save else None, seed)
     finally:
         bb.close()
-    table = Table("target", "designs (Karn's)", "forest: tau / MAE", "gnn: tau / MAE", "chosen")
+    table = Table("target", "designs (Karn's)", "forest: tau / MAE (5-fold)", "gnn: tau / MAE (5-fold)",
+                  "forest / gnn: tau forward in time", "chosen")
     for target, r in report["targets"].items():
-        models = r.get("models", {})
+        models, forward = r.get("models", {}), r.get("forward_in_time", {})
 
         def cell(kind: str) -> str:
             m = models.get(kind)
             return "-" if m is None else f"{m['kendall_tau']} / {m['mae']}"
 
         table.add_row(target, f"{r['samples']} ({r['karn_samples']})", cell("forest"), cell("gnn"),
+                      " / ".join(str(forward[k]["kendall_tau"]) for k in ("forest", "gnn")) if forward else "-",
                       r.get("chosen") or r.get("reason", "-"))
     console.print(table)
     console.print(f"log version {report['version']}")

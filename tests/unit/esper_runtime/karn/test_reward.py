@@ -127,3 +127,12 @@ def test_the_field_record_weighs_a_design_as_a_parent():
     assert field_factor({"germinated": 0, "fossilized": 0}) == 1.0
     assert field_factor({"germinated": 4, "fossilized": 4}) == pytest.approx(10 / 6)
     assert field_factor({"germinated": 4, "fossilized": 0}) == pytest.approx(2 / 6)
+
+
+def test_forward_in_time_fits_on_the_first_designs_and_judges_the_later_ones():
+    from esper_runtime.karn.reward import forward_in_time
+
+    samples = _samples(24, lambda bp: math.log1p(_params(bp)))
+    result = forward_in_time(samples, "forest")
+    assert (result["train"], result["test"]) == (16, 8) and result["kendall_tau"] > 0.3
+    assert forward_in_time(samples[:4], "forest")["kendall_tau"] is None  # too few left to judge
