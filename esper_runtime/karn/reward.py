@@ -336,8 +336,8 @@ class Fitted:
 
 def fit_best(samples: Sequence[Sample], target: str, seed: int = 0, folds: int = 5) -> tuple[Fitted | None, dict]:
     """Cross-validate both models on ``samples``; fit the one with the higher held-out tau on all of them.
-    Returns (None, report) when there are fewer than ``MIN_SAMPLES`` designs or no model ranks better than
-    chance (tau ≤ 0): Karn then does without."""
+    Returns (None, report) when there are fewer than ``MIN_SAMPLES`` designs, or the chosen model ranks no better
+    than chance (tau ≤ 0) either k-fold or forward in time: Karn then does without."""
     report: dict[str, Any] = {"target": target, "samples": len(samples),
                               "karn_samples": sum(1 for s in samples if s.karn)}
     if len(samples) < MIN_SAMPLES:
@@ -347,9 +347,13 @@ def fit_best(samples: Sequence[Sample], target: str, seed: int = 0, folds: int =
     report["forward_in_time"] = {kind: forward_in_time(samples, kind, seed=seed) for kind in MODELS}
     best = max(MODELS, key=lambda k: report["models"][k]["kendall_tau"] if report["models"][k]["kendall_tau"]
                is not None else -2.0)
-    tau = report["models"][best]["kendall_tau"]
+    tau, forward = report["models"][best]["kendall_tau"], report["forward_in_time"][best]["kendall_tau"]
     if tau is None or tau <= 0:
         report["reason"] = f"no model ranks held-out designs better than chance (best tau {tau})"
+        return None, report
+    if forward is not None and forward <= 0:
+        report["reason"] = (f"the {best} model ranks held-out designs (tau {tau}) but not the designs that came "
+                            f"later on the log (tau {forward})")
         return None, report
     report["chosen"] = best
     return Fitted(target, MODELS[best](seed=seed).fit(samples), report["models"][best]), report
