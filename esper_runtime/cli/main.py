@@ -1,8 +1,8 @@
 """``esper``: the command users run. Each sub-command lives in its own module beside this one.
 
 Errors reach the user in one place, ``_Funnel``: an ``EsperError`` from any command is one line on stderr and the
-exit code its class names (``EsperError.exit_code``: 1 a failure, 2 input to fix, 4 nothing grew); anything else is
-a bug and keeps its traceback. Commands raise; they do not print errors and exit themselves.
+exit code its class names (``EsperError.exit_code``: 1 a failure, 2 input to fix, 4 nothing grew), and so is a broker
+that does not answer (exit 1); anything else is a bug and keeps its traceback. Commands raise; they do not print errors and exit themselves.
 """
 
 from __future__ import annotations
@@ -22,11 +22,23 @@ class _Funnel(TyperGroup):
 
         from streams.exceptions import EsperError
 
+        from confluent_kafka import KafkaError, KafkaException
+
         try:
             return super().invoke(ctx)
         except EsperError as exc:
             _console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if code not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
+                raise
+            from streams.config import load_settings
+
+            _console().print(f"[red]error:[/red] no Kafka broker answers at {load_settings().bootstrap_servers} "
+                             f"({escape(exc.args[0].str())}): `esper infra up` starts this home's, with the same "
+                             f"ESPER_KAFKA_* settings", soft_wrap=True, highlight=False)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(cls=_Funnel, no_args_is_help=True, add_completion=False,

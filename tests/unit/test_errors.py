@@ -40,3 +40,16 @@ def test_the_cli_prints_an_esper_error_as_one_line_with_its_exit_code(tmp_path, 
     assert res.exit_code == 1 and "no private key" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["study", "--tasks", "nope"])
     assert res.exit_code == 2 and "unknown task 'nope'" in res.output
+
+
+def test_a_broker_that_does_not_answer_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ESPER_HOME", str(tmp_path))
+    monkeypatch.setenv("ESPER_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+    res = CliRunner().invoke(app, ["karn", "lineage"])
+    assert res.exit_code == 1 and f"no Kafka broker answers at 127.0.0.1:{port}" in res.output, res.output
+    assert "Traceback" not in res.output
