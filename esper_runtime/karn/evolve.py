@@ -7,8 +7,8 @@ Each generation:
    of its best VALIDATED kernel, 0 where it ended without one (rejected, failed to compile).
 2. **Choose operators** with a UCB1 bandit conditioned on the parent (``OperatorPolicy``: a chunk design, a
    reader of the layer's input, a reader of the model's) whose evidence is the log itself: every Karn child Urza
-   holds, its operator (``BlueprintSubmitted.mutation``), its first parent, its score and its field record. Nothing of the policy lives outside
-   the log: a rerun on the same log chooses the same.
+   holds, its operator (``BlueprintSubmitted.mutation``), its first parent, its score and its field record.
+   Nothing of the policy lives outside the log: a rerun on the same log chooses the same.
 3. **Choose parents** among the scored designs, better ranks more often, the score weighed by the design's field
    record (``field_factor``: FieldReports, FOSSILIZED / germinated); **mutate** (``karn.mutate``); keep children
    that pass the static checks and compute something no design in the library computes.
@@ -149,8 +149,8 @@ class OperatorPolicy:
 
 def _population(view, shapes, outcomes: dict[str, dict[str, int]] | None = None) -> list[tuple[float, Blueprint]]:
     """Designs with a positive score, best first: the parents to choose from. With ``outcomes`` (the field
-    reports per design, ``lineage.field_outcomes``) a design's score is weighed by ``field_factor``: what was
-    grafted and paid is bred from more, what failed in the field less."""
+    reports per design, ``lineage.field_outcomes``) a design's score is weighed by ``field_factor``: what
+    fossilized where it was grafted is bred from more, what was culled or rolled back less."""
     out = []
     for rec in view.blueprints.values():
         if not rec.ir or rec.status == "REJECTED":
