@@ -102,7 +102,8 @@ def reward(
 
     bb = Backbone()
     try:
-        report = train_from_log(bb, _prepared(config).shapes, bb.settings.home / "karn" / "reward" if save else None, seed)
+        directory = bb.settings.home / "karn" / "reward" if save else None
+        report = train_from_log(bb, _prepared(config).shapes, directory, seed)
     finally:
         bb.close()
     table = Table("target", "designs (Karn's)", "forest: tau / MAE (5-fold)", "gnn: tau / MAE (5-fold)",

@@ -1,8 +1,9 @@
 """``esper``: the command users run. Each sub-command lives in its own module beside this one.
 
 Errors reach the user in one place, ``_Funnel``: an ``EsperError`` from any command is one line on stderr and the
-exit code its class names (``EsperError.exit_code``: 1 a failure, 2 input to fix, 4 nothing grew), and so is a broker
-that does not answer (exit 1); anything else is a bug and keeps its traceback. Commands raise; they do not print errors and exit themselves.
+exit code its class names (``EsperError.exit_code``: 1 a failure, 2 input to fix, 4 nothing grew), and so is a
+broker that does not answer (exit 1); anything else is a bug and keeps its traceback. Commands raise; they do not
+print errors and exit themselves.
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ def design_graph(doc: dict[str, Any]):
         rows.append(_node_row(node["op"], params.get(node["id"], 0), node["id"] == doc.get("output"),
                               (node.get("attrs") or {}).get("init") == "zeros"))
     edges = [(index[s], index[n["id"]]) for n in doc["nodes"] for s in n.get("inputs") or [] if s in index]
-    edge_index = torch.tensor(edges, dtype=torch.long).t().contiguous() if edges else torch.zeros(2, 0, dtype=torch.long)
+    edge_index = (torch.tensor(edges, dtype=torch.long).t().contiguous() if edges
+                  else torch.zeros(2, 0, dtype=torch.long))
     return Data(x=torch.tensor(rows, dtype=torch.float32), edge_index=edge_index)
 
 
