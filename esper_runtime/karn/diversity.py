@@ -1,13 +1,15 @@
 """How different designs are (appendix D.2.4): a structural distance between IR graphs, the library's diversity,
 and a child's novelty against the library.
 
-A design's *signature* is the multiset of its ops and of its edges, each edge named by the ops at its ends (an input
-by its name: ``x``, ``u``, ``x0``), so renaming nodes or reordering them changes nothing and two designs that wire
-the same ops differently differ. The distance between two designs is the Jaccard distance of their signatures
-(0: the same multiset; 1: nothing in common)."""
+A design's *signature* is the multiset of its ops (each with its sizes: a linear's ``out``, an attention's
+``tokens``, a convolution's ``kernel_size``) and of its edges, each edge named by the ops at its ends (an input by
+its name: ``x``, ``u``, ``x0``), so renaming nodes or reordering them changes nothing, and two designs that wire the
+same ops differently, or size them differently, differ. The distance between two designs is the Jaccard distance
+of their signatures (0: the same multiset; 1: nothing in common)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from itertools import combinations
 from typing import Any, Iterable
@@ -15,13 +17,24 @@ from typing import Any, Iterable
 __all__ = ["signature", "distance", "diversity", "novelty"]
 
 
+SIZE_ATTRS = ("out", "tokens", "kernel_size")  # the attrs that size an op: a width change is a structural change
+
+
+def _label(node: dict[str, Any]) -> str:
+    """An op with its sizes, ``linear{"F":0.5}``: two designs that differ only in a hidden width are near, not
+    equal (the one operator that makes a design smaller, ``scale_width``, would otherwise make no novelty)."""
+    attrs = node.get("attrs") or {}
+    sizes = [f"{k}={json.dumps(attrs[k], sort_keys=True, separators=(',', ':'))}" for k in SIZE_ATTRS if k in attrs]
+    return node["op"] + (f"[{','.join(sizes)}]" if sizes else "")
+
+
 def signature(doc: dict[str, Any]) -> Counter:
-    ops = {n["id"]: n["op"] for n in doc.get("nodes") or []}
+    labels = {n["id"]: _label(n) for n in doc.get("nodes") or []}
     out: Counter = Counter()
     for n in doc.get("nodes") or []:
-        out[n["op"]] += 1
+        out[labels[n["id"]]] += 1
         for src in n.get("inputs") or []:
-            out[f"{ops.get(src, src)}>{n['op']}"] += 1
+            out[f"{labels.get(src, src)}>{labels[n['id']]}"] += 1
     return out
 
 

@@ -233,3 +233,11 @@ def test_only_children_that_fit_the_run_s_shapes_are_proposed(monkeypatch):
     view = UrzaView().apply_all(_library_events())
     children = propose(view, [(8, None)], 6, random.Random(0), OperatorPolicy(), pool=2)
     assert children and not any(n["op"] == "attention" for c in children for n in c.blueprint.doc["nodes"])
+
+
+def test_a_child_that_only_resizes_its_parent_is_near_it_but_new():
+    from esper_runtime.karn.diversity import distance
+
+    for parents, child in _children("scale_width", tries=2):
+        d = distance(child.blueprint.doc, parents[0].doc)
+        assert 0.0 < d < 1.0, (child.blueprint.name, d)  # novel enough to be kept, unlike a renaming
