@@ -19,11 +19,10 @@ class _Funnel(TyperGroup):
     """The top command group: every EsperError a command raises becomes its message and its exit code."""
 
     def invoke(self, ctx):
+        from confluent_kafka import KafkaError, KafkaException
         from rich.markup import escape
 
         from streams.exceptions import EsperError
-
-        from confluent_kafka import KafkaError, KafkaException
 
         try:
             return super().invoke(ctx)

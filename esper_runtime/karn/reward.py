@@ -42,6 +42,7 @@ from torch import nn
 from esper_runtime.blueprints.ir import WIDE_INPUTS, Blueprint
 from esper_runtime.blueprints.ops import OPS
 from esper_runtime.karn.exceptions import KarnError
+from esper_runtime.simic.dataset import log_version
 
 __all__ = ["TARGETS", "Sample", "graph_features", "design_graph", "urabrask_samples", "field_samples",
            "ForestModel", "GraphModel", "Fitted", "cross_validate", "forward_in_time", "kendall_tau", "fit_best",
@@ -236,7 +237,10 @@ class GraphModel:
         self.stats: dict[str, list[float]] = {}
 
     def _extra(self, docs, metrics) -> torch.Tensor:
-        rows = torch.tensor([graph_features(d) + m for d, m in zip(docs, metrics)], dtype=torch.float32)
+        return self._standardized(torch.tensor([graph_features(d) + m for d, m in zip(docs, metrics)],
+                                               dtype=torch.float32))
+
+    def _standardized(self, rows: torch.Tensor) -> torch.Tensor:
         return (rows - torch.tensor(self.stats["mean"])) / torch.tensor(self.stats["std"])
 
     def fit(self, samples: Sequence[Sample]) -> "GraphModel":
@@ -252,7 +256,7 @@ class GraphModel:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             self.net = _GIN(len(NODE_VOCAB) + 3, rows.shape[1])
             batch = Batch.from_data_list([design_graph(d) for d in docs])
-            extra = self._extra(docs, metrics)
+            extra = self._standardized(rows)
             target = (y - self.stats["y_mean"][0]) / self.stats["y_std"][0]
             opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
             self.net.train()
@@ -361,10 +365,6 @@ def fit_best(samples: Sequence[Sample], target: str, seed: int = 0, folds: int =
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def log_version(offsets: dict[str, dict[int, int]]) -> str:
-    return hashlib.sha256(json.dumps(offsets, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def save_model(fitted: Fitted, directory: Path, offsets: dict[str, dict[int, int]], report: dict) -> Path:
     """The GNN's state dict (``model.pt``) beside its card (``card.json``: target, log offsets and version, the
     held-out evaluation, the feature statistics); a forest is described by its card alone (it is refitted from
@@ -406,12 +406,12 @@ def read_samples(bb, shapes) -> tuple[dict[str, dict[int, int]], list[Sample], l
     """The log's end offsets of Urza's topics and the field reports, then both targets' samples folded from the
     log up to exactly those offsets (the version the model is trained on)."""
     from esper_runtime.karn.lineage import read_field_reports
-    from esper_runtime.simic.dataset import _offsets
+    from esper_runtime.simic.dataset import end_offsets
     from esper_runtime.urza.library import load_view
     from views.urza_view import URZA_TOPICS
 
     topics = sorted({bb.resolve_topic(t) for t in (*URZA_TOPICS, "innovation.field_reports")})
-    offsets = _offsets(bb, topics)
+    offsets = end_offsets(bb, topics)
     bound = {(t, p): end for t, parts in offsets.items() for p, end in parts.items()}
     view = load_view(bb, until_offset=bound)
     return offsets, urabrask_samples(view, shapes), field_samples(view, read_field_reports(bb, until_offset=bound))

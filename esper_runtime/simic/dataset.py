@@ -24,7 +24,7 @@ from esper_runtime.tamiyo.policy import kernel_features, tag_vector
 from views.folds import fold_library
 from streams.backbone import Backbone
 
-__all__ = ["Example", "ExperienceDataset", "read_experience", "experience_from_events"]
+__all__ = ["Example", "ExperienceDataset", "read_experience", "experience_from_events", "end_offsets", "log_version"]
 
 TOPICS = ("tamiyo.decisions", "kasmina.telemetry.seeds", "innovation.field_reports")
 
@@ -53,7 +53,7 @@ class ExperienceDataset:
 
     @property
     def version(self) -> str:
-        return hashlib.sha256(json.dumps(self.offsets, sort_keys=True).encode()).hexdigest()[:16]
+        return log_version(self.offsets)
 
     def runs(self) -> list[str]:
         return sorted({e.run_id for e in self.examples})
@@ -66,7 +66,8 @@ class ExperienceDataset:
         return [e for e in self.examples if e.run_id not in held], [e for e in self.examples if e.run_id in held]
 
 
-def _offsets(backbone: Backbone, topics: list[str]) -> dict[str, dict[int, int]]:
+def end_offsets(backbone: Backbone, topics: list[str]) -> dict[str, dict[int, int]]:
+    """The log's end offset of every partition of ``topics``: the positions a dataset read up to."""
     source = backbone.source()
     try:
         return {t: {p: source.watermarks(t, p)[1] for p in range(source.partitions(t))} for t in topics}
@@ -74,10 +75,15 @@ def _offsets(backbone: Backbone, topics: list[str]) -> dict[str, dict[int, int]]
         source.close()
 
 
+def log_version(offsets: dict[str, dict[int, int]]) -> str:
+    """A dataset's version: a hash of the end offsets it read (the same log positions, the same version)."""
+    return hashlib.sha256(json.dumps(offsets, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_experience(backbone: Backbone, teacher: str = "heuristic-v1", runs: set[str] | None = None) -> ExperienceDataset:
     """The dataset from the log the backbone points at (every run, or ``runs``), versioned by its end offsets."""
     topics = [backbone.resolve_topic(t) for t in TOPICS]
-    offsets = _offsets(backbone, topics)
+    offsets = end_offsets(backbone, topics)
     urza = fold_library(backbone)
     events = (item.decoded.typed() for item in backbone.replay_reader().events(topics) if item.error is None)
     return experience_from_events(events, urza, offsets, teacher, runs)
