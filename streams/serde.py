@@ -257,37 +257,55 @@ def _has_envelope(writer: NamedSchema) -> bool:
 
 def _peek(serde, data: bytes, topic: str, writer: NamedSchema, offset: int) -> tuple[str, dict]:
     """Read only the envelope, when the writer's schema starts with Esper's envelope (every event does); otherwise
-    decode the whole record."""
+    decode the whole record. Runs for every record a fold skips: a one-byte varint (every id and name under 64
+    characters) is read inline, a longer one by ``_varint``."""
     if not _has_envelope(writer):
         return writer.name, serde.decode(data, topic).record["envelope"]
-    values = []
-    pos, end = offset, len(data)
     try:
-        for kind in (1, 0, 1, 1, 0, 1):  # string, long (timestamp-millis), string, string, long, string
-            b = data[pos]  # a zig-zag varint, inline: this runs for every record a fold skips
-            n, shift = b & 0x7F, 7
-            pos += 1
-            while b & 0x80:
-                if shift >= 70:  # an Avro long is at most 10 bytes: a longer run is garbage, refused in O(1)
-                    raise IndexError("a varint longer than 10 bytes")
-                b = data[pos]
-                n |= (b & 0x7F) << shift
-                shift += 7
-                pos += 1
-            n = (n >> 1) ^ -(n & 1)
-            if kind:
-                if n < 0 or pos + n > end:
-                    raise IndexError("string runs past the record")
-                values.append(data[pos:pos + n].decode())
-                pos += n
-            else:
-                values.append(n)
+        event_id, pos = _string(data, offset)
+        occurred_at, pos = _long(data, pos)
+        run_id, pos = _string(data, pos)
+        originator_id, pos = _string(data, pos)
+        version, pos = _long(data, pos)
+        producer, pos = _string(data, pos)
     except (IndexError, UnicodeDecodeError) as exc:
         raise DecodeError("schema-mismatch", f"the envelope of a {writer.name} does not decode: {exc}") from None
-    return writer.name, dict(zip(_PEEKED, values))
+    return writer.name, {"event_id": event_id, "occurred_at_ms": occurred_at, "run_id": run_id,
+                         "originator_id": originator_id, "originator_version": version, "producer": producer}
 
 
-_PEEKED = ("event_id", "occurred_at_ms", "run_id", "originator_id", "originator_version", "producer")
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint at ``pos``: (value, position after it). An Avro long is at most 10 bytes: a longer run is
+    garbage, refused in O(1)."""
+    b = data[pos]
+    n, shift = b & 0x7F, 7
+    pos += 1
+    while b & 0x80:
+        if shift >= 70:
+            raise IndexError("a varint longer than 10 bytes")
+        b = data[pos]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        pos += 1
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    b = data[pos]
+    if b < 0x80:
+        return (b >> 1) ^ -(b & 1), pos + 1
+    return _varint(data, pos)
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    b = data[pos]
+    if b < 0x80:
+        n, pos = (b >> 1) ^ -(b & 1), pos + 1
+    else:
+        n, pos = _varint(data, pos)
+    if n < 0 or pos + n > len(data):
+        raise IndexError("string runs past the record")
+    return data[pos:pos + n].decode(), pos + n
 
 
 def make_serde(catalog: SchemaCatalog, registry_url: str | None = None, resolver=None) -> Serde:

@@ -25,13 +25,17 @@ def fold_runs(backbone: Backbone, run_ids, **bounds) -> tuple[dict[str, RunView]
     bad = 0
     serde = backbone.serde
     topics = [backbone.resolve_topic(t) for t in RUN_TOPICS]
+    handled: dict[str, bool] = {}
     for rec in backbone.replay_reader().records(topics, **bounds):
         try:
             name, envelope = serde.peek(rec.value, rec.topic)
             view = views.get(envelope["run_id"])
             if view is None:
                 continue
-            if RunView.handles(name):  # decoded in full only when the fold uses more than the envelope
+            uses = handled.get(name)
+            if uses is None:
+                uses = handled[name] = RunView.handles(name)
+            if uses:  # decoded in full only when the fold uses more than the envelope
                 view.apply(serde.decode(rec.value, rec.topic).typed(), f"{rec.topic}/{rec.partition}/{rec.offset}")
             else:
                 view.note(envelope["event_id"])

@@ -137,14 +137,15 @@ def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
         _wait(caught_up, 600, "the processors to materialize the runs")
         live = read_state_topic(s.bb, "state.kasmina.seeds")
         topics = [s.bb.resolve_topic(t) for t in RUN_TOPICS]
-        raw_seconds, raw_records = [], 0
-        t0 = time.perf_counter()
-        views, bad = fold_runs(s.bb, run_ids)
-        seconds = time.perf_counter() - t0
-        for _ in range(2):  # the limit: the same records read in the same order, nothing decoded (best of two)
+        fold_seconds, raw_seconds, raw_records = [], [], 0
+        for _ in range(2):  # the fold and its limit (the same records read in the same order, nothing decoded),
+            t0 = time.perf_counter()  # alternated, best of two each: both pay the same cold start once
+            views, bad = fold_runs(s.bb, run_ids)
+            fold_seconds.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             raw_records = sum(1 for _ in s.bb.replay_reader().records(topics))
             raw_seconds.append(time.perf_counter() - t0)
+        seconds = min(fold_seconds)
         def compare(live) -> list[str]:
             wrong = [] if bad == 0 else [f"{bad} undecodable records"]
             for view in views.values():
@@ -168,8 +169,8 @@ def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
                 "seconds": round(seconds, 2), "state_matches": bool(matches),
                 "notes": "every run folded in one pass from offset 0 (read, decode, RunView) and compared, seed by "
                          "seed, with the processors' live state.kasmina.seeds; raw read: the same records read in "
-                         "the same merged order and nothing else (the limit); events_per_s counts the events the "
-                         "fold saw (of records_read)"}
+                         "the same merged order and nothing else (the limit); fold and raw read alternated, best "
+                         "of two each; events_per_s counts the events the fold saw (of records_read)"}
 
 
 # ---------------------------------------------------------------------------------------------------- materialize

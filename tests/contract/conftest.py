@@ -17,7 +17,7 @@ class Backend:
     name: str
     publisher: Publisher
     registry: TopicRegistry
-    make_reader: callable  # () -> ReplayReader over everything published so far
+    make_reader: callable  # (**source options) -> ReplayReader over everything published so far
 
     def topic(self, base: str) -> str:
         return self.registry.prefix + base
@@ -28,14 +28,14 @@ def backend(request, catalog):
     serde = SingleObjectSerde(catalog)
     if request.param == "memory":
         log = InMemoryLog(TOPICS)
-        yield Backend("memory", InMemoryPublisher(serde, log), TOPICS, lambda: ReplayReader(MemorySource(log), serde))
+        yield Backend("memory", InMemoryPublisher(serde, log), TOPICS, lambda **_: ReplayReader(MemorySource(log), serde))
         return
     registry = request.getfixturevalue("topic_registry")()
     bootstrap = request.getfixturevalue("kafka_bootstrap")
     sources = []
 
-    def reader():
-        src = KafkaSource(bootstrap)
+    def reader(**options):
+        src = KafkaSource(bootstrap, **options)
         sources.append(src)
         return ReplayReader(src, serde)
 

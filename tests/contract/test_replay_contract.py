@@ -29,6 +29,21 @@ def test_replay_keeps_partition_order_and_is_deterministic(backend):
         last[p] = off
 
 
+def test_a_reader_with_a_small_buffer_pauses_partitions_and_still_reads_everything_in_order(backend):
+    """KafkaSource pauses a partition whose buffer is full while the merge waits on another, and asks librdkafka
+    only for what is left of the partitions it is reading: neither may lose, repeat or reorder a record."""
+    topic = _publish(backend, 300)
+    other = backend.topic("control.kasmina.commands")
+    for i in range(50):
+        backend.publisher.publish_raw(other, b"raw %d" % i, b"seed/0/%d" % (i % 5))
+    backend.publisher.flush()
+    expected = [(r.topic, r.partition, r.offset) for r in backend.make_reader().records([topic, other])]
+    small = [(r.topic, r.partition, r.offset) for r in backend.make_reader(buffer_records=3).records([topic, other])]
+    assert small == expected and len(small) == 350
+    bounded = list(backend.make_reader(buffer_records=3).records([topic], until_offset=7))
+    assert len(bounded) == sum(min(7, n) for n in _partition_sizes(backend, topic).values())
+
+
 def test_replay_stops_at_the_given_offset(backend):
     topic = _publish(backend, 90)
     reader = backend.make_reader()

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import io
 import uuid
 
@@ -172,3 +173,19 @@ def test_peek_refuses_a_truncated_envelope(serde):
     assert err.value.reason == "schema-mismatch"
     with pytest.raises(DecodeError):
         serde.peek(b"\x00\x01 not a record")
+
+
+@pytest.mark.parametrize("run_id, origin, version", [
+    ("r" * 63, "seed/1/2", 1),              # the longest string with a one-byte length
+    ("r" * 64, "o" * 300, 2**40),           # two- and three-byte lengths, a long version
+    ("ü" * 40, "seed/0/0", 63),             # a non-ASCII id: 80 bytes, a two-byte length
+])
+def test_peek_reads_multi_byte_lengths_and_longs_as_decode_does(serde, run_id, origin, version):
+    envelope = EnvelopeFactory(run_id, "test").next(origin)
+    envelope = dataclasses.replace(envelope, originator_version=version)
+    ev = EpochCompleted(envelope=envelope, epoch=1, train_loss=0.5, val_loss=0.4, val_accuracy=0.8, params=10,
+                        learning_rate=0.01, duration_ms=12.5)
+    data = serde.encode(ev)
+    _, env = serde.peek(data)
+    assert (env["run_id"], env["originator_id"], env["originator_version"]) == (run_id, origin, version)
+    assert env["event_id"] == serde.decode(data).record["envelope"]["event_id"]
