@@ -44,11 +44,16 @@ def evolve(
     reward_model: bool = typer.Option(True, "--reward-model/--no-reward-model", help="Choose among candidates by "
                                       "the reward model's predicted Urabrask score (refitted from the log each "
                                       "generation, used only when it ranks held-out designs better than chance)."),
+    generated: int = typer.Option(2, min=0, help="Designs per generation written by Karn's generator (a small "
+                                  "Transformer trained on the human library, then by REINFORCE on the static checks "
+                                  "and Urabrask's scores), beside the mutated ones (0: no generator)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object, last."),
 ) -> None:
-    """Invent designs: mutate the best of Urza's library, compile and measure the children through Tezzeret and
-    Urabrask, and report whether children score above their parents. Every design, compilation and measurement is
-    on the log; Urza offers the validated ones to later runs."""
+    """Invent designs: mutate the best of Urza's library and write new ones with the generator, compile and
+    measure them through Tezzeret and Urabrask, and report the curriculum's criteria (stage 0: the generator
+    writes the library back; 1: children score above their parents; 2: the generator's new designs pass the
+    static checks and are validated). Every design, compilation and measurement is on the log; Urza offers the
+    validated ones to later runs."""
     from esper_runtime.cli.main import _progress
     from esper_runtime.karn.evolve import FIELD_ARMS, EvolveOptions, KarnError, evolve as run_evolve, field_trial
     from esper_runtime.run.pipeline import local_infrastructure
@@ -57,15 +62,25 @@ def evolve(
     echo = lambda m: console.print(f"[dim]{m}[/dim]", soft_wrap=True)  # noqa: E731
     with local_infrastructure(echo) as bb:
         report = run_evolve(bb, prep.shapes, EvolveOptions(generations=generations, per_generation=per_generation,
-                                                           seed=seed, reward_model=reward_model),
+                                                           seed=seed, reward_model=reward_model,
+                                                           generated=generated),
                             echo=echo, progress=_progress(console))
         if field_seeds and report["validated"]:
             report["field"] = field_trial(bb, prep, field_seeds, echo)
     s1 = report["stage1"]
     if report["submitted"]:
-        console.print(f"karn: {report['validated']}/{report['submitted']} designs validated; children's mean score "
-                      f"{s1['children_mean_score']:.3f} vs parents' {s1['parents_mean_score']:.3f} (stage 1 "
-                      f"{'met' if s1['met'] else 'not met'}); {report['seconds_per_design']} s a design")
+        mutated = "" if s1["children_mean_score"] is None else (
+            f"; children's mean score {s1['children_mean_score']:.3f} vs parents' {s1['parents_mean_score']:.3f} "
+            f"(stage 1 {'met' if s1['met'] else 'not met'})")
+        console.print(f"karn: {report['validated']}/{report['submitted']} designs validated{mutated}; "
+                      f"{report['seconds_per_design']} s a design")
+    if report.get("stage0"):
+        s0, s2 = report["stage0"], report["stage2"]
+        console.print(f"generator: stage 0 writes back {s0['reconstruction_exact']:.0%} of the human library "
+                      f"(held out: {s0['held_out']['exact']:.0%} exactly, {s0['held_out']['valid']:.0%} valid); "
+                      f"stage 2: new designs passing the static checks {s2['checked_share_of_new']['first_rounds']} "
+                      f"→ {s2['checked_share_of_new']['last_rounds']}, validated {s2['validated']}/{s2['submitted']} "
+                      f"({'met' if s2['met'] else 'not met'})")
     if report["reward_model"].get("designs"):
         rm = report["reward_model"]
         console.print(f"reward model: predicted {rm['mean_predicted']:.3f} for the {rm['designs']} designs it chose, "

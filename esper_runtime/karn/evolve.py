@@ -44,6 +44,7 @@ __all__ = ["EvolveOptions", "OperatorPolicy", "design_score", "field_factor", "p
            "field_trial", "FIELD_ARMS", "KarnError"]
 
 PRODUCER = "karn/evolve-v1"
+GENERATED = "generate"  # BlueprintSubmitted.mutation of a design Karn's generator wrote (it has no parents)
 
 
 @dataclass
@@ -56,6 +57,10 @@ class EvolveOptions:
     timeout_s: float = 3600
     reward_model: bool = True  # rank candidates by the reward model's prediction (karn.reward) when it has one
     novelty_weight: float = 0.5
+    generated: int = 2  # designs a generation takes from the generator (karn.generator), beside the mutated ones
+    generator_rounds: int = 6  # stage 2's fast loop: rounds of sampling + REINFORCE on the static checks
+    generator_samples: int = 48  # designs written per round
+    generator_steps: int = 300  # stage 0: imitation steps on the human library
 
 
 def design_score(view, bid: str, shapes, reads: bool) -> float | None:
@@ -106,7 +111,7 @@ class OperatorPolicy:
                   outcomes: dict[str, dict[str, int]] | None = None) -> "OperatorPolicy":
         policy = cls(c=c)
         for rec in view.blueprints.values():
-            if rec.mutation and rec.ir:
+            if rec.mutation in OPERATORS and rec.ir:
                 score = design_score(view, rec.blueprint_id, shapes, reads_input(rec.ir))
                 if score is not None:
                     parent = view.blueprints.get(rec.parents[0]) if rec.parents else None
@@ -264,6 +269,7 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
     envs = EnvelopeFactory(f"karn-{uuid.uuid4().hex[:6]}", PRODUCER)
     generations, designs = [], []
     started = time.monotonic()
+    writer = _Writer.start(bb, opts, echo) if opts.generated else None
     with Workers(bb, sorted({f for f, _ in shapes})) as workers:
         for g in range(1, opts.generations + 1):
             t0 = time.monotonic()
@@ -273,9 +279,14 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
             predictor, model_report = _reward_model(view, shapes, opts, echo, g)
             children = propose(view, shapes, opts.per_generation, rng, policy, opts.attempts,
                                predictor=predictor, novelty_weight=opts.novelty_weight, outcomes=outcomes)
+            generator_report = None
+            if writer is not None:
+                written, generator_report = writer.generation(view, shapes, rng, predictor, g)
+                children += written
             if not children:
                 echo(f"generation {g}: no new design passed the checks in {opts.per_generation * opts.attempts} tries")
-                generations.append({"generation": g, "submitted": 0, "reward_model": model_report})
+                generations.append({"generation": g, "submitted": 0, "reward_model": model_report,
+                                    "generator": generator_report})
                 continue
             parent_scores = {p: design_score(view, p, shapes, reads_input(view.blueprints[p].ir))
                              for c in children for p in c.parent_ids}
@@ -298,12 +309,12 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
             for child in children:
                 bp = child.blueprint
                 score = design_score(view, bp.blueprint_id, shapes, bp.reads_input) or 0.0
-                parents = [parent_scores[p] or 0.0 for p in child.parent_ids]
+                parents = [parent_scores[p] or 0.0 for p in child.parent_ids]  # none for a written design
                 validated = [s for s in shapes if (not bp.reads_input or s[1] is not None)
                              and library_status(view, [bp.blueprint_id], *s, readers).validated]
                 rows.append({"blueprint_id": bp.blueprint_id, "name": bp.name, "mutation": child.operator,
                              "parents": list(child.parent_ids), "generation": g, "score": round(score, 4),
-                             "parents_score": round(sum(parents) / len(parents), 4),
+                             "parents_score": round(sum(parents) / len(parents), 4) if parents else None,
                              "predicted_score": None if child.predicted is None else round(child.predicted, 4),
                              "validated_shapes": len(validated), "params_at_first_shape": _params(bp, shapes)})
             designs.extend(rows)
@@ -312,9 +323,11 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
             generations.append({"generation": g, "submitted": len(rows), **summary, "seconds": round(seconds, 1),
                                 "operators": dict(Counter(r["mutation"] for r in rows)),
                                 "library_diversity": round(_library_diversity(view, shapes), 4),
-                                "reward_model": model_report})
-            echo(f"generation {g}: {summary['validated']}/{len(rows)} validated; mean score "
-                 f"{summary['children_mean_score']:.3f} (parents {summary['parents_mean_score']:.3f}); {seconds:.0f} s")
+                                "reward_model": model_report, "generator": generator_report})
+            mutated = "" if summary["children_mean_score"] is None else (
+                f"; mutated children's mean score {summary['children_mean_score']:.3f} (parents "
+                f"{summary['parents_mean_score']:.3f})")
+            echo(f"generation {g}: {summary['validated']}/{len(rows)} validated{mutated}; {seconds:.0f} s")
     elapsed = time.monotonic() - started
     total = _summary(designs) if designs else {}
     view = load_view(bb)
@@ -326,8 +339,11 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
         "designs": designs,
         "stage1": {"children_mean_score": total.get("children_mean_score"),
                    "parents_mean_score": total.get("parents_mean_score"),
-                   "met": bool(designs) and total["children_mean_score"] > total["parents_mean_score"],
+                   "met": total.get("children_mean_score") is not None
+                   and total["children_mean_score"] > total["parents_mean_score"],
                    "criterion": "mutated children's mean Urabrask score above their parents' (appendix G stage 1)"},
+        "stage0": writer.stage0 if writer is not None else None,
+        "stage2": _stage2(generations, designs) if writer is not None else None,
         "validated": total.get("validated", 0),
         "submitted": len(designs),
         "operators": {op: {"children": policy.counts.get(op, 0),
@@ -340,6 +356,93 @@ def evolve(bb, shapes, opts: EvolveOptions, echo: Callable[[str], None] = print,
         "score": "Urabrask's: mean over the shapes of 1 - risk_score of the design's best validated kernel, "
                  "0 where it has none",
     }
+
+
+class _Writer:
+    """Karn's generator in the loop (``karn.generator``): stage 0 once (imitating the human library; the model is
+    saved under ``$ESPER_HOME/karn/generator``), then each generation stage 2 — the slow loop (REINFORCE on
+    Urabrask's score of every design the generator wrote that is on the log), the fast loop (``guided``: the
+    static checks) from conditions between the best designs' contexts — and ``opts.generated`` of the designs it
+    found, chosen as mutated children are (``select``: predicted score + novelty)."""
+
+    def __init__(self, model, human: list[dict], opts: EvolveOptions, echo, stage0: dict):
+        self.model, self.human, self.opts, self.echo, self.stage0 = model, human, opts, echo, stage0
+
+    @classmethod
+    def start(cls, bb, opts: EvolveOptions, echo) -> "_Writer":
+        from esper_runtime.blueprints.library import starter_blueprints
+        from esper_runtime.karn.generator import imitate, save_generator
+
+        human = [bp.doc for bp in starter_blueprints()]
+        echo(f"generator: stage 0, imitating the {len(human)} designs of the human library")
+        im = imitate(human, steps=opts.generator_steps, seed=opts.seed)
+        save_generator(im.model, bb.settings.home / "karn" / "generator", im.report)
+        held = im.report["held_out"]
+        echo(f"generator: writes back {im.report['reconstruction_exact']:.0%} of the library exactly (tokens "
+             f"{im.report['token_accuracy']:.0%}); of designs held out, {held['exact']:.0%} exactly and "
+             f"{held['valid']:.0%} valid")
+        return cls(im.model, human, opts, echo, im.report)
+
+    def generation(self, view, shapes, rng: random.Random, predictor, g: int) -> tuple[list[Child], dict]:
+        from esper_runtime.blueprints.exceptions import BlueprintInvalid
+        from esper_runtime.karn.generator import Sampled, canonical_key, context, encode, guided, reinforce
+        from esper_runtime.karn.mutate import check_child
+
+        episodes, known = [], set()
+        for rec in view.blueprints.values():
+            if not rec.ir or "nodes" not in rec.ir:
+                continue
+            try:
+                known.add(canonical_key(rec.ir))
+                if rec.mutation == GENERATED:
+                    score = design_score(view, rec.blueprint_id, shapes, reads_input(rec.ir))
+                    if score is not None:
+                        episodes.append((Sampled(encode(rec.ir), context(rec.ir), rec.ir), score))
+            except (BlueprintInvalid, KeyError, TypeError):  # a stored design this version cannot read
+                continue
+        slow = reinforce(self.model, episodes, self.human, seed=self.opts.seed + g) if len(episodes) > 1 else {
+            "episodes": len(episodes), "updated": False}
+        contexts = [context(bp.doc) for _, bp in _population(view, shapes)[:8]] or [context(d) for d in self.human]
+
+        def check(doc: dict) -> None:
+            if not fits(check_child(doc, []), shapes):
+                raise BlueprintInvalid("shapes", "does not build at every seed shape of the run")
+
+        found, rounds = guided(self.model, contexts, self.human, known, check, rng,
+                               iterations=self.opts.generator_rounds, per_iteration=self.opts.generator_samples)
+        candidates = [Child(Blueprint.parse(f.doc), GENERATED, ()) for f in found]
+        library = [rec.ir for rec in view.blueprints.values() if rec.ir and "nodes" in rec.ir]
+        chosen = select(candidates, library, self.opts.generated, predictor, self.opts.novelty_weight)
+        first, last = rounds[0], rounds[-1]
+        self.echo(f"generation {g}: the generator wrote {sum(r['written'] for r in rounds)} designs in "
+                  f"{len(rounds)} rounds; new ones passing the static checks {first['checked_share_of_new']} in "
+                  f"the first round, {last['checked_share_of_new']} in the last; {len(found)} distinct found, "
+                  f"{len(chosen)} submitted")
+        return chosen, {"slow_loop": slow, "rounds": rounds, "found": len(found),
+                        "chosen": [c.blueprint.name for c in chosen]}
+
+
+def _stage2(generations: list[dict], designs: list[dict]) -> dict:
+    """Appendix G stage 2 over the run: of the new designs the generator wrote in each generation's last round,
+    the share that passed the static checks; of those submitted, the share Urabrask validated."""
+    reports = [gen["generator"] for gen in generations if gen.get("generator") and gen["generator"]["rounds"]]
+    first = [r["rounds"][0] for r in reports]
+    last = [r["rounds"][-1] for r in reports]
+
+    def share(rounds):
+        new = sum(r["new"] for r in rounds)
+        return round(sum(r["new_and_checked"] for r in rounds) / new, 4) if new else None
+
+    rows = [d for d in designs if d["mutation"] == GENERATED]
+    validated = sum(1 for d in rows if d["validated_shapes"])
+    static, measured = share(last), round(validated / len(rows), 4) if rows else None
+    return {"checked_share_of_new": {"first_rounds": share(first), "last_rounds": static},
+            "submitted": len(rows), "validated": validated, "validated_share": measured,
+            "mean_score": round(sum(d["score"] for d in rows) / len(rows), 4) if rows else None,
+            "met": static is not None and measured is not None and static >= 0.8 and measured >= 0.8,
+            "criterion": "appendix G stage 2: new designs that consistently pass Tezzeret's static checks (here: "
+                         "at least 80 % of the new designs written in each generation's last round) and whose "
+                         "kernels Urabrask validates (at least 80 % of those submitted)"}
 
 
 def _reward_model(view, shapes, opts: EvolveOptions, echo, generation: int):
@@ -411,9 +514,12 @@ def _params(bp: Blueprint, shapes) -> int | None:
 
 
 def _summary(rows: list[dict]) -> dict:
+    """Validated designs; the mutated children's mean score against their parents' (stage 1; None without any)."""
+    mutated = [r for r in rows if r["parents_score"] is not None]
     return {"validated": sum(1 for r in rows if r["validated_shapes"]),
-            "children_mean_score": round(sum(r["score"] for r in rows) / len(rows), 4),
-            "parents_mean_score": round(sum(r["parents_score"] for r in rows) / len(rows), 4)}
+            "children_mean_score": round(sum(r["score"] for r in mutated) / len(mutated), 4) if mutated else None,
+            "parents_mean_score": round(sum(r["parents_score"] for r in mutated) / len(mutated), 4) if mutated
+            else None}
 
 
 

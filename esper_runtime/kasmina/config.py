@@ -27,6 +27,10 @@ class KasminaConfig(BaseModel):
     stats_rows: int = Field(default=256, ge=2, description="Rows (samples, or pixels of conv maps) per statistics sample.")
     correlation_every: int = Field(default=4, ge=1, description="Correlation is estimated on every Nth statistics sample.")
     correlation_samples: int = Field(default=64, ge=2, description="Rows used for the chunk correlation estimate.")
+    probe_units: int = Field(default=64, ge=1, description="At most this many random units measure a chunk's growth "
+                             "signal: 2F for a chunk of F features when that is fewer, else this many, the signal "
+                             "rescaled to 2F (same expectation, a noisier estimate, a quarter of the cost for a "
+                             "128-wide chunk).")
     reconstruction_lr: float = Field(default=1e-3, gt=0)
     reconstruction_steps: int = Field(default=50, ge=1, description="TRAINING steps before a seed may be ready.")
     reconstruction_tolerance: float = Field(default=0.05, gt=0,

@@ -247,7 +247,7 @@ class KasminaLayer(nn.Module):
         proj = self._probes.get(key)
         if proj is None:  # its own generator: measuring never moves torch's global RNG
             gen = torch.Generator().manual_seed(7919 * (self.layer_id + 1) + (source == "model"))
-            units = _PROBE_UNITS * max(e - s for s, e in self.bounds)
+            units = min(_PROBE_UNITS * max(e - s for s, e in self.bounds), self.config.probe_units)
             proj = torch.randn(u.shape[1], units, generator=gen) / math.sqrt(u.shape[1])
             self._probes[key] = proj = proj.to(device=u.device, dtype=torch.float32)
         mean, var = _moments(u.float())
@@ -272,15 +272,24 @@ class KasminaLayer(nn.Module):
                 g = grad.detach()[:rows].float()
                 acc = self.health_accumulator
                 for source, phi in probes.items():
-                    c = (phi.t() @ g).pow_(2)  # (units, features); a chunk of F features is measured with 2F units
+                    # (units, features): a chunk of F features is measured with 2F units, or probe_units of them
+                    # scaled up to 2F's expected sum when 2F is more
+                    c = (phi.t() @ g).pow_(2)
                     if self.uniform_chunk is not None:  # every chunk uses all the units: one reduction
-                        per_seed = c.view(c.shape[0], self.num_seeds, self.uniform_chunk).sum(dim=(0, 2)).sqrt_()
+                        scale = _PROBE_UNITS * self.uniform_chunk / c.shape[0]
+                        per_seed = c.view(c.shape[0], self.num_seeds, self.uniform_chunk).sum(dim=(0, 2))
+                        per_seed = (per_seed * scale).sqrt_() if scale != 1 else per_seed.sqrt_()
                     else:
-                        per_seed = torch.stack([c[:_PROBE_UNITS * (e - s), s:e].sum() for s, e in self.bounds]).sqrt()
+                        per_seed = torch.stack([c[:u, s:e].sum() * (_PROBE_UNITS * (e - s) / u) for s, e, u in
+                                                self._probe_units(c.shape[0])]).sqrt()
                     acc[:, HEALTH[f"growth_{source}"]] += per_seed
                 acc[:, HEALTH["growth_samples"]] += 1
 
         y.register_hook(measure)
+
+    def _probe_units(self, available: int) -> list[tuple[int, int, int]]:
+        """(start, end, units) per chunk: 2F units for a chunk of F features, at most ``available``."""
+        return [(s, e, min(_PROBE_UNITS * (e - s), available)) for s, e in self.bounds]
 
     @torch.no_grad()
     def _observe(self, y: torch.Tensor) -> None:

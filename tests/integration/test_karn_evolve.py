@@ -44,20 +44,30 @@ def test_karn_evolves_designs_through_the_pipeline_and_the_log_holds_their_famil
                ESPER_TOPIC_PREFIX=f"karn-{uuid.uuid4().hex[:8]}.", ESPER_PROCESSORS_PORT=str(_free_port()),
                TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     res = _esper(env, "karn", "evolve", "--config", str(tmp_path / "run.yaml"), "--generations", "2",
-                 "--per-generation", "2", "--field-seeds", "2", "--json")
+                 "--per-generation", "2", "--generated", "1", "--field-seeds", "2", "--json")
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["shapes"] == [[8, 2]]
-    assert report["submitted"] == 4 and [g["submitted"] for g in report["generations"]] == [2, 2]
+    assert report["submitted"] == 6 and [g["submitted"] for g in report["generations"]] == [3, 3]
     assert report["validated"] >= 1
     for d in report["designs"]:
-        assert d["mutation"] and d["parents"] and d["name"].startswith("karn_")
-        assert 0.0 <= d["score"] <= 1.0 and 0.0 < d["parents_score"] <= 1.0
+        assert d["name"].startswith("karn_") and 0.0 <= d["score"] <= 1.0
+        if d["mutation"] == "generate":  # written by the generator: no parents
+            assert d["parents"] == [] and d["parents_score"] is None
+        else:
+            assert d["mutation"] and d["parents"] and 0.0 < d["parents_score"] <= 1.0
+    assert sum(d["mutation"] == "generate" for d in report["designs"]) == 2
+    s0, s2 = report["stage0"], report["stage2"]
+    assert s0["designs"] == 16 and 0.0 <= s0["reconstruction_exact"] <= 1.0 and s0["held_out"]["designs"] == 16
+    assert s2["submitted"] == 2 and s2["validated"] == sum(
+        1 for d in report["designs"] if d["mutation"] == "generate" and d["validated_shapes"])
+    assert s2["met"] == (s2["checked_share_of_new"]["last_rounds"] >= 0.8 and s2["validated_share"] >= 0.8)
+    assert all(len(g["generator"]["rounds"]) == 6 for g in report["generations"])
     s1 = report["stage1"]
     assert s1["met"] == (s1["children_mean_score"] > s1["parents_mean_score"])
     assert report["seconds_per_design"] > 0 and report["designs_per_hour"] > 0
     # the second generation's operator choice saw the first's outcomes: the bandit's evidence is the log
-    assert sum(op["children"] for op in report["operators"].values()) == 4
+    assert sum(op["children"] for op in report["operators"].values()) == 4  # the generator's are not an operator's
 
     # the field stage: the same seeds trained with Karn's designs offered, preferred, and not at all
     field = report["field"]
@@ -82,7 +92,7 @@ def test_karn_evolves_designs_through_the_pipeline_and_the_log_holds_their_famil
     assert tree.returncode == 0, tree.stderr[-2000:]
     lineage = json.loads(tree.stdout.strip().splitlines()[-1])
     assert sorted(d["blueprint_id"] for d in lineage["designs"]) == sorted(d["blueprint_id"] for d in report["designs"])
-    assert all(d["parent_names"] and d["depth"] >= 1 for d in lineage["designs"])
+    assert all((d["parent_names"] or d["mutation"] == "generate") and d["depth"] >= 1 for d in lineage["designs"])
     assert lineage["karn_validated"] == report["validated"]
 
     # the lineage in SQL (the processors' sink ran while Karn did): at least the first generation, minutes old
