@@ -42,6 +42,10 @@ class TamiyoConfig(BaseModel):
     field_evidence: bool = Field(default=True, description="Weigh each design by its field record on this home's "
                                  "log (FieldReports of earlier runs: FOSSILIZED / germinated) when ranking kernels; "
                                  "a design never grafted is ranked as before.")
+    training_timeout_epochs: int = Field(
+        default=10, ge=0, description="Cull an adaptation whose child has not passed its TRAINING test "
+        "(is_ready_for_transition) this many epochs after germination: a design that cannot learn its way in must "
+        "not hold its slot, and the run's growth, to the end. 0: wait forever.")
     fine_tune_epochs: int = Field(default=3, ge=1)
     accept_tolerance: float = Field(default=0.01, ge=0,
                                     description="EVALUATING passes if val accuracy is at most this below the pre-graft.")

@@ -58,7 +58,7 @@ class EvolveOptions:
     reward_model: bool = True  # rank candidates by the reward model's prediction (karn.reward) when it has one
     novelty_weight: float = 0.5
     generated: int = 2  # designs a generation takes from the generator (karn.generator), beside the mutated ones
-    generator_rounds: int = 6  # stage 2's fast loop: rounds of sampling + REINFORCE on the static checks
+    generator_rounds: int = 10  # stage 2's fast loop: rounds of sampling + REINFORCE on the static checks
     generator_samples: int = 48  # designs written per round
     generator_steps: int = 300  # stage 0: imitation steps on the human library
 
@@ -400,8 +400,9 @@ class _Writer:
                         episodes.append((Sampled(encode(rec.ir), context(rec.ir), rec.ir), score))
             except (BlueprintInvalid, KeyError, TypeError):  # a stored design this version cannot read
                 continue
-        slow = reinforce(self.model, episodes, self.human, seed=self.opts.seed + g) if len(episodes) > 1 else {
-            "episodes": len(episodes), "updated": False}
+        # a few designs' scores are a weak signal: gentler steps than the fast loop's, and only from four on
+        slow = reinforce(self.model, episodes, self.human, steps=2, lr=5e-4, seed=self.opts.seed + g) \
+            if len(episodes) >= 4 else {"episodes": len(episodes), "updated": False}
         contexts = [context(bp.doc) for _, bp in _population(view, shapes)[:8]] or [context(d) for d in self.human]
 
         def check(doc: dict) -> None:
@@ -564,9 +565,12 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
     karn_ids = {rec.blueprint_id for rec in view.blueprints.values() if rec.mutation}
     reports = read_field_reports(bb)
 
-    def outcomes(arm: str, karn: bool) -> dict:
+    def outcomes(arm: str, karn: bool, made_by: str | None = None) -> dict:
         ids = {r["run_id"] for r in runs[arm]}
         rows = [r for r in reports if r["envelope"]["run_id"] in ids and (r["blueprint_id"] in karn_ids) == karn]
+        if made_by is not None:  # Karn's designs by how they were made: mutated, or written by the generator
+            rows = [r for r in rows if (view.blueprints[r["blueprint_id"]].mutation == GENERATED) == (
+                made_by == "generated")]
         rewards = [r["reward"] for r in rows if r.get("reward") is not None]
         fossilized = sum(1 for r in rows if r["outcome"] == "FOSSILIZED")
         return {"germinated": len(rows), "fossilized": fossilized,
@@ -583,7 +587,11 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
                 "params_std": round(statistics.pstdev(params), 1) if len(params) > 1 else 0.0,
                 "paired_difference_mean": round(statistics.fmean(
                     a["accuracy"] - b["accuracy"] for a, b in zip(runs[arm], runs["people_only"])), 4),
-                "field": {"karn": outcomes(arm, True), "people": outcomes(arm, False)},
+                "params_paired_difference_mean": round(statistics.fmean(
+                    a["params"] - b["params"] for a, b in zip(runs[arm], runs["people_only"])), 1),
+                "field": {"karn": outcomes(arm, True), "people": outcomes(arm, False),
+                          "karn_mutated": outcomes(arm, True, "mutated"),
+                          "karn_generated": outcomes(arm, True, "generated")},
                 "runs": runs[arm]}
 
     return {"seeds": seeds, "epochs": prep.cfg.esper.tolaria.epochs, **{arm: stats(arm) for arm in FIELD_ARMS},

@@ -27,7 +27,7 @@ from esper_runtime.blueprints.ir import Blueprint, canonical_json, wide_reads
 from esper_runtime.blueprints.validate import validate
 
 __all__ = ["OPERATORS", "ACTIVATIONS", "Child", "mutate", "crossover", "structure_key", "check_child",
-           "starts_as_identity", "child_name"]
+           "starts_as_identity", "learns", "child_name"]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 GATES = ("sigmoid", "tanh")
@@ -322,6 +322,22 @@ def starts_as_identity(bp: Blueprint, features: int = 8) -> bool:
     return bool(torch.equal(out, x))
 
 
+def learns(bp: Blueprint, features: int = 8) -> bool:
+    """Whether, at initialization, a loss on the module's output sends a gradient to its parameters (a design whose
+    zero-initialized output layer is followed by a ReLU gets none: it starts as the identity and stays it)."""
+    ir = bp.instantiate(features, CHECK_INPUT if bp.reads_input else None)
+    module = build_module(ir, seed=0)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return False
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, features, generator=gen)
+    u = torch.randn(16, CHECK_INPUT, generator=gen) if bp.reads_input else None
+    out = module(x, u) if u is not None else module(x)
+    (out * torch.randn(out.shape, generator=gen)).sum().backward()
+    return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
+
+
 def check_child(doc: Doc, parents: list[Blueprint]) -> Blueprint:
     """The child as a validated Blueprint, or BlueprintInvalid saying why it may not be published."""
     bp = Blueprint.parse(doc)
@@ -333,6 +349,9 @@ def check_child(doc: Doc, parents: list[Blueprint]) -> Blueprint:
         raise BlueprintInvalid("structure", "the child computes what a parent computes")
     if starts_as_identity(bp) != all(starts_as_identity(p) for p in parents):
         raise BlueprintInvalid("structure", "the child does not start as the identity as its parents do")
+    if bp.doc["trainable"] and not learns(bp):
+        raise BlueprintInvalid("structure", "no gradient reaches the child's parameters at initialization: it "
+                                            "would never learn its way in")
     return bp
 
 

@@ -224,6 +224,11 @@ class TamiyoController:
             return self._command(key, "promote", ad.kernel, state, reason="load the kernel")
         if code in (Code.TRAINING, Code.GRAFTING, Code.STABILIZATION) and ready:
             return self._command(key, "advance", ad.kernel, state, reason=f"{code.name} complete")
+        timeout = self.config.training_timeout_epochs
+        if code == Code.TRAINING and timeout and state.epoch - ad.germinated_epoch >= timeout:
+            return self._command(key, "cull", ad.kernel, state,
+                                 reason=f"not ready to graft {state.epoch - ad.germinated_epoch} epochs after "
+                                        f"germination (training_timeout_epochs={timeout})")
         if code == Code.EVALUATING and ready:
             if state.val_accuracy >= ad.pre_metric - self.config.accept_tolerance:
                 return self._command(key, "advance", ad.kernel, state,

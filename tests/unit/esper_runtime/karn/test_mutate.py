@@ -11,11 +11,12 @@ import torch
 
 from esper_runtime.blueprints import build_module, starter_blueprints
 from esper_runtime.blueprints.exceptions import BlueprintInvalid
+from esper_runtime.blueprints.ir import Blueprint
 from esper_runtime.blueprints.validate import MAX_NODES
 from esper_runtime.karn.evolve import OperatorPolicy, design_score, propose
 from esper_runtime.karn.lineage import family_tree
-from esper_runtime.karn.mutate import (CHECK_WIDTHS, OPERATORS, check_child, child_name, mutate, starts_as_identity,
-                                       structure_key)
+from esper_runtime.karn.mutate import (CHECK_WIDTHS, OPERATORS, check_child, child_name, learns, mutate,
+                                       starts_as_identity, structure_key)
 from streams.contracts import (BlueprintSubmitted, FieldReport, KernelCompiled, KernelStatusChanged,
                                KernelTagsAssigned)
 from streams.envelope import EnvelopeFactory
@@ -241,3 +242,19 @@ def test_a_child_that_only_resizes_its_parent_is_near_it_but_new():
     for parents, child in _children("scale_width", tries=2):
         d = distance(child.blueprint.doc, parents[0].doc)
         assert 0.0 < d < 1.0, (child.blueprint.name, d)  # novel enough to be kept, unlike a renaming
+
+
+def test_a_child_no_gradient_reaches_is_refused_though_it_starts_as_the_identity():
+    """A ReLU after the zero-initialized output layer: the child is the identity at first and stays it (relu'(0)
+    is 0, so its output layer never moves) — seen in the field as a seed stuck in TRAINING for a whole run."""
+    dead = {"name": "dead_reader", "trainable": True, "nodes": [
+        {"id": "h", "op": "linear", "inputs": ["u"], "attrs": {"out": {"F": 2}}},
+        {"id": "a", "op": "relu", "inputs": ["h"]},
+        {"id": "d", "op": "linear", "inputs": ["a"], "attrs": {"out": "F", "init": "zeros"}},
+        {"id": "r", "op": "relu", "inputs": ["d"]},
+        {"id": "y", "op": "add", "inputs": ["x", "r"]}], "output": "y"}
+    assert not learns(Blueprint.parse(dead))
+    with pytest.raises(BlueprintInvalid, match="no gradient"):
+        check_child(dead, [])
+    alive = {**dead, "nodes": dead["nodes"][:3] + [{"id": "y", "op": "add", "inputs": ["x", "d"]}]}
+    assert learns(Blueprint.parse(alive)) and check_child(alive, [])

@@ -229,3 +229,18 @@ def test_a_parameter_born_at_the_last_boundary_still_gets_a_learning_rate(librar
     last = trainer.config.epochs
     assert trainer._lr(last + 1, born=last + 1) == pytest.approx(trainer.config.lr)  # was a division by zero
     assert 0 < trainer._lr(last, born=1) < trainer.config.lr
+
+
+def test_a_child_that_never_passes_its_training_test_is_culled_and_growth_goes_on(library, publisher):
+    """A design that cannot learn its way in (here: a reconstruction tolerance no child meets) must not hold its
+    slot, and the run's growth, to the end: Tamiyo culls it ``training_timeout_epochs`` after germination."""
+    cfg = {**CFG, "kasmina": {**CFG["kasmina"], "reconstruction_tolerance": 1e-12},
+           "tamiyo": {**CFG["tamiyo"], "training_timeout_epochs": 3}}
+    model, tamiyo, trainer = _run(library, publisher, cfg=cfg, epochs=14)
+    trainer.train()
+    lineage = tamiyo.lineage
+    assert lineage and lineage[0]["outcome"] == "CULLED"
+    assert lineage[0]["ended_epoch"] - lineage[0]["germinated_epoch"] == 3
+    assert "training_timeout_epochs=3" in lineage[0]["why"] or any(
+        "training_timeout_epochs=3" in d.reason for d in _events(publisher, "tamiyo.decisions"))
+    assert len(lineage) == 2 or tamiyo.germinations == 2  # the slot and the budget were used again
