@@ -466,6 +466,8 @@ def sample(model: Generator, contexts: Sequence[list[float]], n: int, rng: rando
                 check(doc)
             except BlueprintInvalid as exc:
                 error = f"{exc.stage}: {exc}"[:200]
+            except Exception as exc:  # noqa: BLE001 - a written design that breaks a check is refused, not fatal
+                error = f"check: {type(exc).__name__}: {exc}"[:200]
         out.append(Sampled(tokens, ctx, doc, error))
     return out
 

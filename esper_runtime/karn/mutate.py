@@ -333,8 +333,11 @@ def learns(bp: Blueprint, features: int = 8) -> bool:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(16, features, generator=gen)
     u = torch.randn(16, CHECK_INPUT, generator=gen) if bp.reads_input else None
-    out = module(x, u) if u is not None else module(x)
-    (out * torch.randn(out.shape, generator=gen)).sum().backward()
+    with torch.enable_grad():
+        out = module(x, u) if u is not None else module(x)
+        if not out.requires_grad:  # the output does not depend on any parameter
+            return False
+        (out * torch.randn(out.shape, generator=gen)).sum().backward()
     return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
 
 

@@ -256,5 +256,7 @@ def test_a_child_no_gradient_reaches_is_refused_though_it_starts_as_the_identity
     assert not learns(Blueprint.parse(dead))
     with pytest.raises(BlueprintInvalid, match="no gradient"):
         check_child(dead, [])
+    bypass = {**dead, "nodes": dead["nodes"][:3] + [{"id": "y", "op": "relu", "inputs": ["x"]}]}  # ignores them
+    assert not learns(Blueprint.parse(bypass))
     alive = {**dead, "nodes": dead["nodes"][:3] + [{"id": "y", "op": "add", "inputs": ["x", "d"]}]}
     assert learns(Blueprint.parse(alive)) and check_child(alive, [])
