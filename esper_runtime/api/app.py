@@ -283,6 +283,14 @@ def create_app(data: ApiData, verifier: TokenVerifier, settings: ApiSettings | N
         return {"run_id": run, "epochs": epochs, "transitions": transitions, "field_reports": reports,
                 "alerts": evaluate(data, run)}
 
+    @app.get("/api/v1/lineage", tags=["nissa"])
+    def lineage(who: Principal = Depends(reader)) -> dict:
+        """Karn's family tree: each design Karn made (mutated or written by its generator), its parents, operator,
+        depth, Urabrask's verdict on its kernels and its field record (FOSSILIZED / germinated, every run)."""
+        from esper_runtime.karn.lineage import family_tree
+
+        return family_tree(data.urza(), data.rows("SELECT blueprint_id, outcome FROM esper.field_reports FINAL"))
+
     @app.get("/api/v1/alerts", tags=["nissa"])
     def alerts(run_id: str, who: Principal = Depends(reader)) -> list[dict]:
         return evaluate(data, run_id_ok(run_id))

@@ -59,6 +59,7 @@ def world(keys, tmp_path_factory, kafka_bootstrap):
     bb = Backbone(load_settings(kafka_bootstrap=kafka_bootstrap, home=home), registry)
     run_id = f"run-{uuid.uuid4().hex[:6]}"
     events = list(synthetic_library(6, seed=5)) + list(synthetic_run(run_id, epochs=30, seed=5))
+    events += _karn_child(events, run_id)
     with bb.publisher() as pub:
         for topic, key, ev in events:
             pub.publish(ev, topic=bb.resolve_topic(topic), key=key)
@@ -75,6 +76,24 @@ def world(keys, tmp_path_factory, kafka_bootstrap):
            "events": [e for _, _, e in events], "registry": registry}
     bb.close()
     admin.delete_topics(registry.names(), operation_timeout=30)
+
+
+def _karn_child(events, run_id):
+    """A design Karn made from the first synthetic one, and a run's field report that it fossilized."""
+    from streams.contracts import BlueprintSubmitted, FieldReport
+    from streams.envelope import EnvelopeFactory
+
+    parent = next(e for _, _, e in events if type(e).__name__ == "BlueprintSubmitted")
+    envs = EnvelopeFactory(run_id, "test")
+    child = BlueprintSubmitted(envelope=envs.next("blueprint/karn-child"), blueprint_id="karn-child-0001",
+                               name="karn_child", ir_version=1, ir_json=json.dumps({"ops": ["linear"], "n": 99}),
+                               submitted_by="karn/evolve-v1", tags=["mlp", "deep"], parent_ids=[parent.blueprint_id],
+                               chunk_widths=[8], pipelines=["fast"], mutation="deepen")
+    report = FieldReport(envelope=envs.next("blueprint/karn-child/field"), blueprint_id=child.blueprint_id,
+                         seed_id="seed/0/1", pre_metric=0.5, post_metric=0.6, outcome="FOSSILIZED",
+                         eval_metrics={}, reward=1.0)
+    return [("urza.blueprints.events", "blueprint/karn-child", child),
+            ("innovation.field_reports", "blueprint/karn-child", report)]
 
 
 def _token(keys, roles=("esper:read",), key="es", iss=ISS, aud=AUD, ttl=600, kid=None):
@@ -165,6 +184,17 @@ def test_writes_need_the_write_role_and_land_on_the_log(world, keys):
     assert resp.status_code == 400 and "invalid blueprint" in resp.json()["error"]["message"]
 
 
+def test_karn_s_family_tree_is_served_with_each_design_s_field_record(world, keys):
+    c, h = world["client"], _auth(_token(keys))
+    assert c.get("/api/v1/lineage").status_code == 401
+    tree = c.get("/api/v1/lineage", headers=h).json()
+    people = sum(1 for e in world["events"] if type(e).__name__ == "BlueprintSubmitted" and not e.mutation)
+    assert tree["karn_designs"] == 1 and tree["other_designs"] >= people  # a write test may have added one
+    [d] = tree["designs"]
+    assert (d["name"], d["mutation"], d["parent_names"], d["depth"]) == ("karn_child", "deepen", ["design-0"], 1)
+    assert (d["germinated"], d["fossilized"]) == (1, 1) and tree["field"]["karn"]["success_rate"] == 1.0
+
+
 def test_a_500_carries_a_trace_id_and_no_stack(world, keys, monkeypatch, caplog):
     data = ApiData(world["bb"])
     monkeypatch.setattr(data, "urza", lambda: (_ for _ in ()).throw(RuntimeError("secret internals")))
@@ -205,6 +235,8 @@ def test_nissa_renders_a_run_in_a_headless_browser(world, keys, tmp_path):
     assert 'data-series="val_accuracy"' in dom and 'data-series="val_loss"' in dom
     kernels = sum(1 for e in world["events"] if type(e).__name__ == "KernelCompiled")
     assert f"{kernels} kernels" in dom
+    assert "<td>karn_child</td><td>deepen</td><td>design-0</td><td>1</td>" in dom, dom[-3000:]
+    assert "1 Karn designs, 0 with a validated kernel; in the field: Karn's 1 / 1 fossilized" in dom
     assert dom.count("<tr><td>") >= kernels
 
 
@@ -220,7 +252,7 @@ def test_every_operation_answers_generated_requests_as_its_document_says(world, 
     headers = {"Authorization": f"Bearer {_token(keys, roles=('esper:read', 'esper:write'))}"}
     operations = [result.ok() for result in schemathesis.openapi.from_asgi("/openapi.json", world["app"])
                   .get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 9
     for operation in operations:
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy())

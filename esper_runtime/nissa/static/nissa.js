@@ -110,6 +110,14 @@ async function showRun(runId) {
   const kernels = await api("/api/v1/kernels");
   fill("#kernels tbody", kernels.kernels, k => [k.artifact_id.slice(0, 16), k.blueprint_id.slice(0, 12),
     String(k.chunk_width ?? ""), k.status, k.tags.join(", "), num(k.risk_score, 2), num(k.latency_ms_mean, 3)]);
+  const tree = await api("/api/v1/lineage");
+  const designs = [...tree.designs].sort((a, b) => a.depth - b.depth || a.name.localeCompare(b.name));
+  fill("#lineage tbody", designs, d => [d.name, d.mutation, d.parent_names.join(" × ") || "(none)",
+    String(d.depth), `${d.validated} / ${d.kernels}`, d.tags.join(", "), `${d.fossilized} / ${d.germinated}`]);
+  const rate = r => r.success_rate === null ? "not grafted" : `${r.fossilized} / ${r.germinated} fossilized`;
+  document.getElementById("lineage-summary").textContent = `${tree.karn_designs} Karn designs, ` +
+    `${tree.karn_validated} with a validated kernel; in the field: Karn's ${rate(tree.field.karn)}, ` +
+    `the others' ${rate(tree.field.others)}`;
   const acc = run.epochs.length ? run.epochs[run.epochs.length - 1].val_accuracy : NaN;
   setStatus(`run ${runId}: ${run.epochs.length} epochs, val accuracy ${num(acc)}, ` +
     `${run.transitions.length} transitions, ${run.field_reports.length} field reports, ${kernels.total} kernels`);
