@@ -79,7 +79,7 @@ def evolve(
         console.print(f"generator: stage 0 writes back {s0['reconstruction_exact']:.0%} of the human library "
                       f"(held out: {s0['held_out']['exact']:.0%} exactly, {s0['held_out']['valid']:.0%} valid); "
                       f"stage 2: new designs passing the static checks {s2['checked_share_of_new']['first_rounds']} "
-                      f"→ {s2['checked_share_of_new']['last_rounds']}, validated {s2['validated']}/{s2['submitted']} "
+                      f"→ {s2['checked_share_of_new']['evaluations']} (evaluated), validated {s2['validated']}/{s2['submitted']} "
                       f"({'met' if s2['met'] else 'not met'})")
     if report["reward_model"].get("designs"):
         rm = report["reward_model"]

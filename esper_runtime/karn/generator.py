@@ -27,6 +27,7 @@ The model is saved as a state dict and a card (vocabulary, sizes, SHA-256 of the
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -542,11 +543,14 @@ def guided(model: Generator, contexts: Sequence[list[float]], anchor: Sequence[d
            check: Callable[[dict], None], rng: random.Random, iterations: int = 8, per_iteration: int = 48,
            temperature: float = 1.5) -> tuple[list[Sampled], list[dict[str, Any]]]:
     """Stage 2's fast loop: ``iterations`` rounds of sampling ``per_iteration`` designs from conditions between
-    ``contexts``, each judged by the static checks (``fast_reward``) and the generator updated by REINFORCE. The
-    publishable designs found (new, checked, each once) and per round the shares: written designs that are new,
-    new ones that pass the checks."""
+    ``contexts``, each judged by the static checks (``batch_rewards``) and the generator updated by REINFORCE. A
+    round whose mean reward is under half the best round's so far takes no step: the generator goes back to the
+    best round's weights (a rollback, as Tolaria's), and the loop ends on them; then one more batch is written at
+    temperature 1 with no step (``round: "evaluation"``: the policy as it is). The publishable designs found (new, checked, each once) and
+    per round the shares: written designs that are new, new ones that pass the checks."""
     found: dict[str, Sampled] = {}
     rounds = []
+    best, best_state = -1.0, None
     for it in range(iterations):
         # new means not in ``known``: a design found in an earlier round is not punished when written again, or
         # the policy is pushed off every good region it finds (it was: the share collapsed to 0 in a few rounds)
@@ -557,11 +561,35 @@ def guided(model: Generator, contexts: Sequence[list[float]], anchor: Sequence[d
         for b in ok:
             key = canonical_key(b.doc)
             found.setdefault(key, b)
-        result = reinforce(model, list(zip(batch, batch_rewards(batch))), anchor, seed=rng.randrange(2**31))
+        rewards = batch_rewards(batch)
+        mean = sum(rewards) / len(rewards) if rewards else 0.0
+        restored = False
+        if best_state is not None and mean < 0.5 * best:
+            # the policy fell off what it had learned (REINFORCE does, now and then, and did here: a generation's
+            # share went from 0.54 to 0 and stayed): back to the best round's weights, no step from this one
+            model.load_state_dict(best_state)
+            restored = True
+        else:
+            if mean >= best:
+                best, best_state = mean, copy.deepcopy(model.state_dict())
+            reinforce(model, list(zip(batch, rewards)), anchor, seed=rng.randrange(2**31))
         rounds.append({"round": it + 1, "written": len(batch), "new": len(new), "new_and_checked": len(ok),
                        "checked_share_of_new": round(len(ok) / len(new), 4) if new else None,
                        "distinct_checked": len({canonical_key(b.doc) for b in ok}),
-                       "mean_reward": result.get("mean_reward")})
+                       "mean_reward": round(mean, 4), "restored": restored})
+    if best_state is not None:  # the next generation starts from the best policy of this one, not its last step
+        model.load_state_dict(best_state)
+    # the policy judged as it is: a batch written at temperature 1 with no step taken, its share reported
+    batch = sample(model, mixed_contexts(contexts, per_iteration, rng), per_iteration, rng, temperature=1.0,
+                   known=known, check=check)
+    new = [b for b in batch if b.doc is not None and not (b.error or "").startswith("computes what")]
+    ok = [b for b in new if b.error is None]
+    for b in ok:
+        found.setdefault(canonical_key(b.doc), b)
+    rounds.append({"round": "evaluation", "written": len(batch), "new": len(new), "new_and_checked": len(ok),
+                   "checked_share_of_new": round(len(ok) / len(new), 4) if new else None,
+                   "distinct_checked": len({canonical_key(b.doc) for b in ok}), "mean_reward": None,
+                   "restored": False})
     return list(found.values()), rounds
 
 

@@ -111,7 +111,7 @@ def test_the_fast_loop_finds_new_designs_that_pass_the_checks():
     known = {G.canonical_key(d) for d in LIBRARY}
     found, rounds = G.guided(im.model, [G.context(d) for d in LIBRARY], LIBRARY, known,
                              lambda d: check_child(d, []), random.Random(1), iterations=3, per_iteration=24)
-    assert len(rounds) == 3 and all(r["written"] == 24 for r in rounds)
+    assert len(rounds) == 4 and all(r["written"] == 24 for r in rounds) and rounds[-1]["round"] == "evaluation"
     assert found, rounds
     for s in found:
         assert s.error is None and G.canonical_key(s.doc) not in known
