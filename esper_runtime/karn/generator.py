@@ -2,7 +2,7 @@
 
 A design is written as a sentence of a fixed grammar: per node, in an order where inputs come first, its op, its
 inputs (``x``, ``u``, ``x0`` or a node ``k`` places back) and its attributes (sorted, each value one token: sizes
-relative to F or D from ``mutate.WIDTH_RATIOS``, kernel sizes, token counts, initializations, biases, scales),
+as ratios of F or D, kernel sizes, token counts, initializations, biases, scales),
 then which node is the output and whether the design trains. Node ids are not written (a decoded design's nodes
 are ``n1``, ``n2``... ), so two documents that compute the same thing are the same sentence.
 
@@ -14,12 +14,12 @@ context added to every position.
 - **Stage 0, the apprentice** (``imitate``): trained by imitation on the human library; reported by how many
   designs it writes back exactly from their own context (greedy decoding, no grammar help), its token accuracy,
   and, held out k-fold, how many designs it never saw it writes exactly and how many of those it writes are valid.
-- **Stage 2, the journeyman** (``reinforce``): sampled under the grammar (``sample``: only tokens the grammar
-  allows at each place, so every sample is a well-formed document) from the contexts of good designs, and
-  trained by REINFORCE on what Tezzeret's static checks and Urabrask said: a sample that passes the checks and is
-  new earns its reward (the reward model's predicted score when Karn has one), one that fails earns nothing; the
-  designs Urabrask measured earn their VALIDATED outcome. The imitation loss stays on at a small weight, so the
-  grammar it learned is not forgotten.
+- **Stage 2, the journeyman** (``guided``, ``reinforce``): sampled under the grammar (``sample``: only tokens the
+  grammar allows at each place, so every sample is a well-formed document) from conditions between good designs'
+  contexts, and trained by REINFORCE on what Tezzeret's static checks say (``fast_reward``, a new design's credit
+  shared among its copies: ``batch_rewards``) and, in Karn's loop, on Urabrask's scores of the designs it wrote
+  (the slow loop, ``evolve``). The imitation loss stays on at weight 0.5, so the grammar it learned is not
+  forgotten; a round that loses half the best round's reward is rolled back.
 
 The model is saved as a state dict and a card (vocabulary, sizes, SHA-256 of the weights) and loaded with
 ``torch.load(weights_only=True)``, as Karn's reward model is.
@@ -405,7 +405,7 @@ def imitate(docs: Sequence[dict[str, Any]], steps: int = 400, seed: int = 0, fol
                 held["designs"] += 1
                 tokens, _ = _write(m, context(d), greedy=True, grammar=None)
                 out = decode(tokens)
-                held["exact"] += int(out is not None and canonical_key({**out}) == canonical_key(d))
+                held["exact"] += int(out is not None and canonical_key(out) == canonical_key(d))
                 try:
                     held["valid"] += int(out is not None and bool(check_child(_finish(out), [])))
                 except BlueprintInvalid:
