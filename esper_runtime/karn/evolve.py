@@ -15,12 +15,17 @@ Each generation:
 4. **Choose among the candidates** (``select``): three times as many as the generation's quota are made; the
    reward model (``karn.reward``, refitted from the log) predicts Urabrask's score of each before it is compiled,
    and the kept ones maximize prediction plus a novelty bonus (the structural distance from the library).
-5. **Submit** them with their lineage (``parent_ids``, ``mutation``) for the run's shapes; Tezzeret compiles and
+5. **Write** new designs with the generator (``karn.generator``; ``generated`` a generation): trained once by
+   imitation of the human library (stage 0), then each generation by REINFORCE on Urabrask's scores of its designs
+   on the log (the slow loop) and on the static checks (the fast loop); its finds are chosen as in 4 and have
+   ``mutation: generate`` and no parents.
+6. **Submit** them with their lineage (``parent_ids``, ``mutation``) for the run's shapes; Tezzeret compiles and
    Urabrask measures in their own processes; wait until every child is settled.
 
 Reported (the last line of ``--json``): per generation the children's mean score against their parents', and the
-share validated; the stage-1 criterion (appendix G: children's mean score above their parents'); how the reward
-model's predictions, made before compiling, ranked the designs it chose (Kendall tau); cost per design.
+share validated; the stage-1 criterion (appendix G: mutated children's mean score above their parents'), stage 0
+and stage 2 (the generator's); how the reward model's predictions, made before compiling, ranked the designs it
+chose (Kendall tau); cost per design.
 """
 
 from __future__ import annotations
