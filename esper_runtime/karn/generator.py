@@ -556,11 +556,7 @@ def guided(model: Generator, contexts: Sequence[list[float]], anchor: Sequence[d
         # the policy is pushed off every good region it finds (it was: the share collapsed to 0 in a few rounds)
         batch = sample(model, mixed_contexts(contexts, per_iteration, rng), per_iteration, rng,
                        temperature=temperature, known=known, check=check)
-        new = [b for b in batch if b.doc is not None and not (b.error or "").startswith("computes what")]
-        ok = [b for b in new if b.error is None]
-        for b in ok:
-            key = canonical_key(b.doc)
-            found.setdefault(key, b)
+        tally = _tally(batch, found)
         rewards = batch_rewards(batch)
         mean = sum(rewards) / len(rewards) if rewards else 0.0
         restored = False
@@ -573,24 +569,28 @@ def guided(model: Generator, contexts: Sequence[list[float]], anchor: Sequence[d
             if mean >= best:
                 best, best_state = mean, copy.deepcopy(model.state_dict())
             reinforce(model, list(zip(batch, rewards)), anchor, seed=rng.randrange(2**31))
-        rounds.append({"round": it + 1, "written": len(batch), "new": len(new), "new_and_checked": len(ok),
-                       "checked_share_of_new": round(len(ok) / len(new), 4) if new else None,
-                       "distinct_checked": len({canonical_key(b.doc) for b in ok}),
-                       "mean_reward": round(mean, 4), "restored": restored})
+        rounds.append({"round": it + 1, **tally, "mean_reward": round(mean, 4), "restored": restored})
     if best_state is not None:  # the next generation starts from the best policy of this one, not its last step
         model.load_state_dict(best_state)
     # the policy judged as it is: a batch written at temperature 1 with no step taken, its share reported
     batch = sample(model, mixed_contexts(contexts, per_iteration, rng), per_iteration, rng, temperature=1.0,
                    known=known, check=check)
+    rounds.append({"round": "evaluation", **_tally(batch, found), "mean_reward": None, "restored": False})
+    return list(found.values()), rounds
+
+
+def _tally(batch: Sequence[Sampled], found: dict[str, Sampled]) -> dict[str, Any]:
+    """A round's counts (written, new, new and checked, their share, distinct); its publishable designs are added
+    to ``found`` (each structure once)."""
     new = [b for b in batch if b.doc is not None and not (b.error or "").startswith("computes what")]
     ok = [b for b in new if b.error is None]
-    for b in ok:
-        found.setdefault(canonical_key(b.doc), b)
-    rounds.append({"round": "evaluation", "written": len(batch), "new": len(new), "new_and_checked": len(ok),
-                   "checked_share_of_new": round(len(ok) / len(new), 4) if new else None,
-                   "distinct_checked": len({canonical_key(b.doc) for b in ok}), "mean_reward": None,
-                   "restored": False})
-    return list(found.values()), rounds
+    keys: dict[str, Sampled] = {}
+    for b in ok:  # the first writing of each structure, as before
+        keys.setdefault(canonical_key(b.doc), b)
+    for key, b in keys.items():
+        found.setdefault(key, b)
+    return {"written": len(batch), "new": len(new), "new_and_checked": len(ok),
+            "checked_share_of_new": round(len(ok) / len(new), 4) if new else None, "distinct_checked": len(keys)}
 
 
 # ------------------------------------------------------------------------------------------------ storage
