@@ -39,6 +39,10 @@ class KasminaConfig(BaseModel):
     graft_ramp: str = Field(default="cosine", pattern="^(linear|cosine)$")
     stabilize_steps: int = Field(default=50, ge=1)
     evaluate_steps: int = Field(default=50, ge=1)
+    blend: str = Field(default="auto", pattern="^(auto|eager|triton)$",
+                       description="How grafted chunks are blended into the layer's output: triton, one kernel launch "
+                       "for all of a layer's seeds (CUDA tensors, or CPU under TRITON_INTERPRET=1); eager, torch "
+                       "operations chunk by chunk; auto, triton on CUDA tensors and eager elsewhere.")
     embargo_epochs: int = Field(default=3, ge=0, description="Epochs a culled slot refuses germination.")
     cache_capacity: int = Field(default=32, ge=1, description="Kernels kept loaded (LRU).")
 

@@ -137,7 +137,8 @@ class KasminaLayer(nn.Module):
         return child(chunk.movedim(1, -1)).movedim(-1, 1)
 
     def _forward_seeds(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = None
+        outputs: list[tuple[int, float, torch.Tensor]] = []  # (seed, alpha, child output) on the host path
+        failed: list[int] = []
         training = self.training
         for i in list(self._active):
             code = self._codes[i]
@@ -160,20 +161,47 @@ class KasminaLayer(nn.Module):
             except Exception as exc:  # noqa: BLE001 - any kernel failure falls back to the identity path
                 if self.on_runtime_error is not None:
                     self.on_runtime_error(self, i, exc)
+                failed.append(i)
                 continue
             if training and code in self._fixed_phases:
                 self._phase_steps[i] += 1
                 if self._phase_steps[i] == self._fixed_phases[code]:
                     self.ready[i] = True
-            alpha = self._alpha(i, training)
-            blended = child_out if alpha >= 1.0 else chunk + alpha * (child_out - chunk)
-            if out is None:
-                out = y.clone()
-            if self.channel_dim == -1:
-                out[..., self.bounds[i][0]:self.bounds[i][1]] = blended
-            else:
-                out[:, self.bounds[i][0]:self.bounds[i][1]] = blended
-        return y if out is None else out
+            outputs.append((i, self._alpha(i, training), child_out))
+        if not outputs:
+            return y
+        if self._blends_with_triton(y):
+            return self._blend_triton(y, outputs, failed)
+        out = y.clone()
+        for i, alpha, child_out in outputs:
+            chunk = self._chunk(y, i)
+            self._chunk(out, i).copy_(child_out if alpha >= 1.0 else chunk + alpha * (child_out - chunk))
+        return out
+
+    def _blends_with_triton(self, y: torch.Tensor) -> bool:
+        mode = self.config.blend
+        if mode == "eager" or (mode == "auto" and not y.is_cuda):
+            return False
+        from esper_runtime.kasmina.blend import triton_blend_available
+
+        if not triton_blend_available(y):
+            raise RuntimeError(f"{self.path}: blend 'triton' runs on CUDA tensors (or under TRITON_INTERPRET=1), "
+                               f"and this layer's output is on {y.device}")
+        return True
+
+    def _blend_triton(self, y: torch.Tensor, outputs: list, failed: list[int]) -> torch.Tensor:
+        """One launch for the layer: the child outputs go into their chunks of one tensor, and the kernel reads each
+        seed's state and alpha from the state tensors. A seed whose child raised this step still has a blending
+        state: its chunk of that tensor is the host's, so it blends to the identity, as on the eager path."""
+        from esper_runtime.kasmina.blend import blend
+
+        children = torch.empty_like(y)
+        for i, _, child_out in outputs:
+            self._chunk(children, i).copy_(child_out)
+        for i in failed:
+            self._chunk(children, i).copy_(self._chunk(y, i))
+        return blend(y, children, self.lifecycle_state, self.alpha_blend, self.bounds[0][1] - self.bounds[0][0],
+                     self.channel_dim)
 
     def _alpha(self, i: int, training: bool) -> float:
         code = self._codes[i]

@@ -1,0 +1,154 @@
+"""The seed blend of a whole layer in one Triton launch (appendix K): the kernel reads each seed's state code and
+alpha from the layer's state tensors and computes, for every element of the layer's output,
+
+    out = chunk + alpha * (child - chunk)   where the element's seed is on the blending path (GRAFTING .. FOSSILIZED)
+    out = child                             where that alpha is 1
+    out = chunk                             for every other seed (dormant, training beside the host, culled ...)
+
+``child`` is a tensor of the output's shape holding each blending seed's child output in its chunk (what is
+elsewhere is never read). The backward is a second launch: the output's gradient goes to the host by ``1 - alpha``
+and to the child by ``alpha`` on blending chunks, and to the host alone elsewhere — what autograd does for the
+eager path in ``KasminaLayer._forward_seeds``. Arithmetic is float32 whatever the tensors' dtype (float32, bfloat16,
+float16); alpha is read as the state tensor holds it (float16).
+
+The element's seed is ``(flat index // inner) % features // chunk``: ``inner`` is 1 for a Linear's (..., features)
+output and H·W for a Conv2d's (B, C, H, W), so one kernel serves both. The kernel runs on CUDA tensors, and on CPU
+tensors under Triton's interpreter (``TRITON_INTERPRET=1``), which is how CI checks it against the eager path.
+
+Triton reads ``TRITON_INTERPRET`` when a function is decorated, so the kernels are decorated on first use (once per
+mode), not when this module is imported; the layer imports this module only when it blends with Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from esper_runtime.kasmina.lifecycle import Code
+
+__all__ = ["BLEND_CODES", "blend", "blend_reference", "interpreting", "triton_blend_available"]
+
+# the states whose chunk is the blend of host and child (TRAINING's child learns beside an identity host path)
+BLEND_CODES = (Code.GRAFTING, Code.STABILIZATION, Code.EVALUATING, Code.FINE_TUNING, Code.FOSSILIZED)
+_BLEND_BITS = sum(1 << int(c) for c in BLEND_CODES)
+_BLOCK = 1024
+_kernels: dict[bool, tuple] = {}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter in this process (``TRITON_INTERPRET=1``)."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+def triton_blend_available(t: torch.Tensor) -> bool:
+    """Whether the Triton blend can run on ``t``: a CUDA tensor, or any tensor under the interpreter."""
+    return t.is_cuda or interpreting()
+
+
+def _blend_forward(y_ptr, child_ptr, out_ptr, state_ptr, alpha_ptr, n, inner, features, chunk,
+                   BLEND_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    seed = ((offs // inner) % features) // chunk
+    code = tl.load(state_ptr + seed, mask=mask, other=0).to(tl.int32)
+    a = tl.load(alpha_ptr + seed, mask=mask, other=0.0).to(tl.float32)
+    blending = ((BLEND_BITS >> code) & 1) != 0
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(child_ptr + offs, mask=mask & blending, other=0.0).to(tl.float32)
+    out = tl.where(blending, tl.where(a >= 1.0, c, y + a * (c - y)), y)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _blend_backward(grad_ptr, grad_y_ptr, grad_child_ptr, state_ptr, alpha_ptr, n, inner, features, chunk,
+                    BLEND_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    seed = ((offs // inner) % features) // chunk
+    code = tl.load(state_ptr + seed, mask=mask, other=0).to(tl.int32)
+    a = tl.load(alpha_ptr + seed, mask=mask, other=0.0).to(tl.float32)
+    blending = ((BLEND_BITS >> code) & 1) != 0
+    w = tl.where(blending, tl.where(a >= 1.0, 1.0, a), 0.0)  # the child's share of the output
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(grad_y_ptr + offs, (g * (1.0 - w)).to(grad_y_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_child_ptr + offs, (g * w).to(grad_child_ptr.dtype.element_ty), mask=mask)
+
+
+def _compiled() -> tuple:
+    mode = interpreting()
+    if mode not in _kernels:
+        _kernels[mode] = (triton.jit(_blend_forward), triton.jit(_blend_backward))
+    return _kernels[mode]
+
+
+def _layout(y: torch.Tensor, channel_dim: int) -> tuple[int, int]:
+    """(inner, features): the element at flat index i belongs to feature (i // inner) % features."""
+    if channel_dim in (-1, y.dim() - 1):
+        return 1, y.shape[-1]
+    if channel_dim == 1 and y.dim() >= 2:
+        inner = 1
+        for d in y.shape[2:]:
+            inner *= d
+        return inner, y.shape[1]
+    raise ValueError(f"the blend kernel takes features on the last dim or dim 1, not dim {channel_dim}")
+
+
+class _Blend(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, child, state, alpha, chunk, channel_dim):
+        y, child = y.contiguous(), child.contiguous()
+        inner, features = _layout(y, channel_dim)
+        out = torch.empty_like(y)
+        n = y.numel()
+        forward_kernel, _ = _compiled()
+        # the state may change after this forward (the next step's alpha): the backward keeps what this one read
+        state, alpha = state.detach().clone(), alpha.detach().clone()
+        if n:
+            forward_kernel[(triton.cdiv(n, _BLOCK),)](y, child, out, state, alpha, n, inner, features, chunk,
+                                                      BLEND_BITS=_BLEND_BITS, BLOCK=_BLOCK)
+        ctx.save_for_backward(state, alpha)
+        ctx.layout = (n, inner, features, chunk)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        state, alpha = ctx.saved_tensors
+        n, inner, features, chunk = ctx.layout
+        grad = grad.contiguous()
+        grad_y, grad_child = torch.empty_like(grad), torch.empty_like(grad)
+        _, backward_kernel = _compiled()
+        if n:
+            backward_kernel[(triton.cdiv(n, _BLOCK),)](grad, grad_y, grad_child, state, alpha, n, inner, features,
+                                                       chunk, BLEND_BITS=_BLEND_BITS, BLOCK=_BLOCK)
+        return grad_y, grad_child, None, None, None, None
+
+
+def blend(y: torch.Tensor, child: torch.Tensor, state: torch.Tensor, alpha: torch.Tensor, chunk: int,
+          channel_dim: int = -1) -> torch.Tensor:
+    """The Triton blend of a layer's output ``y`` with its seeds' child outputs ``child`` (same shape), by the seeds'
+    ``state`` codes (uint8) and ``alpha`` (one per seed), seeds owning ``chunk`` consecutive features each."""
+    if child.shape != y.shape or child.dtype != y.dtype or child.device != y.device:
+        raise ValueError(f"child {tuple(child.shape)} {child.dtype} on {child.device} does not match the layer's "
+                         f"output {tuple(y.shape)} {y.dtype} on {y.device}")
+    if not triton_blend_available(y):
+        raise RuntimeError("the Triton blend runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); "
+                           f"this output is on {y.device}")
+    _, features = _layout(y, channel_dim)
+    if state.numel() * chunk < features or alpha.numel() != state.numel():
+        raise ValueError(f"{state.numel()} seeds of {chunk} features do not cover {features} features")
+    return _Blend.apply(y, child, state, alpha, chunk, channel_dim)
+
+
+def blend_reference(y: torch.Tensor, child: torch.Tensor, state: torch.Tensor, alpha: torch.Tensor, chunk: int,
+                    channel_dim: int = -1) -> torch.Tensor:
+    """The same blend in torch operations, chunk by chunk (what the eager layer does): the kernel's specification."""
+    out = y.clone()
+    features = y.shape[channel_dim]
+    for i, code in enumerate(state.tolist()):
+        if Code(code) not in BLEND_CODES:
+            continue
+        s, e = i * chunk, min((i + 1) * chunk, features)
+        a = float(alpha[i])
+        yc, cc = y.narrow(channel_dim, s, e - s), child.narrow(channel_dim, s, e - s)
+        out.narrow(channel_dim, s, e - s).copy_(cc if a >= 1.0 else yc + a * (cc - yc))
+    return out
