@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from esper_runtime.bench.paired import paired_rounds, ratio
+from esper_runtime.devices import hardware_label, resolve
 from esper_runtime.kasmina import KasminaConfig, wrap
 from esper_runtime.run.defaults import growth_defaults
 
@@ -47,12 +48,14 @@ def _step_fn(model: nn.Module, x, y):
 
 
 def measure(make, rounds: int, steps: int, configs: dict[str, tuple[KasminaConfig, int | None]],
-            max_rounds: int = 150) -> dict[str, dict]:
+            max_rounds: int = 150, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
     """Per configuration name, the wrapped/unwrapped step-time ratio of the model ``make`` builds; every
     configuration (a KasminaConfig, and the epoch length the trainer would announce, or None) is timed in the
     same rounds against the same unwrapped model and A/A twin."""
     torch.manual_seed(0)
     host, x, y = make()
+    host, x, y = host.to(device), x.to(device), y.to(device)
+    cuda = device.type == "cuda"
     # All are copies made the same way, so none is favoured by where its memory happens to lie.
     models = {"base": copy.deepcopy(host),
               "twin": copy.deepcopy(host)}  # an unwrapped copy: base vs twin is the measurement's own noise (A/A)
@@ -69,9 +72,13 @@ def measure(make, rounds: int, steps: int, configs: dict[str, tuple[KasminaConfi
 
     def timed(fn):
         def once() -> float:
+            if cuda:  # the steps' kernels are timed to their end, none left from the last model's
+                torch.cuda.synchronize(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 fn()
+            if cuda:
+                torch.cuda.synchronize(device)
             return (time.perf_counter() - t0) / steps
         return once
 
@@ -101,23 +108,26 @@ def measure(make, rounds: int, steps: int, configs: dict[str, tuple[KasminaConfi
     return out
 
 
-def run(rounds: int = 30, steps: int = 32, max_rounds: int = 150, epoch_steps: int = 500) -> dict:
+def run(rounds: int = 30, steps: int = 32, max_rounds: int = 150, epoch_steps: int = 500,
+        device: str = "cpu") -> dict:
     """Both models under the library's defaults (``KasminaConfig()``: 4 seeds a layer, sampled every 32 steps) and
     under what ``esper run`` and the demo configure (``growth_defaults``: 8-feature chunks, ``samples_per_epoch``)
     for an epoch of ``epoch_steps`` steps."""
+    target = resolve(device)
     library = KasminaConfig()
     run_config = growth_defaults(1).kasmina
     configs = {"library": (library, None), "run": (run_config, epoch_steps)}
     results = {}
     for model, make in (("mlp", _mlp), ("cnn", _cnn)):
-        measured = measure(make, rounds, steps, configs, max_rounds)
+        measured = measure(make, rounds, steps, configs, max_rounds, target)
         results[model], results[f"{model}_run"] = measured["library"], measured["run"]
     return {
         "bench": "dormant-overhead",
         "ratio": max(r["ratio"] for r in results.values()),
         "aa_spread": max(r["aa_spread"] for r in results.values()),
         **results,
-        "device": "cpu",
+        "device": target.type,
+        "hardware": hardware_label(target),
         "threads": torch.get_num_threads(),
         "stats_every": library.stats_every,
         "run_stats_every": run_config.stats_every,

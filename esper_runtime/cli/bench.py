@@ -46,24 +46,53 @@ def dormant_overhead(
     steps: int = typer.Option(32, help="Training steps per round (rounds alike: see stats_every)."),
     epoch_steps: int = typer.Option(500, help="Epoch length the trainer announces to the esper-run configuration "
                                     "(its sampling interval: steps per epoch ÷ samples_per_epoch, at least stats_every)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto: where the models train."),
 ) -> None:
     """Training-step time of a wrapped model with every seed DORMANT over the unwrapped model (MLP, small CNN),
     with the A/A spread of the measurement beside each ratio."""
     from esper_runtime.bench import dormant
 
     console.print("[dim]bench dormant-overhead: timing an MLP and a small CNN, wrapped and unwrapped...[/dim]")
-    _report(dormant.run(rounds=rounds, steps=steps, max_rounds=max(rounds, max_rounds), epoch_steps=epoch_steps),
-            as_json)
+    _report(_on_device(lambda: dormant.run(rounds=rounds, steps=steps, max_rounds=max(rounds, max_rounds),
+                                           epoch_steps=epoch_steps, device=device)), as_json)
 
 
 @app.command("kernel-load")
 def kernel_load(as_json: bool = typer.Option(False, "--json"),
-                width: int = typer.Option(16, help="Chunk width of the artifacts.")) -> None:
+                width: int = typer.Option(16, help="Chunk width of the artifacts."),
+                device: str = typer.Option("cpu", help="cpu, cuda or auto: artifacts compiled for and loaded on it.")
+                ) -> None:
     """Cold load of a compiled kernel artifact (store to first compiled call) and an LRU cache hit."""
     from esper_runtime.bench import kernel_load as bench_kernel_load
 
     console.print("[dim]bench kernel-load: compiling any missing artifacts first (seconds each), then timing...[/dim]")
-    _report(bench_kernel_load.run(width=width), as_json)
+    _report(_on_device(lambda: bench_kernel_load.run(width=width, device=device)), as_json)
+
+
+@app.command()
+def blend(as_json: bool = typer.Option(False, "--json"),
+          device: str = typer.Option("cpu", help="cpu (the eager blend), cuda (the Triton kernel) or auto."),
+          rows: int = typer.Option(0, help="Rows of the layer output (0: 16,384 on CUDA, 2,048 on CPU)."),
+          features: int = typer.Option(4096, help="Features of the layer output."),
+          chunk: int = typer.Option(64, help="Features per seed.")) -> None:
+    """Achieved bandwidth of the seed blend (forward, and the backward on CUDA) against the device's copy bandwidth
+    measured in the same run."""
+    from esper_runtime.bench import blend as bench_blend
+
+    console.print(f"[dim]bench blend: timing the blend and a copy on {device}...[/dim]")
+    _report(_on_device(lambda: bench_blend.run(device=device, rows=rows or None, features=features, chunk=chunk)),
+            as_json)
+
+
+def _on_device(call) -> dict:
+    """Run a bench that takes a device; a device this machine lacks is a clear error and exit status 2."""
+    from esper_runtime.devices import DeviceUnavailable
+
+    try:
+        return call()
+    except (DeviceUnavailable, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -149,6 +149,8 @@ def tezzeret(
     pipelines: str = typer.Option("fast", help="Default pipelines."),
     group: str = typer.Option("tezzeret", help="Consumer group: run more workers with the same group to scale."),
     nice: int = typer.Option(10, help="Lower this worker's CPU priority so training on the same machine comes first."),
+    device: str = typer.Option("cpu", help="Compile for cpu, cuda or auto (cuda when present); artifacts are "
+                               "labelled with the hardware they were built for."),
 ) -> None:
     """Run a Tezzeret worker: compile submitted blueprints into kernel artifacts (outside any training process)."""
     import os
@@ -159,12 +161,18 @@ def tezzeret(
     if nice:
         os.nice(nice)
     bb = Backbone()
-    worker = TezzeretWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), widths=_ints(widths),
-                            pipelines=tuple(p for p in pipelines.split(",") if p))
+    from esper_runtime.devices import DeviceUnavailable
+
+    try:
+        worker = TezzeretWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), widths=_ints(widths),
+                                pipelines=tuple(p for p in pipelines.split(",") if p), device=device)
+    except (DeviceUnavailable, ValueError) as exc:
+        console.print(f"[red]tezzeret: {exc}[/red]")
+        raise typer.Exit(2) from None
     _serve(bb, "urza.blueprints.events", group, "tezzeret",
            lambda consumer: worker.run(consumer, idle_timeout=idle_timeout or None))
     stats = worker.stats
-    console.print(f"tezzeret: compiled {stats.compiled}, cached {stats.cached}, failed {stats.failed}, "
+    console.print(f"tezzeret ({worker.hardware}): compiled {stats.compiled}, cached {stats.cached}, failed {stats.failed}, "
                   f"rejected {stats.rejected}")
 
 

@@ -44,13 +44,16 @@ class WidthStatus:
 
 
 def library_status(view, blueprint_ids: list[str], width: int, in_features: int | None = None,
-                   reads_input: set[str] = frozenset()) -> WidthStatus:
+                   reads_input: set[str] = frozenset(), device: str = "cpu") -> WidthStatus:
     """How the blueprints ended at chunk width ``width`` for a seed whose layer has ``in_features`` inputs: those in
-    ``reads_input`` count only kernels built for that input width (and none when it is None: a Conv2d layer)."""
+    ``reads_input`` count only kernels built for that input width (and none when it is None: a Conv2d layer). Only
+    kernels a model on ``device`` takes count (``esper_runtime.devices.runs_on``)."""
+    from esper_runtime.devices import runs_on
+
     status = WidthStatus(width, in_features)
     by_blueprint: dict[str, list] = {}
     for k in view.kernels.values():
-        if k.features == width:
+        if k.features == width and runs_on(k.hardware, device):
             by_blueprint.setdefault(k.blueprint_id, []).append(k)
     for bid in blueprint_ids:
         if bid in reads_input and in_features is None:
@@ -90,9 +93,11 @@ def _label(shape: Shape) -> str:
     return f"{shape[0]}" + (f" (layer input {shape[1]})" if shape[1] is not None else "")
 
 
-def ensure_library(bb: Backbone, shapes, echo=print, progress=None, timeout_s: float = 3600) -> dict[Shape, WidthStatus]:
+def ensure_library(bb: Backbone, shapes, echo=print, progress=None, timeout_s: float = 3600,
+                   device: str = "cpu") -> dict[Shape, WidthStatus]:
     """Make sure Urza has validated kernels for every seed shape in ``shapes`` — (chunk width, layer input width)
-    pairs, or bare chunk widths — and return each shape's status. Raises LibraryError when a shape ends with none."""
+    pairs, or bare chunk widths — built for ``device`` (a model on CUDA takes kernels compiled for its card), and
+    return each shape's status. Raises LibraryError when a shape ends with none."""
     from esper_runtime.blueprints import starter_blueprints
     from esper_runtime.urza.library import load_view, submit_blueprint
     from streams.envelope import EnvelopeFactory
@@ -102,7 +107,7 @@ def ensure_library(bb: Backbone, shapes, echo=print, progress=None, timeout_s: f
     ids = [bp.blueprint_id for bp in starters]
     readers = {bp.blueprint_id for bp in starters if bp.reads_input}
     view = load_view(bb)
-    status = {s: library_status(view, ids, *s, readers) for s in shapes}
+    status = {s: library_status(view, ids, *s, readers, device) for s in shapes}
     missing = [s for s in shapes if not status[s].settled]
     if not missing:
         echo("Urza has " + ", ".join(f"{st.validated} validated kernels for chunk width {_label(s)}"
@@ -113,13 +118,13 @@ def ensure_library(bb: Backbone, shapes, echo=print, progress=None, timeout_s: f
     envs = EnvelopeFactory(f"library-{uuid.uuid4().hex[:6]}", "esper-run")
     with bb.publisher() as pub:
         for bp in starters:
-            todo = [s for s in missing if library_status(view, [bp.blueprint_id], *s, readers).pending]
+            todo = [s for s in missing if library_status(view, [bp.blueprint_id], *s, readers, device).pending]
             if todo:
                 submit_blueprint(pub, envs, bp, "esper-run", widths=tuple(sorted({f for f, _ in todo})),
                                  pipelines=("fast",),
                                  input_widths=tuple(sorted({d for _, d in todo if d is not None})))
-    with Workers(bb, sorted({f for f, _ in missing})) as workers:
-        status = wait_settled(bb, ids, readers, missing, workers, progress, timeout_s, status)
+    with Workers(bb, sorted({f for f, _ in missing}), device) as workers:
+        status = wait_settled(bb, ids, readers, missing, workers, progress, timeout_s, status, device=device)
     return _checked(status, workers.logs)
 
 
@@ -127,9 +132,10 @@ class Workers:
     """A Tezzeret and an Urabrask worker in their own processes for as long as the ``with`` block lasts (logs under
     ``$ESPER_HOME/logs``, no idle timeout: a cold compile can take longer than any guess); stopped by PID after."""
 
-    def __init__(self, bb: Backbone, widths):
+    def __init__(self, bb: Backbone, widths, device: str = "cpu"):
         self.bb = bb
         self.widths = sorted(set(widths))
+        self.device = device  # what Tezzeret compiles for
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
 
     @property
@@ -141,7 +147,8 @@ class Workers:
         logs.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cmd = [sys.executable, "-m", "esper_runtime.cli.main"]
-        specs = {"tezzeret": ["tezzeret", "--widths", ",".join(str(w) for w in self.widths)], "urabrask": ["urabrask"]}
+        specs = {"tezzeret": ["tezzeret", "--widths", ",".join(str(w) for w in self.widths), "--device", self.device],
+                 "urabrask": ["urabrask"]}
         try:
             for name, args in specs.items():
                 log = logs / f"{name}-{stamp}.log"
@@ -174,7 +181,8 @@ class Workers:
 
 
 def wait_settled(bb, ids, readers, missing, workers: Workers, progress=None, timeout_s: float = 3600,
-                 status: dict | None = None, label: str = "kernels settled (compiled and measured)"):
+                 status: dict | None = None, label: str = "kernels settled (compiled and measured)",
+                 device: str = "cpu"):
     """Wait until every blueprint in ``ids`` is settled at every shape in ``missing``; the status per shape."""
     from contextlib import nullcontext
 
@@ -187,7 +195,7 @@ def wait_settled(bb, ids, readers, missing, workers: Workers, progress=None, tim
         task = bar.add_task(label, total=total) if bar else None
         while True:
             view = load_view(bb)
-            status.update({s: library_status(view, ids, *s, readers) for s in missing})
+            status.update({s: library_status(view, ids, *s, readers, device) for s in missing})
             settled = total - sum(status[s].pending for s in missing)
             if bar:
                 bar.update(task, completed=settled)

@@ -94,9 +94,12 @@ def default_large(cfg: RunConfig) -> ModelConfig | None:
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("device: cuda was asked for, but torch sees no CUDA device")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    from esper_runtime.devices import DeviceUnavailable, resolve
+
+    try:
+        return resolve(name)
+    except DeviceUnavailable as exc:
+        raise DataError(str(exc)) from None
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -316,7 +319,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     echo(f"data: {prep.data.description}; device {prep.device.type}")
     for note in prep.notes:
         echo(note)
-    library = ensure_library(bb, prep.shapes, echo, progress)
+    library = ensure_library(bb, prep.shapes, echo, progress, device=prep.device.type)
     view = load_view(bb)
     reports = read_field_reports(bb)  # earlier runs' outcomes, read once: every seed of this run sees the same
     store = ArtifactStore(bb.settings.home / "artifacts")

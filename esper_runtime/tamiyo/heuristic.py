@@ -26,7 +26,10 @@ import math
 import uuid
 from dataclasses import asdict, dataclass
 
+import torch
+
 from esper_runtime.config import TamiyoConfig
+from esper_runtime.devices import runs_on
 from esper_runtime.kasmina import Code, MorphableModel, seed_name
 from esper_runtime.kasmina.lifecycle import OUTCOME_CODES
 from esper_runtime.karn.lineage import field_factor
@@ -119,7 +122,7 @@ class TamiyoController:
 
         backbone = Backbone()
         try:
-            ensure_library(backbone, self.kasmina.seed_shapes())
+            ensure_library(backbone, self.kasmina.seed_shapes(), device=self._device().type)
             self._urza = load_view(backbone)
         finally:
             backbone.close()
@@ -311,6 +314,10 @@ class TamiyoController:
         out.sort(key=lambda t: (-t[0], -self._signal[(t[1], t[2])][2], t[1], t[2]))
         return out
 
+    def _device(self) -> torch.device:
+        """The device of the model Kasmina wraps (its first seed layer's weights)."""
+        return self.kasmina.layer(0).base_layer.weight.device
+
     def _kernels_for(self, key, width: int, tags=()) -> list[tuple[float, object]]:
         """Validated kernels for ``width`` carrying the preferred tags (and ``tags``), best first by the heuristic."""
         tried = self.culled_designs.get(key, set())
@@ -319,8 +326,11 @@ class TamiyoController:
         model_features = self.kasmina.model_input.features if layer.channel_dim == -1 else None
         source = self._signal.get(key, (0.0, "layer", 0.0))[1]
         scored = []
+        device = self._device()
         for k in self.urza.query(sorted(set(self.config.preferred_tags) | set(tags)), features=width,
                                  in_features=in_features, model_features=model_features, limit=1000):
+            if not runs_on(k.hardware, device):  # a kernel built for other hardware than the model's
+                continue
             karn = bool(getattr(self.urza.blueprints.get(k.blueprint_id), "mutation", ""))
             if karn and self.config.karn_designs is False:
                 continue

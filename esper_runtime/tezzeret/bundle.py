@@ -3,9 +3,10 @@
 Nothing in a bundle is trusted before the cache has checked its SHA-256: the manifest's IR is validated again, the
 weights load with ``weights_only=True`` and must match the IR's parameters exactly, and the compiled package is
 written to a content-addressed file before AOTInductor loads it. The compiled program runs only on inputs that
-match its signature (2-D float32 on CPU with the chunk's width and a batch in range); anything else, and every
-forward that needs gradients, runs the eager module built from the IR, so the host's gradients keep flowing
-through a frozen child while it trains.
+match its signature (2-D float32 on the device it was compiled for — the manifest's ``device``, ``cpu`` for bundles
+that predate it — with the chunk's width and a batch in range); anything else, and every forward that needs
+gradients, runs the eager module built from the IR, so the host's gradients keep flowing through a frozen child
+while it trains, and a CPU kernel grafted into a CUDA model runs eagerly there rather than on the wrong device.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class CompiledChild(nn.Module):
     """The eager module (which owns the weights) plus the compiled program that runs them without autograd."""
 
     def __init__(self, module: nn.Module, package_path: Path | None, features: int, batch_range: tuple[int, int],
-                 in_features: int | None = None, input_source: str | None = None):
+                 in_features: int | None = None, input_source: str | None = None, device: str = "cpu"):
         super().__init__()
+        self.device = device  # the device type the compiled program was built for
         self.module = module
         self.features = features
         self.in_features = in_features  # the width of the wide input for a design that reads one
@@ -61,7 +63,7 @@ class CompiledChild(nn.Module):
     def _fits(self, x: torch.Tensor, width: int) -> bool:
         lo, hi = self.batch_range
         return (x.dim() == 2 and x.shape[1] == width and lo <= x.shape[0] <= hi
-                and x.dtype == torch.float32 and x.device.type == "cpu")
+                and x.dtype == torch.float32 and x.device.type == self.device)
 
     def forward(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         inputs = (x,) if self.in_features is None else (x, u)
@@ -80,7 +82,7 @@ class CompiledChild(nn.Module):
         import copy
 
         return CompiledChild(copy.deepcopy(self.module, memo), self._package_path, self.features, self.batch_range,
-                             self.in_features, self.input_source)
+                             self.in_features, self.input_source, self.device)
 
 
 def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> LoadedKernel:
@@ -126,10 +128,14 @@ def load_bundle(artifact: KernelArtifact, cache_dir: Path | None = None) -> Load
         tmp.write_bytes(pt2)
         os.replace(tmp, package)
     dyn = manifest["signature"]["inputs"][0]["dynamic"]["0"]
+    device = manifest.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise KernelLoadError(f"kernel {artifact.artifact_id}: built for device {device!r}, not cpu or cuda")
     child = CompiledChild(module, package, ir.features, (int(dyn[0]), int(dyn[1])), ir.in_features,
-                          ir.input_source)
+                          ir.input_source, device)
     return LoadedKernel(artifact.artifact_id, artifact.kind, ir.features, ir.trainable, child,
-                        {"blueprint_id": ir.blueprint_id, "name": ir.name, "pipeline": manifest.get("pipeline")})
+                        {"blueprint_id": ir.blueprint_id, "name": ir.name, "pipeline": manifest.get("pipeline"),
+                         "device": device, "hardware": manifest.get("hardware")})
 
 
 def _sha256_file(path: Path) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from esper_runtime.tezzeret.exceptions import CompilationError
 from torch import nn
 
 from esper_runtime.blueprints import ConcreteIR, build_module
+from esper_runtime.devices import hardware_label, resolve
 
 __all__ = ["PIPELINES", "BUNDLE_KIND", "CompiledBundle", "CompilationError", "compile_ir", "hardware_target",
            "toolchain_hash", "artifact_id", "BATCH_MIN", "BATCH_MAX", "read_manifest_bytes"]
@@ -61,14 +61,10 @@ def read_manifest_bytes(data: bytes) -> dict:
         return json.loads(zf.read("manifest.json"))
 
 
-def hardware_target() -> str:
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0).lower()
-        for short in ("h200", "h100", "a100", "l40", "a10", "t4", "v100"):
-            if short in name:
-                return short
-        return "cuda"
-    return f"cpu_{platform.machine().lower()}"
+def hardware_target(device: str | torch.device = "cpu") -> str:
+    """The label of the hardware a program compiled for ``device`` runs on (``esper_runtime.devices``): what the
+    program was built for, not what the building machine happens to have."""
+    return hardware_label(device)
 
 
 def toolchain_hash(pipeline: str) -> str:
@@ -115,20 +111,26 @@ def signature_of(ir: ConcreteIR, module: nn.Module) -> dict:
     }
 
 
-def compile_ir(ir: ConcreteIR, pipeline: str = "fast", seed: int = 0) -> CompiledBundle:
+def compile_ir(ir: ConcreteIR, pipeline: str = "fast", seed: int = 0,
+               device: str | torch.device = "cpu") -> CompiledBundle:
+    """Compile for ``device`` (``cpu``, ``cuda`` or ``auto``): the program is exported with example inputs and weights
+    on that device, AOTInductor builds C++ for a CPU program and Triton kernels for a CUDA one, and the artifact is
+    labelled with that device's hardware."""
     if pipeline not in PIPELINES:
         raise CompilationError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
-    hardware = hardware_target()
+    target = resolve(device)
+    hardware = hardware_label(target)
     aid = artifact_id(ir, hardware, pipeline)
     module = build_module(ir, seed=seed).eval()
-    params = [p.detach() for p in module.parameters()]
+    params = [p.detach().to(target) for p in module.parameters()]
     t0 = time.perf_counter()
     try:
         batch = torch.export.Dim("batch", min=BATCH_MIN, max=BATCH_MAX)
-        extra = [torch.randn(8, ir.in_features)] if ir.in_features is not None else []
+        extra = [torch.randn(8, ir.in_features, device=target)] if ir.in_features is not None else []
         rest = tuple({0: batch} for _ in extra) + tuple(None for _ in params)
         dynamic = ({0: batch}, rest) if rest else ({0: batch},)
-        program = torch.export.export(_Functional(module, bool(extra)), (torch.randn(8, ir.features), *extra, *params),
+        program = torch.export.export(_Functional(module.to(target), bool(extra)),
+                                      (torch.randn(8, ir.features, device=target), *extra, *params),
                                       dynamic_shapes=dynamic)
         with tempfile.TemporaryDirectory(prefix="tezzeret-") as tmp:
             package = Path(tmp) / "kernel.pt2"
@@ -139,11 +141,12 @@ def compile_ir(ir: ConcreteIR, pipeline: str = "fast", seed: int = 0) -> Compile
         raise CompilationError(f"{type(exc).__name__}: {exc}"[:2000]) from exc
     compile_ms = (time.perf_counter() - t0) * 1000
     weights = io.BytesIO()
-    torch.save(module.state_dict(), weights)
+    torch.save(module.cpu().state_dict(), weights)  # weights travel as CPU tensors; the loader moves them
     signature = signature_of(ir, module)
     manifest = {
         "format": BUNDLE_KIND, "artifact_id": aid, "blueprint_id": ir.blueprint_id, "ir": ir.doc,
-        "ir_hash": ir.ir_hash, "pipeline": pipeline, "hardware": hardware, "toolchain": toolchain_hash(pipeline),
+        "ir_hash": ir.ir_hash, "pipeline": pipeline, "hardware": hardware, "device": target.type,
+        "toolchain": toolchain_hash(pipeline),
         "torch": torch.__version__, "signature": signature, "trainable": ir.trainable,
     }
     buf = io.BytesIO()

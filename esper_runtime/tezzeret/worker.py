@@ -1,5 +1,8 @@
 """The Tezzeret worker: consumes BlueprintSubmitted, validates, compiles, stores, reports.
 
+A worker compiles for one device (``cpu`` by default, ``cuda`` on a GPU host): its artifacts carry that device's
+hardware label, so a GPU machine runs a CPU worker and a CUDA worker side by side when both libraries are wanted.
+
 Run as many as you like in one consumer group (``tezzeret``); the blueprint topic's partitions spread the work.
 Every outcome is an event: ``BlueprintRejected`` (static validation failed: stage and reason),
 ``KernelCompiled`` (one per width and pipeline), ``KernelCompilationFailed``. An artifact already in the store is
@@ -14,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from esper_runtime.blueprints import Blueprint, BlueprintInvalid, validate
+from esper_runtime.devices import resolve
 from esper_runtime.tezzeret.compiler import BUNDLE_KIND, CompilationError, artifact_id, compile_ir, hardware_target
 from esper_runtime.urza.store import ArtifactStore
 from streams.contracts import BlueprintRejected, BlueprintSubmitted, KernelCompilationFailed, KernelCompiled
@@ -39,8 +43,11 @@ class WorkerStats:
 
 class TezzeretWorker:
     def __init__(self, publisher: Publisher, store: ArtifactStore, run_id: str | None = None,
-                 widths: tuple[int, ...] = DEFAULT_WIDTHS, pipelines: tuple[str, ...] = DEFAULT_PIPELINES):
+                 widths: tuple[int, ...] = DEFAULT_WIDTHS, pipelines: tuple[str, ...] = DEFAULT_PIPELINES,
+                 device: str = "cpu"):
         self.publisher = publisher
+        self.device = resolve(device)  # what this worker compiles for (a CUDA worker needs a CUDA device)
+        self.hardware = hardware_target(self.device)
         self.store = store
         self.widths = widths
         self.pipelines = pipelines
@@ -79,7 +86,7 @@ class TezzeretWorker:
         self.publisher.flush()
 
     def _compile(self, blueprint, ir, pipeline: str) -> None:
-        hardware = hardware_target()
+        hardware = self.hardware
         try:
             aid = artifact_id(ir, hardware, pipeline)
         except KeyError:
@@ -95,7 +102,7 @@ class TezzeretWorker:
         log.info("compiling %s (width %d%s, %s)", blueprint.name, ir.features,
                  f", input {ir.in_features}" if ir.in_features else "", pipeline)
         try:
-            bundle = compile_ir(ir, pipeline)
+            bundle = compile_ir(ir, pipeline, device=self.device)
         except CompilationError as exc:
             self._failed(blueprint.blueprint_id, pipeline, str(exc), ir.features)
             return
@@ -121,7 +128,7 @@ class TezzeretWorker:
         self.publisher.publish(KernelCompilationFailed(
             envelope=self.envelopes.next(f"blueprint/{blueprint_id}/compile/{self.envelopes.run_id}"),
             blueprint_id=blueprint_id,
-            hardware=hardware_target(), pipeline=pipeline, error=error[:4000], chunk_width=width,
+            hardware=self.hardware, pipeline=pipeline, error=error[:4000], chunk_width=width,
         ), key=f"blueprint/{blueprint_id}")
         self.stats.failed += 1
 

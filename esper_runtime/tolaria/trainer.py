@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from esper_runtime.devices import hardware_context
 from esper_runtime.config import TolariaConfig
 from esper_runtime.rng import seeded
 from esper_runtime.run.data import DataError, make_loader
@@ -271,7 +272,7 @@ class TolariaTrainer:
                     val_loss=val_loss, val_accuracy=val_acc,
                     active_seeds=sum(1 for _, _, c in self.kasmina.seeds() if c in CHILD_STATES) if self.kasmina else 0,
                     total_seeds=self.kasmina.num_seeds() if self.kasmina else 0,
-                    hardware_context={"device": self.device.type}))
+                    hardware_context=hardware_context(self.device)))
                 try:
                     trigger = self._boundary(state)
                 except StateChecksumError as exc:

@@ -5,6 +5,11 @@
 The parent (the Urabrask worker) gives the artifact's bytes as a file and the hash Urza declared for them; a crash,
 a hang (the parent's timeout) or a wrong result here rejects the kernel without touching the worker. The last line
 of stdout is one JSON object: ``{"passed": bool, "failure": str, ...metrics}``.
+
+A kernel is measured on the device it was compiled for. On CPU: wall-clock latency on one thread, the working set
+from the profiler's memory events, no power figure. On CUDA: latency from CUDA events around each call, the peak of
+``torch.cuda.max_memory_allocated`` over a call, and the card's mean power draw over the timed calls through NVML
+(``torch.cuda.power_draw``) when NVML is there, else no power figure.
 """
 
 from __future__ import annotations
@@ -33,6 +38,40 @@ def _working_set_mb(module, *inputs) -> float:
     return (params + peak) / 2**20
 
 
+def _cuda_peak_mb(module, *inputs) -> float:
+    """The peak of CUDA memory allocated during one call, above what was allocated before it, plus parameters."""
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    module(*inputs)
+    torch.cuda.synchronize()
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    return (params + torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def _cuda_latencies_ms(module, inputs, iters: int, power: list) -> list[float]:
+    """Per call, the time between CUDA events recorded around it; the card's power draw (W) sampled after each
+    tenth call into ``power`` when NVML answers."""
+    import torch
+
+    try:
+        torch.cuda.power_draw()
+        read_power = True
+    except Exception:  # noqa: BLE001 - no pynvml, or NVML refuses: no power figure
+        read_power = False
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for k, (start, end) in enumerate(events):
+        start.record()
+        module(*inputs)
+        end.record()
+        if read_power and k % 10 == 9:
+            power.append(torch.cuda.power_draw() / 1000.0)  # mW -> W
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
 def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, iters: int) -> dict:
     import torch
 
@@ -45,6 +84,9 @@ def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, ite
     torch.set_num_threads(1)  # comparable across kernels, and fair to the training process beside us
     kernel = load_bundle(KernelArtifact(artifact_id, sha256, "esper.kernel.v1", data), cache_dir=None)
     child = kernel.prototype
+    device = torch.device(kernel.meta.get("device", "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return {"passed": False, "failure": "built for cuda, and this host has no CUDA device", "unmeasurable": True}
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, kernel.features, generator=gen)
     in_features = getattr(child, "in_features", None)
@@ -52,6 +94,8 @@ def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, ite
     with torch.no_grad():
         for p in child.parameters():  # weights the artifact has never seen, as after training
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        child.to(device)
+        inputs = tuple(t.to(device) for t in inputs)
         out = child(*inputs)
         if child._package_path is not None and child.compiled_calls != 1:
             return {"passed": False, "failure": "the compiled program did not run"}
@@ -62,11 +106,11 @@ def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, ite
         reference = child.module.double()(*(t.double() for t in inputs))
         child.module.float()
         drift = float((out.double() - reference).abs().max() / (reference.abs().max() + 1e-12))
-        memory_mb = _working_set_mb(child.module, *inputs)
-        per_run = []
+        memory_mb = _working_set_mb(child.module, *inputs) if device.type == "cpu" else _cuda_peak_mb(child, *inputs)
+        per_run, power = [], []
         for _ in range(runs):
-            samples = []
-            for _ in range(iters):
+            samples = _cuda_latencies_ms(child, inputs, iters, power) if device.type == "cuda" else []
+            for _ in range(iters if device.type == "cpu" else 0):
                 t0 = time.perf_counter()
                 child(*inputs)
                 samples.append((time.perf_counter() - t0) * 1000)
@@ -92,6 +136,8 @@ def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, ite
         "spread": {"latency_ms_mean": spread(means), "latency_ms_p99": spread(p99s)},
         "params": sum(p.numel() for p in child.parameters()),
         "features": kernel.features,
+        "device": device.type,
+        **({"power_watts_avg": statistics.fmean(power)} if power else {}),
         **({"in_features": in_features} if in_features is not None else {}),
         "batch": batch,
     }

@@ -3,7 +3,9 @@
 For each new artifact: ``KernelValidationReport`` (the measurements, or the failure), then either
 ``KernelTagsAssigned`` + ``KernelStatusChanged`` -> VALIDATED, or ``KernelStatusChanged`` -> REJECTED. These
 continue the artifact's own event sequence (``kernel/<artifact-id>``) after Tezzeret's ``KernelCompiled``.
-An artifact already reported (seen in ``known``, folded from the log at start) is not measured again.
+An artifact already reported (seen in ``known``, folded from the log at start) is not measured again; one built for
+hardware this host does not have (a CUDA kernel on a CPU host, another card's) is left for a worker that has it.
+Percentile tags are per hardware label: a kernel is ranked against its peers built for the same hardware.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+import torch
+
+from esper_runtime.devices import hardware_label
 from esper_runtime.urabrask.tagging import Distributions, assign_tags
 from esper_runtime.urza.store import ArtifactNotFound, ArtifactStore
 from streams.contracts import KernelCompiled, KernelStatusChanged, KernelTagsAssigned, KernelValidationReport
@@ -65,10 +70,22 @@ class UrabraskWorker:
         self.run_id = run_id
         self.sandbox = sandbox
         self.stats = UrabraskStats()
+        # the hardware this host can measure on: its CPU, and its CUDA card when it has one
+        self.hardware = {hardware_label("cpu")} | ({hardware_label("cuda")} if torch.cuda.is_available() else set())
+
+    def can_measure(self, hardware: str) -> bool:
+        """A CPU kernel (any ``cpu*`` label: a test's ``cpu`` too) on any host; a CUDA kernel on its own card."""
+        return hardware.startswith("cpu") or hardware in self.hardware
 
     def handle(self, event: KernelCompiled) -> None:
         aid = event.artifact_id
         if aid in self.known:
+            self.stats.skipped += 1
+            return
+        if not self.can_measure(event.hardware):
+            # not this host's to judge: left (not marked known) for an Urabrask on hardware that runs it
+            log.info("kernel %s is built for %s; this host measures %s: left for another worker", aid,
+                     event.hardware, ", ".join(sorted(self.hardware)))
             self.stats.skipped += 1
             return
         self.known.add(aid)
@@ -85,7 +102,8 @@ class UrabraskWorker:
             latency_ms_mean=float(result.get("latency_ms_mean", 0.0)),
             latency_ms_p99=float(result.get("latency_ms_p99", 0.0)),
             throughput_ops_per_sec=float(result.get("throughput_ops_per_sec", 0.0)),
-            memory_mb_peak=float(result.get("memory_mb_peak", 0.0)), power_watts_avg=None,
+            memory_mb_peak=float(result.get("memory_mb_peak", 0.0)),
+            power_watts_avg=float(result["power_watts_avg"]) if result.get("power_watts_avg") is not None else None,
             precision_drift_vs_fp32=float(result.get("precision_drift_vs_fp32", 0.0)),
             runs=int(result.get("runs", 0)), spread={k: float(v) for k, v in result.get("spread", {}).items()},
             failure=str(result.get("failure", ""))[:4000],

@@ -20,9 +20,9 @@ def _submit(view, bp):
                                   ir_json="{}", submitted_by="test"))
 
 
-def _kernel(view, bp, width, status=None):
-    aid = f"{bp}-{width}"
-    view.apply(KernelCompiled(envelope=envs.next(f"kernel/{aid}"), artifact_id=aid, blueprint_id=bp, hardware="cpu",
+def _kernel(view, bp, width, status=None, hardware="cpu"):
+    aid = f"{bp}-{width}-{hardware}"
+    view.apply(KernelCompiled(envelope=envs.next(f"kernel/{aid}"), artifact_id=aid, blueprint_id=bp, hardware=hardware,
                               pipeline="fast", toolchain_hash="t", sha256="s", size_bytes=1, uri="u", compile_ms=1.0,
                               signature_json=json.dumps({"inputs": [{"shape": [None, width]}]})))
     if status:
@@ -68,3 +68,19 @@ def test_the_materialized_library_comes_back_with_input_widths():
     back = UrzaView.restore(entries.items(), lambda raw: None)
     assert back.kernels[aid].in_features == 16 and back.kernels[aid].features == 8
     assert back.state() == view.state()
+
+
+def test_only_kernels_built_for_the_models_device_count(monkeypatch):
+    """A home whose CPU library is complete is not ready for a model on an H100, and the reverse."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    view = UrzaView()
+    for bp in ("on_cpu", "on_h100"):  # names of their own: the module's envelopes number each originator once
+        _submit(view, bp)
+    _kernel(view, "on_cpu", 8, "VALIDATED")
+    _kernel(view, "on_h100", 8, "VALIDATED", hardware="h100")
+    ids = ["on_cpu", "on_h100"]
+    cpu, cuda = library_status(view, ids, 8), library_status(view, ids, 8, device="cuda")
+    assert (cpu.validated, cpu.pending) == (1, 1) and (cuda.validated, cuda.pending) == (1, 1)

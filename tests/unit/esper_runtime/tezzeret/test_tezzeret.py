@@ -30,6 +30,19 @@ def test_artifact_ids_follow_j3(compiled):
     assert len(ir_hash) == 12 and pipeline == "fast" and len(toolchain) == 6 and hardware.startswith("cpu")
     manifest = read_manifest_bytes(compiled.data)
     assert manifest["ir_hash"].startswith(ir_hash) and manifest["signature"]["inputs"][0]["shape"] == [None, 8]
+    assert manifest["device"] == "cpu" and manifest["hardware"] == hardware == compiled.hardware
+
+
+def test_a_worker_labels_what_it_compiles_for_not_what_the_host_has(monkeypatch, catalog):
+    """On a GPU host a CPU worker's artifacts are CPU kernels (the label the old code took from the host)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    publisher = InMemoryPublisher(SingleObjectSerde(catalog))
+    assert TezzeretWorker(publisher, None).hardware.startswith("cpu_")
+    assert TezzeretWorker(publisher, None, device="cuda").hardware == "h200"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        TezzeretWorker(publisher, None, device="cuda")
 
 
 def test_the_compiled_program_runs_any_weights_and_matches_eager(tmp_path, compiled):

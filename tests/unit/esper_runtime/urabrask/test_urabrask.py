@@ -4,6 +4,7 @@ import io
 import zipfile
 
 import pytest
+import torch
 
 from esper_runtime.blueprints import starter_blueprints
 from esper_runtime.tezzeret.compiler import BUNDLE_KIND, compile_ir
@@ -34,7 +35,7 @@ def test_a_real_kernel_passes_the_sandbox_with_repeatable_measurements(bundles):
     assert first["passed"] and second["passed"], first
     assert first["precision_drift_vs_fp32"] < 1e-5 and first["runs"] == 3
     assert 0 < first["latency_ms_mean"] <= first["latency_ms_p99"]
-    assert first["memory_mb_peak"] > 0
+    assert first["memory_mb_peak"] > 0 and first["device"] == "cpu" and "power_watts_avg" not in first
     # repeat runs agree closely (their spread is reported; medians of two sandboxes within 2x of each other)
     ratio = first["latency_ms_mean"] / second["latency_ms_mean"]
     assert 0.5 < ratio < 2.0 and "latency_ms_mean" in first["spread"]
@@ -80,8 +81,8 @@ def test_risk_grows_with_drift_and_instability():
     assert "numerically_stable" in calm.tags and "numerically_stable" not in shaky.tags
 
 
-def _compiled_event(envs, aid):
-    return KernelCompiled(envelope=envs.next(f"kernel/{aid}"), artifact_id=aid, blueprint_id="bp", hardware="cpu",
+def _compiled_event(envs, aid, hardware="cpu"):
+    return KernelCompiled(envelope=envs.next(f"kernel/{aid}"), artifact_id=aid, blueprint_id="bp", hardware=hardware,
                           pipeline="fast", toolchain_hash="t", sha256="s", size_bytes=1, uri="u", compile_ms=1.0,
                           signature_json="{}")
 
@@ -119,3 +120,18 @@ def test_peers_from_the_distribution_keeper_equal_peers_from_the_urza_view():
               for e in events if type(e).__name__ == "KernelValidationReport" and e.passed}
     from_state = distributions_from_state(keeper)
     assert from_state.samples == from_view.samples and from_state.population("cpu") == len(keeper) > 0
+
+
+def test_a_kernel_built_for_hardware_this_host_lacks_is_left_for_another_worker(tmp_path, catalog, monkeypatch):
+    """A CUDA kernel reaching a CPU host's Urabrask is neither measured nor rejected (it is not the kernel's fault):
+    it stays unknown here, for a worker on its card."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    store = ArtifactStore(tmp_path)
+    store.put("gpu", BUNDLE_KIND, b"gpu")
+    measured = []
+    pub = InMemoryPublisher(SingleObjectSerde(catalog))
+    worker = UrabraskWorker(pub, store, sandbox=lambda data, aid, sha: measured.append(aid) or {"passed": True})
+    worker.handle(_compiled_event(EnvelopeFactory("tz", "tezzeret"), "gpu", hardware="h100"))
+    published = [r for topic in ("urabrask.kernels.reports", "urza.kernels.events") for r in pub.log.records(topic)]
+    assert measured == [] and published == [] and "gpu" not in worker.known and worker.stats.skipped == 1
+    assert worker.can_measure("cpu_x86_64") and worker.can_measure("cpu") and not worker.can_measure("a100")
