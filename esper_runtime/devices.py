@@ -12,14 +12,12 @@ import platform
 
 import torch
 
+from esper_runtime.exceptions import DeviceUnavailable
+
 __all__ = ["DEVICES", "DeviceUnavailable", "resolve", "hardware_label", "runs_on", "hardware_context"]
 
 DEVICES = ("auto", "cpu", "cuda")
 _CARDS = ("h200", "h100", "a100", "l40", "a10", "t4", "v100")
-
-
-class DeviceUnavailable(RuntimeError):
-    """CUDA was asked for on a machine where torch sees none."""
 
 
 def resolve(name: str | torch.device) -> torch.device:

@@ -71,7 +71,7 @@ def run(device: str = "cpu", rows: int | None = None, features: int = 4096, chun
     target = resolve(device)
     cuda = target.type == "cuda"
     rows = rows or (16384 if cuda else 2048)
-    reps = reps or (50 if cuda else 10)
+    reps = reps or (50 if cuda else 30)
     if features % chunk:
         raise ValueError(f"features ({features}) must be a multiple of chunk ({chunk})")
     gen = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from esper_runtime.blueprints import starter_blueprints
+from esper_runtime.exceptions import DeviceUnavailable
 from esper_runtime.kasmina.exceptions import KernelLoadError
 from esper_runtime.kasmina.kernels import KernelCache
 from esper_runtime.tezzeret.compiler import BUNDLE_KIND, compile_ir, read_manifest_bytes
@@ -41,7 +42,7 @@ def test_a_worker_labels_what_it_compiles_for_not_what_the_host_has(monkeypatch,
     assert TezzeretWorker(publisher, None).hardware.startswith("cpu_")
     assert TezzeretWorker(publisher, None, device="cuda").hardware == "h200"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="no CUDA device"):
+    with pytest.raises(DeviceUnavailable, match="no CUDA device"):
         TezzeretWorker(publisher, None, device="cuda")
 
 
