@@ -11,8 +11,10 @@ and to the child by ``alpha`` on blending chunks, and to the host alone elsewher
 eager path in ``KasminaLayer._forward_seeds``. Arithmetic is float32 whatever the tensors' dtype (float32, bfloat16,
 float16); alpha is read as the state tensor holds it (float16).
 
-The element's seed is ``(flat index // inner) % features // chunk``: ``inner`` is 1 for a Linear's (..., features)
-output and H·W for a Conv2d's (B, C, H, W), so one kernel serves both. The kernel runs on CUDA tensors, and on CPU
+The output is seen as a matrix tiled by the launch (``Layout``): a Linear's (..., features) output as
+(numel / features, features), each column one seed's; a Conv2d's (B, C, H, W) as (B·C, H·W), each row one channel's,
+so a seed is found with a division per row or column of a tile, never per element (64-bit division is a long
+instruction sequence on a GPU, and would make a memory-bound kernel compute-bound). The kernel runs on CUDA tensors, and on CPU
 tensors under Triton's interpreter (``TRITON_INTERPRET=1``), which is how CI checks it against the eager path.
 
 Triton reads ``TRITON_INTERPRET`` when a function is decorated, so the kernels are decorated on first use (once per
@@ -20,6 +22,8 @@ mode), not when this module is imported; the layer imports this module only when
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -32,7 +36,9 @@ __all__ = ["BLEND_CODES", "blend", "blend_reference", "interpreting", "triton_bl
 # the states whose chunk is the blend of host and child (TRAINING's child learns beside an identity host path)
 BLEND_CODES = (Code.GRAFTING, Code.STABILIZATION, Code.EVALUATING, Code.FINE_TUNING, Code.FOSSILIZED)
 _BLEND_BITS = sum(1 << int(c) for c in BLEND_CODES)
-_BLOCK = 1024
+_TILE = 4096  # elements a program blends
+_TILE_COLS = 256  # at most this many columns of a tile whose seeds follow its columns (Linear)
+_TILE_COLS_ROW = 1024  # and of one whose seeds follow its rows (Conv2d: a row is a channel's H·W)
 _kernels: dict[bool, tuple] = {}
 
 
@@ -46,29 +52,44 @@ def triton_blend_available(t: torch.Tensor) -> bool:
     return t.is_cuda or interpreting()
 
 
-def _blend_forward(y_ptr, child_ptr, out_ptr, state_ptr, alpha_ptr, n, inner, features, chunk,
-                   BLEND_BITS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    seed = ((offs // inner) % features) // chunk
-    code = tl.load(state_ptr + seed, mask=mask, other=0).to(tl.int32)
-    a = tl.load(alpha_ptr + seed, mask=mask, other=0.0).to(tl.float32)
+def _blend_forward(y_ptr, child_ptr, out_ptr, state_ptr, alpha_ptr, R, C, features, chunk,
+                   BLEND_BITS: tl.constexpr, SEED_BY_ROW: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask = (rows < R)[:, None] & (cols < C)[None, :]
+    # a seed per row or per column of the tile: one division per row or column, none per element
+    if SEED_BY_ROW:
+        seed = ((rows % features) // chunk)[:, None]
+        seed_mask = (rows < R)[:, None]
+    else:
+        seed = (cols // chunk)[None, :]
+        seed_mask = (cols < C)[None, :]
+    code = tl.load(state_ptr + seed, mask=seed_mask, other=0).to(tl.int32)
+    a = tl.load(alpha_ptr + seed, mask=seed_mask, other=0.0).to(tl.float32)
     blending = ((BLEND_BITS >> code) & 1) != 0
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     c = tl.load(child_ptr + offs, mask=mask & blending, other=0.0).to(tl.float32)
     out = tl.where(blending, tl.where(a >= 1.0, c, y + a * (c - y)), y)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _blend_backward(grad_ptr, grad_y_ptr, grad_child_ptr, state_ptr, alpha_ptr, n, inner, features, chunk,
-                    BLEND_BITS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    seed = ((offs // inner) % features) // chunk
-    code = tl.load(state_ptr + seed, mask=mask, other=0).to(tl.int32)
-    a = tl.load(alpha_ptr + seed, mask=mask, other=0.0).to(tl.float32)
+def _blend_backward(grad_ptr, grad_y_ptr, grad_child_ptr, state_ptr, alpha_ptr, R, C, features, chunk,
+                    BLEND_BITS: tl.constexpr, SEED_BY_ROW: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask = (rows < R)[:, None] & (cols < C)[None, :]
+    if SEED_BY_ROW:
+        seed = ((rows % features) // chunk)[:, None]
+        seed_mask = (rows < R)[:, None]
+    else:
+        seed = (cols // chunk)[None, :]
+        seed_mask = (cols < C)[None, :]
+    code = tl.load(state_ptr + seed, mask=seed_mask, other=0).to(tl.int32)
+    a = tl.load(alpha_ptr + seed, mask=seed_mask, other=0.0).to(tl.float32)
     blending = ((BLEND_BITS >> code) & 1) != 0
     w = tl.where(blending, tl.where(a >= 1.0, 1.0, a), 0.0)  # the child's share of the output
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(grad_y_ptr + offs, (g * (1.0 - w)).to(grad_y_ptr.dtype.element_ty), mask=mask)
     tl.store(grad_child_ptr + offs, (g * w).to(grad_child_ptr.dtype.element_ty), mask=mask)
@@ -81,15 +102,40 @@ def _compiled() -> tuple:
     return _kernels[mode]
 
 
-def _layout(y: torch.Tensor, channel_dim: int) -> tuple[int, int]:
-    """(inner, features): the element at flat index i belongs to feature (i // inner) % features."""
+@dataclass(frozen=True)
+class Layout:
+    """The output seen as a (rows, cols) matrix, and whether an element's seed follows its row or its column: a
+    Linear's (..., F) output is (numel / F, F), seed by column; a Conv2d's (B, C, H, W) is (B·C, H·W), seed by row
+    (``row % C // chunk``). Tiles of about 4,096 elements, a power of two wide."""
+
+    rows: int
+    cols: int
+    features: int
+    seed_by_row: bool
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        bc = min(_TILE_COLS_ROW if self.seed_by_row else _TILE_COLS, triton.next_power_of_2(max(self.cols, 1)))
+        return _TILE // bc, bc
+
+    def grid(self) -> tuple[int, int]:
+        br, bc = self.tile
+        return triton.cdiv(self.rows, br), triton.cdiv(self.cols, bc)
+
+
+def _layout(y: torch.Tensor, channel_dim: int) -> Layout:
+    if y.dim() == 0:
+        raise ValueError("the blend kernel takes a layer's output, not a scalar")
     if channel_dim in (-1, y.dim() - 1):
-        return 1, y.shape[-1]
+        features = y.shape[-1]
+        return Layout(y.numel() // max(features, 1), features, features, False)
     if channel_dim == 1 and y.dim() >= 2:
-        inner = 1
+        features, inner = y.shape[1], 1
         for d in y.shape[2:]:
             inner *= d
-        return inner, y.shape[1]
+        if inner == 1:  # (B, C) or (B, C, 1, 1): the Linear layout
+            return Layout(y.shape[0], features, features, False)
+        return Layout(y.shape[0] * features, inner, features, True)
     raise ValueError(f"the blend kernel takes features on the last dim or dim 1, not dim {channel_dim}")
 
 
@@ -97,30 +143,31 @@ class _Blend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, child, state, alpha, chunk, channel_dim):
         y, child = y.contiguous(), child.contiguous()
-        inner, features = _layout(y, channel_dim)
+        layout = _layout(y, channel_dim)
         out = torch.empty_like(y)
-        n = y.numel()
         forward_kernel, _ = _compiled()
         # the state may change after this forward (the next step's alpha): the backward keeps what this one read
         state, alpha = state.detach().clone(), alpha.detach().clone()
-        if n:
-            forward_kernel[(triton.cdiv(n, _BLOCK),)](y, child, out, state, alpha, n, inner, features, chunk,
-                                                      BLEND_BITS=_BLEND_BITS, BLOCK=_BLOCK)
+        _launch(layout, forward_kernel, chunk, y, child, out, state, alpha)
         ctx.save_for_backward(state, alpha)
-        ctx.layout = (n, inner, features, chunk)
+        ctx.layout, ctx.chunk = layout, chunk
         return out
 
     @staticmethod
     def backward(ctx, grad):
         state, alpha = ctx.saved_tensors
-        n, inner, features, chunk = ctx.layout
         grad = grad.contiguous()
         grad_y, grad_child = torch.empty_like(grad), torch.empty_like(grad)
         _, backward_kernel = _compiled()
-        if n:
-            backward_kernel[(triton.cdiv(n, _BLOCK),)](grad, grad_y, grad_child, state, alpha, n, inner, features,
-                                                       chunk, BLEND_BITS=_BLEND_BITS, BLOCK=_BLOCK)
+        _launch(ctx.layout, backward_kernel, ctx.chunk, grad, grad_y, grad_child, state, alpha)
         return grad_y, grad_child, None, None, None, None
+
+
+def _launch(layout: Layout, kernel, chunk: int, a, b, c, state, alpha) -> None:
+    if layout.rows and layout.cols:
+        br, bc = layout.tile
+        kernel[layout.grid()](a, b, c, state, alpha, layout.rows, layout.cols, layout.features, chunk,
+                              BLEND_BITS=_BLEND_BITS, SEED_BY_ROW=layout.seed_by_row, BR=br, BC=bc)
 
 
 def blend(y: torch.Tensor, child: torch.Tensor, state: torch.Tensor, alpha: torch.Tensor, chunk: int,
@@ -133,7 +180,7 @@ def blend(y: torch.Tensor, child: torch.Tensor, state: torch.Tensor, alpha: torc
     if not triton_blend_available(y):
         raise RuntimeError("the Triton blend runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); "
                            f"this output is on {y.device}")
-    _, features = _layout(y, channel_dim)
+    features = _layout(y, channel_dim).features
     if state.numel() * chunk < features or alpha.numel() != state.numel():
         raise ValueError(f"{state.numel()} seeds of {chunk} features do not cover {features} features")
     return _Blend.apply(y, child, state, alpha, chunk, channel_dim)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 from esper_runtime.kasmina import KasminaConfig, wrap
 from esper_runtime.kasmina.blend import BLEND_CODES, blend, blend_reference, interpreting
@@ -175,3 +176,43 @@ def test_the_default_blend_is_eager_on_cpu(make_model, kernels, monkeypatch):
     model(t.x[:8])
     assert "esper_runtime.kasmina.blend" not in sys.modules
     assert wrap  # the public entry point the fixtures use
+
+
+# ------------------------------------------------------------------------------------------- compiled for a card
+def _ptx(kernel, arch: int, dtype: str, seed_by_row: bool) -> str:
+    """The kernel compiled ahead of time for an NVIDIA card of compute capability ``arch`` (no GPU needed: Triton's
+    own ptxas), as a launch would specialize it for 16-aligned pointers and a 16-divisible width."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from esper_runtime.kasmina import blend as module
+
+    ptr = {"float32": "*fp32", "bfloat16": "*bf16"}[dtype]
+    signature = dict(zip(kernel.arg_names, [ptr, ptr, ptr, "*u8", "*fp16"] + ["i32"] * 4 + ["constexpr"] * 4))
+    bc = 1024 if seed_by_row else 256
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={"BLEND_BITS": module._BLEND_BITS, "SEED_BY_ROW": seed_by_row, "BR": 4096 // bc,
+                                   "BC": bc},
+                       attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 6)})
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+    assert compiled.asm.get("cubin"), "ptxas made no machine code"
+    return compiled.asm["ptx"]
+
+
+@pytest.mark.parametrize("arch", [90, 80])  # H100 / H200, A100
+@pytest.mark.parametrize("seed_by_row", [False, True])
+def test_the_kernels_compile_for_the_card_without_a_division_per_element(monkeypatch, arch, seed_by_row):
+    """What the interpreter cannot show: the kernels go through Triton's compiler to machine code for the cards the
+    GPU check runs on, and the code finds seeds per tile row or column (no 64-bit division, which the GPU runs as
+    a long sequence per element) and moves data in 128-bit loads and stores."""
+    import re
+
+    from esper_runtime.kasmina.blend import _compiled
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for kernel in _compiled():
+        for dtype in ("float32", "bfloat16"):
+            ptx = _ptx(kernel, arch, dtype, seed_by_row)
+            assert not re.search(r"\b(div|rem)\.[su]64\b", ptx), f"{kernel}: 64-bit division in the PTX"
+            assert re.search(r"ld\.global(\.\w+)*\.v4\.b32|ld\.global(\.\w+)*\.v[248]\.b(32|64)", ptx), \
+                f"{kernel} {dtype}: no vector loads"
