@@ -79,6 +79,12 @@ class KasminaLayer(nn.Module):
             device = None
         for name, tensor in StateLayout.create(self.num_seeds, device).items():
             self.register_buffer(name, tensor)
+        # a layer whose last chunk is shorter: each feature's seed and each seed's width, so its statistics are
+        # taken for all chunks at once (index_add) rather than chunk by chunk
+        seed_of = torch.tensor([i for i, (s, e) in enumerate(self.bounds) for _ in range(s, e)], device=device)
+        self.register_buffer("_seed_of_feature", seed_of, persistent=False)
+        self.register_buffer("_chunk_widths", torch.tensor([float(e - s) for s, e in self.bounds], device=device),
+                             persistent=False)
         self.seeds = nn.ModuleDict()  # str(seed index) -> child module
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_from_buffers())
         # Python mirrors of the hot state, so the forward never reads a tensor to decide what to do.
@@ -307,17 +313,34 @@ class KasminaLayer(nn.Module):
                         scale = _PROBE_UNITS * self.uniform_chunk / c.shape[0]
                         per_seed = c.view(c.shape[0], self.num_seeds, self.uniform_chunk).sum(dim=(0, 2))
                         per_seed = (per_seed * scale).sqrt_() if scale != 1 else per_seed.sqrt_()
-                    else:
-                        per_seed = torch.stack([c[:u, s:e].sum() * (_PROBE_UNITS * (e - s) / u) for s, e, u in
-                                                self._probe_units(c.shape[0])]).sqrt()
-                    acc[:, HEALTH[f"growth_{source}"]] += per_seed
-                acc[:, HEALTH["growth_samples"]] += 1
+                    else:  # each chunk sums its own first units, scaled to 2F: one weighted reduction
+                        per_feature = (c * self._ragged_weights(c.shape[0], c.device)).sum(0)
+                        per_seed = self._per_seed(per_feature).sqrt_()
+                    acc.narrow(1, HEALTH[f"growth_{source}"], 1).add_(per_seed.unsqueeze(1))
+                acc.narrow(1, HEALTH["growth_samples"], 1).add_(1)
 
         y.register_hook(measure)
 
     def _probe_units(self, available: int) -> list[tuple[int, int, int]]:
         """(start, end, units) per chunk: 2F units for a chunk of F features, at most ``available``."""
         return [(s, e, min(_PROBE_UNITS * (e - s), available)) for s, e in self.bounds]
+
+    def _ragged_weights(self, available: int, device) -> torch.Tensor:
+        """(units, features): for each chunk's features, its first units weighted ``2F / units`` (the rescaling to
+        2F's expectation), the rest 0 — the per-chunk sums of ``_probe_units`` as one product."""
+        key = ("weights", available)
+        w = self._probes.get(key)
+        if w is None or w.device != torch.device(device):
+            w = torch.zeros(available, self.features)
+            for s, e, u in self._probe_units(available):
+                w[:u, s:e] = _PROBE_UNITS * (e - s) / u
+            self._probes[key] = w = w.to(device)
+        return w
+
+    def _per_seed(self, per_feature: torch.Tensor) -> torch.Tensor:
+        """Sum a (features,) tensor over each seed's chunk."""
+        return torch.zeros(self.num_seeds, device=per_feature.device, dtype=per_feature.dtype).index_add_(
+            0, self._seed_of_feature, per_feature)
 
     @torch.no_grad()
     def _observe(self, y: torch.Tensor) -> None:
@@ -334,20 +357,35 @@ class KasminaLayer(nn.Module):
             return
         self._samples += 1
         with_corr = self._samples % self.config.correlation_every == 1 or self.config.correlation_every == 1
+        corr_rows = self.config.correlation_samples if with_corr else 0
         if self.uniform_chunk is not None:
-            stats = _chunk_stats(rows.view(rows.shape[0], self.num_seeds, self.uniform_chunk),
-                                 self.config.correlation_samples if with_corr else 0)
+            stats = _chunk_stats(rows.view(rows.shape[0], self.num_seeds, self.uniform_chunk), corr_rows)
         else:
-            stats = torch.cat([
-                _chunk_stats(rows[:, s:e].unsqueeze(1), self.config.correlation_samples if with_corr else 0)
-                for s, e in self.bounds
-            ])
-        acc = self.health_accumulator
-        acc[:, HEALTH["samples"]] += 1
-        acc[:, HEALTH["variance"]:HEALTH["dead"] + 1] += stats[:, :2]
+            stats = self._ragged_stats(rows, corr_rows)
+        acc = self.health_accumulator  # views of its columns updated in place: no copy back per statistic
+        acc.narrow(1, HEALTH["samples"], 1).add_(1)
+        acc.narrow(1, HEALTH["variance"], 2).add_(stats[:, :2])
         if with_corr:
-            acc[:, HEALTH["correlation"]] += stats[:, 2]
-            acc[:, HEALTH["corr_samples"]] += 1
+            acc.narrow(1, HEALTH["correlation"], 1).add_(stats[:, 2:3])
+            acc.narrow(1, HEALTH["corr_samples"], 1).add_(1)
+
+    def _ragged_stats(self, rows: torch.Tensor, corr_rows: int) -> torch.Tensor:
+        """``_chunk_stats`` for a layer whose chunks differ in width: per-feature statistics summed per seed."""
+        _, var = _moments(rows)
+        dead = (rows.amax(dim=0) <= 0).float()
+        widths = self._chunk_widths
+        columns = [self._per_seed(var) / widths, self._per_seed(dead) / widths]
+        if corr_rows:
+            sample = rows[:corr_rows]
+            mean, svar = _moments(sample)
+            z = (sample - mean) / (svar.sqrt() + 1e-6)
+            corr = (z.t() @ z).abs_() / max(z.shape[0] - 1, 1)  # (features, features)
+            same = self._seed_of_feature.unsqueeze(0) == self._seed_of_feature.unsqueeze(1)
+            off = self._per_seed((corr * same).sum(1) - corr.diagonal())  # within a chunk, off the diagonal
+            columns.append(torch.where(widths > 1, off / (widths * (widths - 1)).clamp_min(1), torch.zeros_like(off)))
+        else:
+            columns.append(torch.zeros_like(widths))
+        return torch.stack(columns, dim=-1)
 
     @torch.no_grad()
     def growth_signals(self) -> tuple[torch.Tensor, torch.Tensor]:
