@@ -44,14 +44,23 @@ class ModelInput:
     def __init__(self):
         self.value: torch.Tensor | None = None
         self.features: int | None = None  # the input width, from the first forward
+        self._standard: tuple[int, torch.Tensor] | None = None  # (rows, standardized rows) of this forward's input
 
     def capture(self, module: nn.Module, args: tuple) -> None:
         x = args[0] if args else None
+        self._standard = None
         if isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point():
             self.value = x
             self.features = self.features or int(x.shape[1])
         else:
             self.value = None
+
+    def standardized(self, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows of this forward's input, standardized per feature: computed once a forward for
+        every seed layer that measures new units reading it."""
+        if self._standard is None or self._standard[0] != rows:
+            self._standard = (rows, _standardize(self.value.detach()[:rows]))
+        return self._standard[1]
 
 
 class KasminaLayer(nn.Module):
@@ -275,17 +284,16 @@ class KasminaLayer(nn.Module):
         y.register_hook(fit)
 
     # ------------------------------------------------------------------ stats
-    def _probe(self, source: str, u: torch.Tensor) -> torch.Tensor:
-        """Fixed random ReLU units over the standardized input ``u``: what new units reading it would compute."""
-        key = (source, u.shape[1])
+    def _probe(self, source: str, z: torch.Tensor) -> torch.Tensor:
+        """Fixed random ReLU units over the standardized input ``z``: what new units reading it would compute."""
+        key = (source, z.shape[1])
         proj = self._probes.get(key)
         if proj is None:  # its own generator: measuring never moves torch's global RNG
             gen = torch.Generator().manual_seed(7919 * (self.layer_id + 1) + (source == "model"))
             units = min(_PROBE_UNITS * max(e - s for s, e in self.bounds), self.config.probe_units)
-            proj = torch.randn(u.shape[1], units, generator=gen) / math.sqrt(u.shape[1])
-            self._probes[key] = proj = proj.to(device=u.device, dtype=torch.float32)
-        mean, var = _moments(u.float())
-        return torch.relu(((u.float() - mean) / (var.sqrt() + 1e-6)) @ proj)
+            proj = torch.randn(z.shape[1], units, generator=gen) / math.sqrt(z.shape[1])
+            self._probes[key] = proj = proj.to(device=z.device, dtype=torch.float32)
+        return torch.relu(z @ proj)
 
     def _measure_growth(self, y: torch.Tensor, x: torch.Tensor) -> None:
         """The growth signal (GradMax, Evci et al. 2022; TINY's expressivity bottleneck): how fast the loss would
@@ -296,10 +304,10 @@ class KasminaLayer(nn.Module):
         the sampled steps."""
         rows = self.config.stats_rows
         with torch.no_grad():
-            probes = {"layer": self._probe("layer", x.detach()[:rows])}
+            probes = {"layer": self._probe("layer", _standardize(x.detach()[:rows]))}
             m = self.model_input.value if self.model_input is not None else None
             if m is not None and m is not x and m.shape[0] == x.shape[0]:
-                probes["model"] = self._probe("model", m.detach()[:rows])
+                probes["model"] = self._probe("model", self.model_input.standardized(rows))
 
         def measure(grad: torch.Tensor) -> None:
             with torch.no_grad():
@@ -507,6 +515,13 @@ def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = x.mean(0)
     var = ((x * x).mean(0) - mean * mean).clamp_min_(0) * (n / max(n - 1, 1))
     return mean, var
+
+
+def _standardize(u: torch.Tensor) -> torch.Tensor:
+    """Each feature (column) of ``u`` to mean 0 and standard deviation 1 (features that do not vary to 0)."""
+    u = u.float()
+    mean, var = _moments(u)
+    return (u - mean) / (var.sqrt() + 1e-6)
 
 
 def _chunk_stats(x: torch.Tensor, corr_rows: int) -> torch.Tensor:
