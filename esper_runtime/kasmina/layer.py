@@ -403,25 +403,32 @@ class KasminaLayer(nn.Module):
         least as wide it offers deeper features. The signal is the gradient norm for that input times the chunk's
         spread, so it does not depend on how the host splits a scale between layers (halving a layer's outputs and
         doubling the next layer's weights doubles the gradient)."""
-        acc = self.health_accumulator.detach().cpu().to(torch.float64)
-        n = acc[:, HEALTH["samples"]].clamp_min(1.0)
-        grow_n = acc[:, HEALTH["growth_samples"]].clamp_min(1.0)
-        spread = (acc[:, HEALTH["variance"]] / n).clamp_min(0).sqrt()
-        layer_signal = acc[:, HEALTH["growth_layer"]] / grow_n
-        model_signal = acc[:, HEALTH["growth_model"]] / grow_n
+        signal, from_model = self._signals(self.health_accumulator.detach().cpu().tolist())
+        return torch.tensor(signal, dtype=torch.float32), torch.tensor(from_model, dtype=torch.bool)
+
+    def _signals(self, rows: list[list[float]]) -> tuple[list[float], list[bool]]:
+        """``growth_signals`` from the accumulator's rows as Python numbers (float64, as the tensor arithmetic was;
+        a layer has tens of seeds, and a dozen tensor operations on them cost more than the arithmetic)."""
         model_width = self.model_input.features if self.model_input is not None else None
         wider = self.channel_dim == -1 and model_width is not None and model_width > self.base_layer.in_features
-        from_model = (model_signal > 0) & wider
-        signal = spread * torch.where(from_model, model_signal, layer_signal)
-        return signal.to(torch.float32), from_model
+        signal, from_model = [], []
+        for row in rows:
+            n, grow_n = max(row[HEALTH["samples"]], 1.0), max(row[HEALTH["growth_samples"]], 1.0)
+            spread = math.sqrt(max(row[HEALTH["variance"]] / n, 0.0))
+            model_signal = row[HEALTH["growth_model"]] / grow_n
+            use_model = wider and model_signal > 0
+            signal.append(spread * (model_signal if use_model else row[HEALTH["growth_layer"]] / grow_n))
+            from_model.append(use_model)
+        return signal, from_model
 
     def health(self) -> list[dict]:
         """Per-seed means over the samples since the last reset. The accumulator is read into Python numbers once:
         a float() of a tensor element per field and seed was most of what publishing telemetry cost an epoch."""
-        signal, from_model = self.growth_signals()
-        signal, from_model = signal.tolist(), from_model.tolist()
+        rows = self.health_accumulator.detach().cpu().tolist()
+        signal, from_model = self._signals(rows)
+        signal = torch.tensor(signal, dtype=torch.float32).tolist()  # the float32 values growth_signals gives
         out = []
-        for i, row in enumerate(self.health_accumulator.detach().cpu().tolist()):
+        for i, row in enumerate(rows):
             n = max(row[HEALTH["samples"]], 1.0)
             corr_n = max(row[HEALTH["corr_samples"]], 1.0)
             lat_n = row[HEALTH["latency_samples"]]

@@ -31,3 +31,29 @@ def test_ragged_growth_sums_equal_each_chunks_own_units(features, chunk, probe_u
                         for s, e, u in layer._probe_units(available)]).sqrt()
     got = layer._per_seed((c * layer._ragged_weights(available, c.device)).sum(0)).sqrt()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("wider", [False, True])
+def test_growth_signals_in_python_numbers_equal_the_tensor_formula(wider):
+    """The signals come from the accumulator read once into Python numbers; they must be, bit for bit, the float64
+    tensor arithmetic they replaced (spread x the model's or the layer's gradient norm)."""
+    from esper_runtime.kasmina.layer import ModelInput
+    from esper_runtime.kasmina.state import HEALTH
+
+    layer = KasminaLayer(nn.Linear(6, 40), 0, "l", KasminaConfig(chunk_size=8))
+    layer.model_input = ModelInput()
+    layer.model_input.features = 9 if wider else 6
+    acc = torch.rand(layer.num_seeds, len(HEALTH), generator=torch.Generator().manual_seed(2)) * 7
+    acc[0, HEALTH["samples"]] = 0  # never sampled
+    acc[1, HEALTH["growth_model"]] = 0  # no model signal
+    acc[2, HEALTH["variance"]] = -1e-9  # rounding below zero
+    layer.health_accumulator.copy_(acc)
+    a = acc.to(torch.float64)
+    n, grow_n = a[:, HEALTH["samples"]].clamp_min(1.0), a[:, HEALTH["growth_samples"]].clamp_min(1.0)
+    spread = (a[:, HEALTH["variance"]] / n).clamp_min(0).sqrt()
+    model = a[:, HEALTH["growth_model"]] / grow_n
+    from_model = (model > 0) & wider
+    want = (spread * torch.where(from_model, model, a[:, HEALTH["growth_layer"]] / grow_n)).to(torch.float32)
+    signal, got_from_model = layer.growth_signals()
+    assert torch.equal(signal, want) and torch.equal(got_from_model, from_model)
+    assert [h["growth_signal"] for h in layer.health()] == want.tolist()
