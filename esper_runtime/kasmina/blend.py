@@ -39,7 +39,7 @@ _BLEND_BITS = sum(1 << int(c) for c in BLEND_CODES)
 _TILE = 4096  # elements a program blends
 _TILE_COLS = 256  # at most this many columns of a tile whose seeds follow its columns (Linear)
 _TILE_COLS_ROW = 1024  # and of one whose seeds follow its rows (Conv2d: a row is a channel's H·W)
-_kernels: dict[bool, tuple] = {}
+_kernels: dict[bool, object] = {}  # interpreting? -> the decorated kernel
 
 
 def interpreting() -> bool:
@@ -52,8 +52,11 @@ def triton_blend_available(t: torch.Tensor) -> bool:
     return t.is_cuda or interpreting()
 
 
-def _blend_forward(y_ptr, child_ptr, out_ptr, state_ptr, alpha_ptr, R, C, features, chunk,
-                   BLEND_BITS: tl.constexpr, SEED_BY_ROW: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+def _blend_kernel(x_ptr, child_ptr, out_ptr, out_child_ptr, state_ptr, alpha_ptr, R, C, features, chunk,
+                  BLEND_BITS: tl.constexpr, SEED_BY_ROW: tl.constexpr, BACKWARD: tl.constexpr, BR: tl.constexpr,
+                  BC: tl.constexpr):
+    """Forward: ``x`` is the layer's output, ``child`` the children's, the blend goes to ``out``. Backward: ``x`` is
+    the output's gradient, the host's share goes to ``out`` and the child's to ``out_child``. One tile of BR x BC."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     mask = (rows < R)[:, None] & (cols < C)[None, :]
@@ -68,37 +71,21 @@ def _blend_forward(y_ptr, child_ptr, out_ptr, state_ptr, alpha_ptr, R, C, featur
     a = tl.load(alpha_ptr + seed, mask=seed_mask, other=0.0).to(tl.float32)
     blending = ((BLEND_BITS >> code) & 1) != 0
     offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    c = tl.load(child_ptr + offs, mask=mask & blending, other=0.0).to(tl.float32)
-    out = tl.where(blending, tl.where(a >= 1.0, c, y + a * (c - y)), y)
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _blend_backward(grad_ptr, grad_y_ptr, grad_child_ptr, state_ptr, alpha_ptr, R, C, features, chunk,
-                    BLEND_BITS: tl.constexpr, SEED_BY_ROW: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    mask = (rows < R)[:, None] & (cols < C)[None, :]
-    if SEED_BY_ROW:
-        seed = ((rows % features) // chunk)[:, None]
-        seed_mask = (rows < R)[:, None]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if BACKWARD:
+        w = tl.where(blending, tl.where(a >= 1.0, 1.0, a), 0.0)  # the child's share of the output
+        tl.store(out_ptr + offs, (x * (1.0 - w)).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_child_ptr + offs, (x * w).to(out_child_ptr.dtype.element_ty), mask=mask)
     else:
-        seed = (cols // chunk)[None, :]
-        seed_mask = (cols < C)[None, :]
-    code = tl.load(state_ptr + seed, mask=seed_mask, other=0).to(tl.int32)
-    a = tl.load(alpha_ptr + seed, mask=seed_mask, other=0.0).to(tl.float32)
-    blending = ((BLEND_BITS >> code) & 1) != 0
-    w = tl.where(blending, tl.where(a >= 1.0, 1.0, a), 0.0)  # the child's share of the output
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(grad_y_ptr + offs, (g * (1.0 - w)).to(grad_y_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_child_ptr + offs, (g * w).to(grad_child_ptr.dtype.element_ty), mask=mask)
+        c = tl.load(child_ptr + offs, mask=mask & blending, other=0.0).to(tl.float32)
+        out = tl.where(blending, tl.where(a >= 1.0, c, x + a * (c - x)), x)
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _compiled() -> tuple:
+def _compiled():
     mode = interpreting()
     if mode not in _kernels:
-        _kernels[mode] = (triton.jit(_blend_forward), triton.jit(_blend_backward))
+        _kernels[mode] = triton.jit(_blend_kernel)
     return _kernels[mode]
 
 
@@ -145,10 +132,9 @@ class _Blend(torch.autograd.Function):
         y, child = y.contiguous(), child.contiguous()
         layout = _layout(y, channel_dim)
         out = torch.empty_like(y)
-        forward_kernel, _ = _compiled()
         # the state may change after this forward (the next step's alpha): the backward keeps what this one read
         state, alpha = state.detach().clone(), alpha.detach().clone()
-        _launch(layout, forward_kernel, chunk, y, child, out, state, alpha)
+        _launch(layout, False, chunk, y, child, out, out, state, alpha)
         ctx.save_for_backward(state, alpha)
         ctx.layout, ctx.chunk = layout, chunk
         return out
@@ -158,16 +144,16 @@ class _Blend(torch.autograd.Function):
         state, alpha = ctx.saved_tensors
         grad = grad.contiguous()
         grad_y, grad_child = torch.empty_like(grad), torch.empty_like(grad)
-        _, backward_kernel = _compiled()
-        _launch(ctx.layout, backward_kernel, ctx.chunk, grad, grad_y, grad_child, state, alpha)
+        _launch(ctx.layout, True, ctx.chunk, grad, grad, grad_y, grad_child, state, alpha)
         return grad_y, grad_child, None, None, None, None
 
 
-def _launch(layout: Layout, kernel, chunk: int, a, b, c, state, alpha) -> None:
+def _launch(layout: Layout, backward: bool, chunk: int, x, child, out, out_child, state, alpha) -> None:
     if layout.rows and layout.cols:
         br, bc = layout.tile
-        kernel[layout.grid()](a, b, c, state, alpha, layout.rows, layout.cols, layout.features, chunk,
-                              BLEND_BITS=_BLEND_BITS, SEED_BY_ROW=layout.seed_by_row, BR=br, BC=bc)
+        _compiled()[layout.grid()](x, child, out, out_child, state, alpha, layout.rows, layout.cols,
+                                   layout.features, chunk, BLEND_BITS=_BLEND_BITS, SEED_BY_ROW=layout.seed_by_row,
+                                   BACKWARD=backward, BR=br, BC=bc)
 
 
 def blend(y: torch.Tensor, child: torch.Tensor, state: torch.Tensor, alpha: torch.Tensor, chunk: int,

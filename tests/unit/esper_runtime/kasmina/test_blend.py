@@ -179,7 +179,7 @@ def test_the_default_blend_is_eager_on_cpu(make_model, kernels, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- compiled for a card
-def _ptx(kernel, arch: int, dtype: str, seed_by_row: bool) -> str:
+def _ptx(kernel, arch: int, dtype: str, seed_by_row: bool, backward: bool) -> str:
     """The kernel compiled ahead of time for an NVIDIA card of compute capability ``arch`` (no GPU needed: Triton's
     own ptxas), as a launch would specialize it for 16-aligned pointers and a 16-divisible width."""
     from triton.backends.compiler import GPUTarget
@@ -188,12 +188,12 @@ def _ptx(kernel, arch: int, dtype: str, seed_by_row: bool) -> str:
     from esper_runtime.kasmina import blend as module
 
     ptr = {"float32": "*fp32", "bfloat16": "*bf16"}[dtype]
-    signature = dict(zip(kernel.arg_names, [ptr, ptr, ptr, "*u8", "*fp16"] + ["i32"] * 4 + ["constexpr"] * 4))
+    signature = dict(zip(kernel.arg_names, [ptr] * 4 + ["*u8", "*fp16"] + ["i32"] * 4 + ["constexpr"] * 5))
     bc = 1024 if seed_by_row else 256
     source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={"BLEND_BITS": module._BLEND_BITS, "SEED_BY_ROW": seed_by_row, "BR": 4096 // bc,
-                                   "BC": bc},
-                       attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 6)})
+                       constexprs={"BLEND_BITS": module._BLEND_BITS, "SEED_BY_ROW": seed_by_row, "BACKWARD": backward,
+                                   "BR": 4096 // bc, "BC": bc},
+                       attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 7)})
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
     assert compiled.asm.get("cubin"), "ptxas made no machine code"
     return compiled.asm["ptx"]
@@ -210,9 +210,10 @@ def test_the_kernels_compile_for_the_card_without_a_division_per_element(monkeyp
     from esper_runtime.kasmina.blend import _compiled
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    for kernel in _compiled():
+    kernel = _compiled()
+    for backward in (False, True):
         for dtype in ("float32", "bfloat16"):
-            ptx = _ptx(kernel, arch, dtype, seed_by_row)
-            assert not re.search(r"\b(div|rem)\.[su]64\b", ptx), f"{kernel}: 64-bit division in the PTX"
-            assert re.search(r"ld\.global(\.\w+)*\.v4\.b32|ld\.global(\.\w+)*\.v[248]\.b(32|64)", ptx), \
-                f"{kernel} {dtype}: no vector loads"
+            ptx = _ptx(kernel, arch, dtype, seed_by_row, backward)
+            case = f"{'backward' if backward else 'forward'}, {dtype}"
+            assert not re.search(r"\b(div|rem)\.[su]64\b", ptx), f"{case}: 64-bit division in the PTX"
+            assert re.search(r"ld\.global(\.\w+)*\.v[248]\.b(32|64)", ptx), f"{case}: no vector loads"
