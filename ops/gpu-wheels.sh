@@ -9,7 +9,7 @@ PY=.venv/bin/python
 [ -x "$PY" ] || { echo "gpu-wheels: run 'bash ops/setup.sh' first (the versions come from .venv)" >&2; exit 2; }
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 rm -rf .whl && mkdir -p .whl
-PACKAGES="pydantic pydantic_core pydantic-settings annotated-types typing-inspection python-dotenv fastavro cramjam lz4 typer"
+PACKAGES="pydantic pydantic_core pydantic-settings annotated-types typing-inspection typing_extensions python-dotenv fastavro cramjam lz4 typer rich"
 specs=""
 for p in $PACKAGES; do
   v=$("$PY" -c "import importlib.metadata as m; print(m.version('$p'))")
