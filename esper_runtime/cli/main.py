@@ -168,6 +168,8 @@ def demo(
                                    "veto) or hierarchical (Tamiyo-Prime over three domains)."),
     policy: str = typer.Option(None, help="With --controller gnn: a policy directory (default: the latest Simic "
                                "trained; none yet: trained now from heuristic runs logged first)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto: where the models train; on cuda the library is "
+                               "compiled for the card and grafted seeds blend in one Triton launch a layer."),
 ) -> None:
     """The main job: grow an under-capacity host on two spirals and compare it with the baselines."""
     from pathlib import Path
@@ -177,7 +179,9 @@ def demo(
 
     if controller not in ("heuristic", "gnn", "hierarchical"):
         raise typer.BadParameter(f"must be heuristic, gnn or hierarchical, not {controller!r}", param_hint="--controller")
-    opts = DemoOptions(out=Path(out), epochs=epochs, seeds=seeds, controller=controller)
+    if device not in ("cpu", "cuda", "auto"):
+        raise typer.BadParameter(f"must be cpu, cuda or auto, not {device!r}", param_hint="--device")
+    opts = DemoOptions(out=Path(out), epochs=epochs, seeds=seeds, controller=controller, device=device)
     _run_pipeline(_console(), lambda: prepare(demo_config(opts)),
                   RunOptions(out=Path(out), policy=Path(policy) if policy else None))
 

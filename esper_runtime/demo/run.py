@@ -26,6 +26,7 @@ class DemoOptions:
     controller: str = "heuristic"  # heuristic, gnn, hierarchical
     policy: Path | None = None  # gnn: a policy directory (default: $ESPER_HOME/simic/policies/LATEST)
     experience_runs: int = 4  # gnn without a policy: heuristic runs logged first, for Simic to learn from
+    device: str = "cpu"  # cpu, cuda or auto: where the models train (and what the library is compiled for)
 
 
 def default_config(opts: DemoOptions) -> EsperConfig:
@@ -44,7 +45,7 @@ def default_config(opts: DemoOptions) -> EsperConfig:
 def demo_config(opts: DemoOptions) -> RunConfig:
     depth = 3 if opts.controller == "hierarchical" else 2
     return RunConfig(name="two_spirals", data=DataConfig(builtin="two_spirals"),
-                     model=ModelConfig(mlp=[opts.host_width] * depth), task="classification", device="cpu",
+                     model=ModelConfig(mlp=[opts.host_width] * depth), task="classification", device=opts.device,
                      seeds=opts.seeds, controller=opts.controller, esper=default_config(opts),
                      baselines=BaselinesConfig(large=ModelConfig(mlp=[opts.large_width] * 2)))
 

@@ -186,3 +186,16 @@ def test_npz_and_parquet_files_and_a_regression_target(tmp_path):
     frame.loc[3, "f2"] = np.nan
     frame.to_parquet(tmp_path / "train.parquet")
     assert "row 3, column 'f2': is NaN" in _refused(tmp_path, "data: {train: train.parquet}\nmodel: {mlp: [4]}\n", None)
+
+
+def test_the_demo_on_cuda_without_one_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    """``esper demo --device cuda`` on a machine without a card: one line, exit 2, nothing published or written."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ESPER_HOME", str(tmp_path / "home"))
+    res = CliRunner().invoke(app, ["demo", "--device", "cuda", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "no CUDA device" in res.output, res.output
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(app, ["demo", "--device", "tpu", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "cpu, cuda or auto" in res.output
