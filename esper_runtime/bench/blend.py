@@ -8,7 +8,8 @@ of one output-sized tensor: two tensors' bytes over its time. The backward reads
 and the child's gradients (three tensors).
 
 On CUDA the blend is the Triton kernel (``esper_runtime.kasmina.blend``) timed with CUDA events; on CPU it is the
-eager path the layer takes there (a clone and torch operations chunk by chunk), timed by the clock.
+eager path the layer takes there (a clone and torch operations chunk by chunk: ``blend_reference``), timed by the
+clock.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import torch
 
 from esper_runtime.devices import hardware_label, resolve
+from esper_runtime.kasmina.blend import BLEND_CODES, blend, blend_reference
 from esper_runtime.kasmina.lifecycle import Code
 
 __all__ = ["run"]
@@ -31,17 +33,6 @@ def _states(num_seeds: int) -> tuple[torch.Tensor, torch.Tensor]:
         codes.append(int(code))
         alphas.append(0.5 if code == Code.GRAFTING else 1.0 if code == Code.FOSSILIZED else 0.0)
     return torch.tensor(codes, dtype=torch.uint8), torch.tensor(alphas, dtype=torch.float16)
-
-
-def _eager(y, child, state, alpha, chunk):
-    """What KasminaLayer does on CPU: a clone, then each blending chunk written from torch operations."""
-    out = y.clone()
-    for i, (code, a) in enumerate(zip(state.tolist(), alpha.tolist())):
-        if code in (Code.GRAFTING, Code.FOSSILIZED):
-            s, e = i * chunk, (i + 1) * chunk
-            yc, cc = y[:, s:e], child[:, s:e]
-            out[:, s:e] = cc if a >= 1.0 else yc + a * (cc - yc)
-    return out
 
 
 def _timer(device: torch.device, reps: int):
@@ -82,21 +73,19 @@ def run(device: str = "cpu", rows: int | None = None, features: int = 4096, chun
     state, alpha = state.to(target), alpha.to(target)
     timed = _timer(target, reps)
     size = y.numel() * y.element_size()
-    blending = sum(1 for c in state.tolist() if c in (Code.GRAFTING, Code.FOSSILIZED)) / state.numel()
+    blending = sum(1 for c in state.tolist() if c in BLEND_CODES) / state.numel()
     dst = torch.empty_like(y)
     copy_s = timed(lambda: dst.copy_(y))
     copy_gbs = 2 * size / copy_s / 1e9
     forward_bytes = size * (2 + blending)  # read y, read the blending chunks of child, write out
     if cuda:
-        from esper_runtime.kasmina.blend import _Blend, blend
-
         forward_s = timed(lambda: blend(y, child, state, alpha, chunk))
         ctx_y, ctx_c = y.clone().requires_grad_(), child.clone().requires_grad_()
-        out = _Blend.apply(ctx_y, ctx_c, state, alpha, chunk, -1)
+        out = blend(ctx_y, ctx_c, state, alpha, chunk)
         backward_s = timed(lambda: torch.autograd.grad(out, (ctx_y, ctx_c), grad, retain_graph=True))
         kernel = "triton"
     else:
-        forward_s = timed(lambda: _eager(y, child, state, alpha, chunk))
+        forward_s = timed(lambda: blend_reference(y, child, state, alpha, chunk))  # the layer's eager path
         backward_s = None
         kernel = "eager"
     forward_gbs = forward_bytes / forward_s / 1e9

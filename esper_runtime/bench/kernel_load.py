@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from esper_runtime.devices import resolve
+from esper_runtime.devices import hardware_label, resolve
 from esper_runtime.kasmina.kernels import KernelCache
-from esper_runtime.tezzeret.compiler import BUNDLE_KIND, compile_ir, hardware_target
+from esper_runtime.tezzeret.compiler import BUNDLE_KIND, compile_ir
 from esper_runtime.urza.store import ArtifactStore
 from streams.config import load_settings
 
@@ -30,7 +30,7 @@ def _artifacts(store: ArtifactStore, width: int, device: torch.device) -> tuple[
         if bp.name not in NAMES:
             continue
         ir = bp.instantiate(width)
-        aid = artifact_id(ir, hardware_target(device), "fast")
+        aid = artifact_id(ir, hardware_label(device), "fast")
         if not store.exists(aid):
             t0 = time.perf_counter()
             bundle = compile_ir(ir, "fast", device=device)
@@ -83,5 +83,5 @@ def run(width: int = 16, hits: int = 20000, device: str = "cpu") -> dict:
         "compiled_for_bench_s": round(compile_s, 1),
         "warm_up_ms": round(warm_up_s * 1000, 1),
         "device": target.type,
-        "hardware": hardware_target(target),
+        "hardware": hardware_label(target),
     }

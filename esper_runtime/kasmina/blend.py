@@ -29,12 +29,12 @@ import torch
 import triton
 import triton.language as tl
 
-from esper_runtime.kasmina.lifecycle import Code
+from esper_runtime.kasmina.lifecycle import CHILD_STATES, Code
 
 __all__ = ["BLEND_CODES", "blend", "blend_reference", "interpreting", "triton_blend_available"]
 
 # the states whose chunk is the blend of host and child (TRAINING's child learns beside an identity host path)
-BLEND_CODES = (Code.GRAFTING, Code.STABILIZATION, Code.EVALUATING, Code.FINE_TUNING, Code.FOSSILIZED)
+BLEND_CODES = CHILD_STATES - {Code.TRAINING}
 _BLEND_BITS = sum(1 << int(c) for c in BLEND_CODES)
 _TILE = 4096  # elements a program blends
 _TILE_COLS = 256  # at most this many columns of a tile whose seeds follow its columns (Linear)
@@ -128,9 +128,8 @@ def _layout(y: torch.Tensor, channel_dim: int) -> Layout:
 
 class _Blend(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, child, state, alpha, chunk, channel_dim):
+    def forward(ctx, y, child, state, alpha, chunk, layout):
         y, child = y.contiguous(), child.contiguous()
-        layout = _layout(y, channel_dim)
         out = torch.empty_like(y)
         # the state may change after this forward (the next step's alpha): the backward keeps what this one read
         state, alpha = state.detach().clone(), alpha.detach().clone()
@@ -166,10 +165,10 @@ def blend(y: torch.Tensor, child: torch.Tensor, state: torch.Tensor, alpha: torc
     if not triton_blend_available(y):
         raise RuntimeError("the Triton blend runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); "
                            f"this output is on {y.device}")
-    features = _layout(y, channel_dim).features
-    if state.numel() * chunk < features or alpha.numel() != state.numel():
-        raise ValueError(f"{state.numel()} seeds of {chunk} features do not cover {features} features")
-    return _Blend.apply(y, child, state, alpha, chunk, channel_dim)
+    layout = _layout(y, channel_dim)
+    if state.numel() * chunk < layout.features or alpha.numel() != state.numel():
+        raise ValueError(f"{state.numel()} seeds of {chunk} features do not cover {layout.features} features")
+    return _Blend.apply(y, child, state, alpha, chunk, layout)
 
 
 def blend_reference(y: torch.Tensor, child: torch.Tensor, state: torch.Tensor, alpha: torch.Tensor, chunk: int,

@@ -384,9 +384,7 @@ class KasminaLayer(nn.Module):
         widths = self._chunk_widths
         columns = [self._per_seed(var) / widths, self._per_seed(dead) / widths]
         if corr_rows:
-            sample = rows[:corr_rows]
-            mean, svar = _moments(sample)
-            z = (sample - mean) / (svar.sqrt() + 1e-6)
+            z = _standardize(rows[:corr_rows])
             corr = (z.t() @ z).abs_() / max(z.shape[0] - 1, 1)  # (features, features)
             same = self._seed_of_feature.unsqueeze(0) == self._seed_of_feature.unsqueeze(1)
             off = self._per_seed((corr * same).sum(1) - corr.diagonal())  # within a chunk, off the diagonal
@@ -538,9 +536,7 @@ def _chunk_stats(x: torch.Tensor, corr_rows: int) -> torch.Tensor:
     dead = (x.amax(dim=0) <= 0).float().mean(dim=-1)  # a unit that never fires under a ReLU
     c = x.shape[-1]
     if corr_rows and c > 1:
-        sample = x[:corr_rows]
-        mean, svar = _moments(sample)
-        z = (sample - mean) / (svar.sqrt() + 1e-6)
+        z = _standardize(x[:corr_rows])
         corr = torch.bmm(z.permute(1, 2, 0), z.permute(1, 0, 2)) / max(z.shape[0] - 1, 1)  # (seeds, c, c)
         off = corr.abs().sum(dim=(-1, -2)) - corr.diagonal(dim1=-2, dim2=-1).abs().sum(-1)
         avg_corr = off / (c * (c - 1))

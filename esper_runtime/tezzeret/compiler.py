@@ -30,7 +30,7 @@ from torch import nn
 from esper_runtime.blueprints import ConcreteIR, build_module
 from esper_runtime.devices import hardware_label, resolve
 
-__all__ = ["PIPELINES", "BUNDLE_KIND", "CompiledBundle", "CompilationError", "compile_ir", "hardware_target",
+__all__ = ["PIPELINES", "BUNDLE_KIND", "CompiledBundle", "CompilationError", "compile_ir",
            "toolchain_hash", "artifact_id", "BATCH_MIN", "BATCH_MAX", "read_manifest_bytes"]
 
 BUNDLE_KIND = "esper.kernel.v1"
@@ -59,12 +59,6 @@ class CompiledBundle:
 def read_manifest_bytes(data: bytes) -> dict:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         return json.loads(zf.read("manifest.json"))
-
-
-def hardware_target(device: str | torch.device = "cpu") -> str:
-    """The label of the hardware a program compiled for ``device`` runs on (``esper_runtime.devices``): what the
-    program was built for, not what the building machine happens to have."""
-    return hardware_label(device)
 
 
 def toolchain_hash(pipeline: str) -> str:

@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from esper_runtime.blueprints import Blueprint, BlueprintInvalid, validate
-from esper_runtime.devices import resolve
-from esper_runtime.tezzeret.compiler import BUNDLE_KIND, CompilationError, artifact_id, compile_ir, hardware_target
+from esper_runtime.devices import hardware_label, resolve
+from esper_runtime.tezzeret.compiler import BUNDLE_KIND, CompilationError, artifact_id, compile_ir
 from esper_runtime.urza.store import ArtifactStore
 from streams.contracts import BlueprintRejected, BlueprintSubmitted, KernelCompilationFailed, KernelCompiled
 from streams.envelope import EnvelopeFactory
@@ -47,7 +47,7 @@ class TezzeretWorker:
                  device: str = "cpu"):
         self.publisher = publisher
         self.device = resolve(device)  # what this worker compiles for (a CUDA worker needs a CUDA device)
-        self.hardware = hardware_target(self.device)
+        self.hardware = hardware_label(self.device)
         self.store = store
         self.widths = widths
         self.pipelines = pipelines
