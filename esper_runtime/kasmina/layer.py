@@ -286,14 +286,18 @@ class KasminaLayer(nn.Module):
     # ------------------------------------------------------------------ stats
     def _probe(self, source: str, z: torch.Tensor) -> torch.Tensor:
         """Fixed random ReLU units over the standardized input ``z``: what new units reading it would compute."""
+        return torch.relu(z @ self._projection(source, z))
+
+    def _projection(self, source: str, z: torch.Tensor) -> torch.Tensor:
+        """The probe's (input width, units) random matrix for ``source``, on ``z``'s device: made once."""
         key = (source, z.shape[1])
         proj = self._probes.get(key)
-        if proj is None:  # its own generator: measuring never moves torch's global RNG
+        if proj is None or proj.device != z.device:  # its own generator: measuring never moves torch's global RNG
             gen = torch.Generator().manual_seed(7919 * (self.layer_id + 1) + (source == "model"))
             units = min(_PROBE_UNITS * max(e - s for s, e in self.bounds), self.config.probe_units)
             proj = torch.randn(z.shape[1], units, generator=gen) / math.sqrt(z.shape[1])
             self._probes[key] = proj = proj.to(device=z.device, dtype=torch.float32)
-        return torch.relu(z @ proj)
+        return proj
 
     def _measure_growth(self, y: torch.Tensor, x: torch.Tensor) -> None:
         """The growth signal (GradMax, Evci et al. 2022; TINY's expressivity bottleneck): how fast the loss would
@@ -304,10 +308,17 @@ class KasminaLayer(nn.Module):
         the sampled steps."""
         rows = self.config.stats_rows
         with torch.no_grad():
-            probes = {"layer": self._probe("layer", _standardize(x.detach()[:rows]))}
-            m = self.model_input.value if self.model_input is not None else None
-            if m is not None and m is not x and m.shape[0] == x.shape[0]:
-                probes["model"] = self._probe("model", self.model_input.standardized(rows))
+            probes = {}
+            model_input = self.model_input
+            m = model_input.value if model_input is not None else None
+            if m is None or m.shape[0] != x.shape[0]:
+                probes["layer"] = self._probe("layer", _standardize(x.detach()[:rows]))
+            elif m is x:  # the layer reads the model's input: one signal, its standardization shared
+                probes["layer"] = self._probe("layer", model_input.standardized(rows))
+            else:
+                probes["model"] = self._probe("model", model_input.standardized(rows))
+                if not self._model_decides():  # the layer's own input is at least as wide: both are measured
+                    probes["layer"] = self._probe("layer", _standardize(x.detach()[:rows]))
 
         def measure(grad: torch.Tensor) -> None:
             with torch.no_grad():
@@ -404,11 +415,16 @@ class KasminaLayer(nn.Module):
         signal, from_model = self._signals(self.health_accumulator.detach().cpu().tolist())
         return torch.tensor(signal, dtype=torch.float32), torch.tensor(from_model, dtype=torch.bool)
 
+    def _model_decides(self) -> bool:
+        """Whether new units would read the model's input rather than the layer's: the model's is wider. Then the
+        layer's own input is not measured (its ``growth_layer`` stays 0): it would not change the signal."""
+        model_width = self.model_input.features if self.model_input is not None else None
+        return self.channel_dim == -1 and model_width is not None and model_width > self.base_layer.in_features
+
     def _signals(self, rows: list[list[float]]) -> tuple[list[float], list[bool]]:
         """``growth_signals`` from the accumulator's rows as Python numbers (float64, as the tensor arithmetic was;
         a layer has tens of seeds, and a dozen tensor operations on them cost more than the arithmetic)."""
-        model_width = self.model_input.features if self.model_input is not None else None
-        wider = self.channel_dim == -1 and model_width is not None and model_width > self.base_layer.in_features
+        wider = self._model_decides()
         signal, from_model = [], []
         for row in rows:
             n, grow_n = max(row[HEALTH["samples"]], 1.0), max(row[HEALTH["growth_samples"]], 1.0)

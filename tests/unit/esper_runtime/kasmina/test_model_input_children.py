@@ -126,3 +126,37 @@ def test_the_growth_signal_finds_the_output_behind_a_narrow_layer_and_changes_no
     assert out["growth_model"] > 0 and out["growth_layer"] > 0
     assert out["growth_model"] > out["growth_layer"]  # the outputs need what the 2-wide layer dropped
     assert health[0][0]["growth_model"] == 0.0  # the first layer reads the model's input itself: one signal
+
+
+def test_a_layer_narrower_than_the_model_input_measures_only_the_model_probe(make_model, monkeypatch):
+    """Where new units would read the model's input (it is wider than the layer's), the layer's own input is not
+    measured: its ``growth_layer`` stays 0 and the growth signal is what measuring both gives, bit for bit."""
+    def host():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 2), nn.ReLU(), nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 6, generator=gen)
+    y = x[:, :3] * 2 + torch.sin(3 * x[:, 3:6])
+
+    def health(measure_both: bool):
+        model = make_model(host=host(), chunk_size=3)
+        if measure_both:
+            from esper_runtime.kasmina.layer import KasminaLayer
+            monkeypatch.setattr(KasminaLayer, "_model_decides", lambda self: False)
+        model.train()
+        nn.functional.mse_loss(model(x), y).backward()
+        monkeypatch.undo()
+        return {layer.layer_id: layer.health() for layer in model.seed_layers()}
+
+    skipped, both = health(False), health(True)
+    narrow = skipped[1]  # Linear(2, 8): its 2-wide input is narrower than the model's 6
+    assert all(s["growth_layer"] == 0.0 and s["growth_model"] > 0 and s["growth_source"] == "model" for s in narrow)
+    assert all(s["growth_layer"] > 0 for s in both[1])
+    for layer_id in skipped:
+        for s, b in zip(skipped[layer_id], both[layer_id]):
+            assert s["growth_model"] == b["growth_model"], layer_id
+    # the signal Tamiyo ranks by: the chunk's spread times the model probe's, as measuring both would give it
+    assert [s["growth_signal"] for s in narrow] == pytest.approx(
+        [b["chunk_variance"] ** 0.5 * b["growth_model"] for b in both[1]], rel=1e-6)
+    assert skipped[2] == both[2] and skipped[0] == both[0]  # the 8-wide layer measures both; the first one probe
