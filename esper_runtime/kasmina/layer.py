@@ -94,6 +94,10 @@ class KasminaLayer(nn.Module):
         self.register_buffer("_seed_of_feature", seed_of, persistent=False)
         self.register_buffer("_chunk_widths", torch.tensor([float(e - s) for s, e in self.bounds], device=device),
                              persistent=False)
+        average = torch.zeros(self.num_seeds, features, device=device)  # (seeds, features): each chunk's mean
+        for i, (s, e) in enumerate(self.bounds):
+            average[i, s:e] = 1.0 / (e - s)
+        self.register_buffer("_chunk_average", average, persistent=False)
         self.seeds = nn.ModuleDict()  # str(seed index) -> child module
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_from_buffers())
         # Python mirrors of the hot state, so the forward never reads a tensor to decide what to do.
@@ -377,32 +381,39 @@ class KasminaLayer(nn.Module):
         self._samples += 1
         with_corr = self._samples % self.config.correlation_every == 1 or self.config.correlation_every == 1
         corr_rows = self.config.correlation_samples if with_corr else 0
-        if self.uniform_chunk is not None:
-            stats = _chunk_stats(rows.view(rows.shape[0], self.num_seeds, self.uniform_chunk), corr_rows)
-        else:
-            stats = self._ragged_stats(rows, corr_rows)
         acc = self.health_accumulator  # views of its columns updated in place: no copy back per statistic
-        acc.narrow(1, HEALTH["samples"], 1).add_(1)
-        acc.narrow(1, HEALTH["variance"], 2).add_(stats[:, :2])
+        acc.select(1, HEALTH["samples"]).add_(1)
+        acc.narrow(1, HEALTH["variance"], 2).add_(self._chunk_means(rows))
         if with_corr:
-            acc.narrow(1, HEALTH["correlation"], 1).add_(stats[:, 2:3])
-            acc.narrow(1, HEALTH["corr_samples"], 1).add_(1)
+            acc.select(1, HEALTH["correlation"]).add_(self._correlation(rows[:corr_rows]))
+            acc.select(1, HEALTH["corr_samples"]).add_(1)
 
-    def _ragged_stats(self, rows: torch.Tensor, corr_rows: int) -> torch.Tensor:
-        """``_chunk_stats`` for a layer whose chunks differ in width: per-feature statistics summed per seed."""
-        _, var = _moments(rows)
-        dead = (rows.amax(dim=0) <= 0).float()
+    def _chunk_means(self, rows: torch.Tensor) -> torch.Tensor:
+        """(seeds, 2): each chunk's mean unit variance and dead-unit ratio (a unit that never fires under a ReLU)
+        over ``rows``. Per feature first, then every chunk's mean at once, as one product with each chunk's
+        averaging row: a sample is a handful of operations, whatever the chunks' widths."""
+        n = rows.shape[0]
+        mean = rows.mean(0)
+        var = (rows * rows).mean(0).sub_(mean.square_()).clamp_min_(0).mul_(n / (n - 1))  # unbiased, raw moments
+        dead = rows.amax(0).le_(0)
+        return self._chunk_average @ torch.stack((var, dead), dim=1)
+
+    def _correlation(self, rows: torch.Tensor) -> torch.Tensor:
+        """(seeds,): mean |correlation| between the units of each chunk over ``rows`` (0 for a 1-wide chunk)."""
+        z = _standardize(rows)
+        if self.uniform_chunk is not None:
+            c = self.uniform_chunk
+            if c == 1:
+                return torch.zeros(self.num_seeds, device=rows.device)
+            z = z.view(z.shape[0], self.num_seeds, c)
+            corr = torch.bmm(z.permute(1, 2, 0), z.permute(1, 0, 2)).abs_()  # (seeds, c, c)
+            off = corr.sum(dim=(-1, -2)) - corr.diagonal(dim1=-2, dim2=-1).sum(-1)
+            return off / (max(z.shape[0] - 1, 1) * c * (c - 1))
+        corr = (z.t() @ z).abs_() / max(z.shape[0] - 1, 1)  # (features, features)
+        same = self._seed_of_feature.unsqueeze(0) == self._seed_of_feature.unsqueeze(1)
+        off = self._per_seed((corr * same).sum(1) - corr.diagonal())  # within a chunk, off the diagonal
         widths = self._chunk_widths
-        columns = [self._per_seed(var) / widths, self._per_seed(dead) / widths]
-        if corr_rows:
-            z = _standardize(rows[:corr_rows])
-            corr = (z.t() @ z).abs_() / max(z.shape[0] - 1, 1)  # (features, features)
-            same = self._seed_of_feature.unsqueeze(0) == self._seed_of_feature.unsqueeze(1)
-            off = self._per_seed((corr * same).sum(1) - corr.diagonal())  # within a chunk, off the diagonal
-            columns.append(torch.where(widths > 1, off / (widths * (widths - 1)).clamp_min(1), torch.zeros_like(off)))
-        else:
-            columns.append(torch.zeros_like(widths))
-        return torch.stack(columns, dim=-1)
+        return torch.where(widths > 1, off / (widths * (widths - 1)).clamp_min(1), torch.zeros_like(off))
 
     @torch.no_grad()
     def growth_signals(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -543,19 +554,3 @@ def _standardize(u: torch.Tensor) -> torch.Tensor:
     u = u.float()
     mean, var = _moments(u)
     return (u - mean) / (var.sqrt() + 1e-6)
-
-
-def _chunk_stats(x: torch.Tensor, corr_rows: int) -> torch.Tensor:
-    """(rows, seeds, c) -> (seeds, 3): mean variance, dead-unit ratio, mean |correlation| between units
-    (0 when ``corr_rows`` is 0: correlation is the costly one and is sampled less often)."""
-    _, var = _moments(x)  # (seeds, c)
-    dead = (x.amax(dim=0) <= 0).float().mean(dim=-1)  # a unit that never fires under a ReLU
-    c = x.shape[-1]
-    if corr_rows and c > 1:
-        z = _standardize(x[:corr_rows])
-        corr = torch.bmm(z.permute(1, 2, 0), z.permute(1, 0, 2)) / max(z.shape[0] - 1, 1)  # (seeds, c, c)
-        off = corr.abs().sum(dim=(-1, -2)) - corr.diagonal(dim1=-2, dim2=-1).abs().sum(-1)
-        avg_corr = off / (c * (c - 1))
-    else:
-        avg_corr = torch.zeros(x.shape[1], device=x.device)
-    return torch.stack([var.mean(-1), dead, avg_corr], dim=-1)

@@ -1,5 +1,5 @@
-"""A layer whose last chunk is shorter takes its statistics for all chunks at once; they must be what the chunk-by-
-chunk formulas give (``_chunk_stats`` on each chunk, and each chunk's own first probe units for the growth signal)."""
+"""A layer takes its statistics for all chunks at once, whatever their widths; they must be what the chunk-by-chunk
+formulas give (``chunk_stats`` below on each chunk, and each chunk's own first probe units for the growth signal)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,33 @@ import torch
 from torch import nn
 
 from esper_runtime.kasmina import KasminaConfig
-from esper_runtime.kasmina.layer import _PROBE_UNITS, KasminaLayer, _chunk_stats
+from esper_runtime.kasmina.layer import _PROBE_UNITS, KasminaLayer
 
 
-@pytest.mark.parametrize("features,chunk", [(10, 3), (37, 8), (5, 4), (9, 1)])
-def test_ragged_chunk_statistics_equal_the_chunk_by_chunk_ones(features, chunk):
+def chunk_stats(x: torch.Tensor, corr_rows: int) -> torch.Tensor:
+    """The definition, one chunk at a time: (rows, c) -> (3,) mean unit variance (unbiased), dead-unit ratio (never
+    above 0), mean |correlation| between distinct units over the first ``corr_rows`` rows (0 without them)."""
+    var = x.var(dim=0).mean()
+    dead = (x.amax(dim=0) <= 0).float().mean()
+    c = x.shape[1]
+    if not corr_rows or c == 1:
+        return torch.stack([var, dead, torch.zeros(())])
+    corr = torch.corrcoef(x[:corr_rows].t()).nan_to_num(0.0).abs()
+    return torch.stack([var, dead, (corr.sum() - corr.diagonal().sum()) / (c * (c - 1))])
+
+
+@pytest.mark.parametrize("features,chunk", [(10, 3), (37, 8), (5, 4), (9, 1), (16, 4), (512, 128), (6, 1)])
+def test_chunk_statistics_equal_the_chunk_by_chunk_ones(features, chunk):
     layer = KasminaLayer(nn.Linear(6, features), 0, "l", KasminaConfig(chunk_size=chunk))
+    assert (layer.uniform_chunk is None) == (features % chunk != 0)
     gen = torch.Generator().manual_seed(features)
     rows = torch.relu(torch.randn(200, features, generator=gen) + 0.3 * torch.randn(200, 1, generator=gen))
     rows[:, 0] = -1.0  # a dead unit
     for corr_rows in (0, 64):
-        want = torch.cat([_chunk_stats(rows[:, s:e].unsqueeze(1), corr_rows) for s, e in layer.bounds])
-        torch.testing.assert_close(layer._ragged_stats(rows, corr_rows), want, rtol=1e-5, atol=1e-6)
+        want = torch.stack([chunk_stats(rows[:, s:e], corr_rows) for s, e in layer.bounds])
+        got = layer._chunk_means(rows)
+        corr = layer._correlation(rows[:corr_rows]) if corr_rows else torch.zeros(layer.num_seeds)
+        torch.testing.assert_close(torch.cat([got, corr.unsqueeze(1)], dim=1), want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("features,chunk,probe_units", [(10, 3, 64), (37, 8, 6), (21, 10, 64)])
