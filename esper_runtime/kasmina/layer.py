@@ -326,7 +326,7 @@ class KasminaLayer(nn.Module):
 
         def measure(grad: torch.Tensor) -> None:
             with torch.no_grad():
-                g = grad.detach()[:rows].float()
+                g = _first_rows(grad, rows)
                 acc = self.health_accumulator
                 for source, phi in probes.items():
                     # (units, features): a chunk of F features is measured with 2F units, or probe_units of them
@@ -339,8 +339,8 @@ class KasminaLayer(nn.Module):
                     else:  # each chunk sums its own first units, scaled to 2F: one weighted reduction
                         per_feature = (c * self._ragged_weights(c.shape[0], c.device)).sum(0)
                         per_seed = self._per_seed(per_feature).sqrt_()
-                    acc.narrow(1, HEALTH[f"growth_{source}"], 1).add_(per_seed.unsqueeze(1))
-                acc.narrow(1, HEALTH["growth_samples"], 1).add_(1)
+                    acc.select(1, HEALTH[f"growth_{source}"]).add_(per_seed)
+                acc.select(1, HEALTH["growth_samples"]).add_(1)
 
         y.register_hook(measure)
 
@@ -369,13 +369,15 @@ class KasminaLayer(nn.Module):
     def _observe(self, y: torch.Tensor) -> None:
         """Accumulate chunk statistics from a sample of at most ``stats_rows`` rows of this step's output."""
         self._sample_due = False
-        y = y.detach()
-        if self.channel_dim == 1 and y.dim() == 4:
-            # (B, C, H, W): a strided grid of pixels, so only the sample is copied
-            b, _, h, w = y.shape
-            stride = max(1, math.ceil(math.sqrt(b * h * w / self.config.stats_rows)))
-            y = y[:, :, ::stride, ::stride]
-        rows = y.movedim(self.channel_dim, -1).reshape(-1, self.features)[: self.config.stats_rows].float()
+        if self.channel_dim == -1 and y.dim() == 2:  # (batch, features): the rows as they are (no_grad: no graph)
+            rows = _first_rows(y, self.config.stats_rows)
+        else:
+            if self.channel_dim == 1 and y.dim() == 4:
+                # (B, C, H, W): a strided grid of pixels, so only the sample is copied
+                b, _, h, w = y.shape
+                stride = max(1, math.ceil(math.sqrt(b * h * w / self.config.stats_rows)))
+                y = y[:, :, ::stride, ::stride]
+            rows = _first_rows(y.movedim(self.channel_dim, -1).reshape(-1, self.features), self.config.stats_rows)
         if rows.shape[0] < 2:
             return
         self._samples += 1
@@ -547,6 +549,14 @@ def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = x.mean(0)
     var = ((x * x).mean(0) - mean * mean).clamp_min_(0) * (n / max(n - 1, 1))
     return mean, var
+
+
+def _first_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """At most the first ``rows`` rows of ``t``, as float32: no operation where there is nothing to do (a sampled
+    step is a few dozen small operations, and each costs ~10 us between the host's kernels)."""
+    if t.shape[0] > rows:
+        t = t[:rows]
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _standardize(u: torch.Tensor) -> torch.Tensor:
