@@ -116,11 +116,15 @@ def run(rounds: int = 30, steps: int = 32, max_rounds: int = 150, epoch_steps: i
     target = resolve(device)
     library = KasminaConfig()
     run_config = growth_defaults(1).kasmina
-    configs = {"library": (library, None), "run": (run_config, epoch_steps)}
+    # every step sampled: what one sample costs, beside the ratios it explains (timed in the same rounds)
+    configs = {"library": (library, None), "run": (run_config, epoch_steps),
+               "every_step": (library.model_copy(update={"stats_every": 1}), None)}
     results = {}
     for model, make in (("mlp", _mlp), ("cnn", _cnn)):
         measured = measure(make, rounds, steps, configs, max_rounds, target)
         results[model], results[f"{model}_run"] = measured["library"], measured["run"]
+        every = measured["every_step"]
+        results[model]["sample_ms"] = round((every["ratio"] - 1) * every["base_step_ms"], 3)
     return {
         "bench": "dormant-overhead",
         "ratio": max(r["ratio"] for r in results.values()),
@@ -137,5 +141,6 @@ def run(rounds: int = 30, steps: int = 32, max_rounds: int = 150, epoch_steps: i
         "steps_per_round": steps,
         "notes": "mlp, cnn: the library's defaults; mlp_run, cnn_run: esper run's defaults (growth_defaults) with "
                  "the trainer announcing epochs of epoch_steps steps; each model's configurations are timed in the "
-                 "same rounds against one unwrapped model and its A/A twin",
+                 "same rounds against one unwrapped model and its A/A twin; sample_ms: what a sampled step adds "
+                 "(the library's defaults sampling every step, timed in the same rounds)",
     }

@@ -11,8 +11,10 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
-def _bench(args, kafka_bootstrap):
+def _bench(args, kafka_bootstrap, local: bool = False):
     env = dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap)
+    if local:  # the broker this checkout started, found by its home (as a user's `esper bench` finds it)
+        env.pop("ESPER_KAFKA_BOOTSTRAP")
     res = subprocess.run([sys.executable, "-m", "esper_runtime.cli.main", "bench", *args, "--json"],
                          capture_output=True, text=True, timeout=500, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -41,9 +43,19 @@ def test_telemetry_bench(kafka_bootstrap):
 
 
 def test_telemetry_overhead_bench(kafka_bootstrap):
-    r = _bench(["telemetry-overhead", "--rounds", "3", "--max-rounds", "3", "--steps", "2"], kafka_bootstrap)
+    from esper_runtime.infra import LocalKafka
+    from streams import load_settings
+
+    ours = load_settings().uses_local_broker and LocalKafka(load_settings()).pid() is not None
+    r = _bench(["telemetry-overhead", "--rounds", "3", "--max-rounds", "3", "--steps", "2"], kafka_bootstrap,
+               local=ours)
     assert r["ratio"] > 0 and r["events_published"] > 0
     assert r["rounds"] == 3 and r["aa_spread"] >= 0 and isinstance(r["aa_spread_met"], bool)
+    assert r["in_memory_ratio"] > 0  # the training thread's share, in the same rounds
+    assert set(r["end_epoch_ms"]) == {"published", "in_memory", "quiet", "twin"}
+    # publishing builds and encodes telemetry at the boundary; the unpublished copies build nothing
+    assert r["end_epoch_ms"]["in_memory"] > r["end_epoch_ms"]["quiet"]
+    assert (r["broker_cpu_ms_per_s"] is not None) == ours and (not ours or r["broker_cpu_ms_per_s"] > 0)
 
 
 def test_materialize_bench_with_two_workers(kafka_bootstrap):

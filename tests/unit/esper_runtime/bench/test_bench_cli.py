@@ -18,6 +18,8 @@ def test_dormant_overhead_bench_prints_ratios_per_model():
     # esper run's configuration samples a 500-step epoch samples_per_epoch times
     assert result["mlp_run"]["sample_every"] == max(result["run_stats_every"], 500 // result["run_samples_per_epoch"])
     assert all(result[m]["rounds"] == 2 and isinstance(result[m]["aa_spread_met"], bool) for m in models)
+    # what one sampled step costs (every step sampled, the same rounds), beside the library's ratio it explains
+    assert all(isinstance(result[m]["sample_ms"], float) for m in ("mlp", "cnn"))
 
 
 def test_blend_bench_reports_bandwidth_against_copy_on_the_device_asked_for():
