@@ -94,10 +94,6 @@ class KasminaLayer(nn.Module):
         self.register_buffer("_seed_of_feature", seed_of, persistent=False)
         self.register_buffer("_chunk_widths", torch.tensor([float(e - s) for s, e in self.bounds], device=device),
                              persistent=False)
-        average = torch.zeros(self.num_seeds, features, device=device)  # (seeds, features): each chunk's mean
-        for i, (s, e) in enumerate(self.bounds):
-            average[i, s:e] = 1.0 / (e - s)
-        self.register_buffer("_chunk_average", average, persistent=False)
         self.seeds = nn.ModuleDict()  # str(seed index) -> child module
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_from_buffers())
         # Python mirrors of the hot state, so the forward never reads a tensor to decide what to do.
@@ -392,13 +388,16 @@ class KasminaLayer(nn.Module):
 
     def _chunk_means(self, rows: torch.Tensor) -> torch.Tensor:
         """(seeds, 2): each chunk's mean unit variance and dead-unit ratio (a unit that never fires under a ReLU)
-        over ``rows``. Per feature first, then every chunk's mean at once, as one product with each chunk's
-        averaging row: a sample is a handful of operations, whatever the chunks' widths."""
+        over ``rows``. Per feature first, then every chunk's mean at once (a view of equal chunks, or each
+        feature's sum into its seed): a sample is a handful of operations, whatever the chunks' widths."""
         n = rows.shape[0]
         mean = rows.mean(0)
         var = (rows * rows).mean(0).sub_(mean.square_()).clamp_min_(0).mul_(n / (n - 1))  # unbiased, raw moments
-        dead = rows.amax(0).le_(0)
-        return self._chunk_average @ torch.stack((var, dead), dim=1)
+        per_feature = torch.stack((var, rows.amax(0).le_(0)), dim=1)  # (features, 2)
+        if self.uniform_chunk is not None:
+            return per_feature.view(self.num_seeds, self.uniform_chunk, 2).mean(1)
+        return torch.zeros(self.num_seeds, 2, device=rows.device).index_add_(
+            0, self._seed_of_feature, per_feature).div_(self._chunk_widths.unsqueeze(1))
 
     def _correlation(self, rows: torch.Tensor) -> torch.Tensor:
         """(seeds,): mean |correlation| between the units of each chunk over ``rows`` (0 for a 1-wide chunk)."""
