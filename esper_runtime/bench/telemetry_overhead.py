@@ -5,8 +5,9 @@ an epoch (``kasmina.end_epoch``): one with a real Kafka publisher (per-layer ``S
 published, plus any transitions), one with none (nothing built, nothing sent), and one publishing to an in-memory
 log (built and encoded the same way, nothing sent: ``in_memory_ratio`` is the training thread's own share, the
 rest of ``ratio`` is librdkafka's and the broker's work on the same cores). A fourth, unpublished copy is the A/A
-reference. With a broker this checkout started, the broker's CPU time over the rounds is reported too. Rounds alternate the order; ``ratio`` is the median over rounds of published/unpublished time
-per training step, the epoch boundary included; rounds are added until the A/A spread is under 0.01
+reference. With a broker this checkout started, the broker's CPU time over the rounds is reported too. Rounds
+alternate the order; ``ratio`` is the median over rounds of published/unpublished time per training step, the
+epoch boundary included; rounds are added until the A/A spread is under 0.01
 (``esper_runtime.bench.paired``). Short epochs are the worst case: the per-epoch cost is spread over
 fewer steps.
 
@@ -24,6 +25,7 @@ import os
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 import torch
 
@@ -39,9 +41,7 @@ def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150, timed_epochs: 
     registry = bb.registry.with_prefix(f"bench-{uuid.uuid4().hex[:8]}.")
     admin = bb.admin()
     ensure_topics(admin, registry)
-    from streams.publisher import KafkaPublisher
-
-    from streams.publisher import InMemoryPublisher
+    from streams.publisher import InMemoryPublisher, KafkaPublisher
 
     publisher = KafkaPublisher(bb.bootstrap, bb.serde, registry)
     try:
@@ -76,14 +76,14 @@ def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150, timed_epochs: 
             for _ in range(3):
                 epoch(name)
         publisher.flush()
-        broker = _broker_cpu_seconds()
+        broker = _broker_cpu_seconds(bb.settings)
         started = time.monotonic()
         run_ = paired_rounds({name: (lambda name=name: block(name)) for name in ("quiet", "twin", "published",
                                                                                  "in_memory")},
                              reference="quiet", twin="twin", min_rounds=rounds, max_rounds=max(rounds, max_rounds))
         times = run_["times"]
         publisher.flush()
-        elapsed, broker_after = time.monotonic() - started, _broker_cpu_seconds()
+        elapsed, broker_after = time.monotonic() - started, _broker_cpu_seconds(bb.settings)
         broker_cpu = None if broker is None or broker_after is None else (broker_after - broker) / elapsed
         return {"bench": "telemetry-overhead", "ratio": round(ratio(times, "published", "quiet"), 4),
                 "in_memory_ratio": round(ratio(times, "in_memory", "quiet"), 4),
@@ -107,13 +107,11 @@ def run(rounds: int = 30, steps: int = 10, max_rounds: int = 150, timed_epochs: 
         bb.close()
 
 
-def _broker_cpu_seconds() -> float | None:
+def _broker_cpu_seconds(settings) -> float | None:
     """CPU time (user + system, all threads) of the local broker this checkout started, from ``/proc``; None for
     an external cluster or where ``/proc`` is not there."""
     from esper_runtime.infra import LocalKafka
-    from streams import load_settings
 
-    settings = load_settings()
     if not settings.uses_local_broker:
         return None
     cluster = LocalKafka(settings)
@@ -124,7 +122,7 @@ def _broker_cpu_seconds() -> float | None:
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
         total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime: every thread's, summed by the kernel

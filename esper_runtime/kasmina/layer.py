@@ -286,10 +286,6 @@ class KasminaLayer(nn.Module):
     # ------------------------------------------------------------------ stats
     def _probe(self, source: str, z: torch.Tensor) -> torch.Tensor:
         """Fixed random ReLU units over the standardized input ``z``: what new units reading it would compute."""
-        return torch.relu(z @ self._projection(source, z))
-
-    def _projection(self, source: str, z: torch.Tensor) -> torch.Tensor:
-        """The probe's (input width, units) random matrix for ``source``, on ``z``'s device: made once."""
         key = (source, z.shape[1])
         proj = self._probes.get(key)
         if proj is None or proj.device != z.device:  # its own generator: measuring never moves torch's global RNG
@@ -297,7 +293,7 @@ class KasminaLayer(nn.Module):
             units = min(_PROBE_UNITS * max(e - s for s, e in self.bounds), self.config.probe_units)
             proj = torch.randn(z.shape[1], units, generator=gen) / math.sqrt(z.shape[1])
             self._probes[key] = proj = proj.to(device=z.device, dtype=torch.float32)
-        return proj
+        return torch.relu(z @ proj)
 
     def _measure_growth(self, y: torch.Tensor, x: torch.Tensor) -> None:
         """The growth signal (GradMax, Evci et al. 2022; TINY's expressivity bottleneck): how fast the loss would
