@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Protocol
 
 from streams.exceptions import DecodeError, TopicError
 from streams.publisher import InMemoryLog, LogRecord
+from streams.retry import retrying
 from streams.serde import Decoded, Serde
 
 __all__ = ["LogSource", "KafkaSource", "MemorySource", "ReplayReader", "ReplayedEvent", "Bounds"]
@@ -245,18 +246,11 @@ class KafkaSource:
         self._consumer.close()
 
 
-def _retrying(call, attempts: int = 20, delay: float = 0.1):
-    """Retry a metadata call while the error is retriable (a fresh topic's leader is still being elected)."""
-    import time
-
+def _retrying(call, timeout: float = 30.0):
+    """A metadata call retried through a fresh topic's leader election or a node's failover (``streams.retry``)."""
     from confluent_kafka import KafkaException
 
-    for i in range(attempts):
-        try:
-            return call()
-        except KafkaException as exc:
-            err = exc.args[0]
-            if i == attempts - 1 or not (err.retriable() or err.name() in ("NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE",
-                                                                             "UNKNOWN_TOPIC_OR_PART")):
-                raise TopicError(f"Kafka metadata request failed: {err.str()}") from exc
-            time.sleep(delay)
+    try:
+        return retrying(call, timeout=timeout)
+    except KafkaException as exc:
+        raise TopicError(f"Kafka metadata request failed: {exc.args[0].str()}") from exc

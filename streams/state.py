@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from streams.exceptions import EsperError, StateLayoutError
+from streams.retry import retrying
 
 __all__ = ["read_state_topic", "encode_state_value", "decode_state_value", "LAYOUT_HEADER",
            "BY_SOURCE_PARTITION", "StateLayoutError", "check_layout", "keep"]
@@ -69,7 +70,7 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0, partitions: set
     consumer = Consumer({"bootstrap.servers": backbone.bootstrap, "group.id": "esper-state-reader",
                          "enable.auto.commit": False, "enable.partition.eof": False})
     try:
-        meta = consumer.list_topics(topic, timeout=10)
+        meta = retrying(lambda: consumer.list_topics(topic, timeout=10))
         if meta.topics[topic].error is not None:
             raise EsperError(f"state topic {topic} is not there: {meta.topics[topic].error} (start `esper processors`)")
         ends: dict[int, int] = {}
@@ -77,7 +78,7 @@ def read_state_topic(backbone, name: str, timeout: float = 60.0, partitions: set
         for p in meta.topics[topic].partitions:
             if partitions is not None and p not in partitions:
                 continue
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = retrying(lambda: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10))
             if high > low:
                 ends[p] = high
                 assign.append(TopicPartition(topic, p, low))
@@ -119,11 +120,11 @@ def check_layout(backbone, name: str, layout: str, timeout: float = 30.0) -> Non
     consumer = Consumer({"bootstrap.servers": backbone.bootstrap, "group.id": "esper-state-reader",
                          "enable.auto.commit": False})
     try:
-        meta = consumer.list_topics(topic, timeout=10)
+        meta = retrying(lambda: consumer.list_topics(topic, timeout=10))
         if meta.topics[topic].error is not None:
             return  # not created yet: nothing written the old way
         for p in meta.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = retrying(lambda: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10))
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, p, low)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from streams.exceptions import TopicError
+from streams.retry import retrying
 
 __all__ = ["TopicSpec", "TopicRegistry", "TOPICS", "ensure_topics", "DEADLETTER_TOPIC", "SCHEMA_CATALOG_TOPIC"]
 
@@ -157,7 +158,7 @@ def ensure_topics(admin, registry: TopicRegistry = TOPICS, timeout: float = 30.0
     from confluent_kafka.admin import NewTopic
 
     specs = list(registry)
-    meta = admin.list_topics(timeout=timeout)
+    meta = retrying(lambda: admin.list_topics(timeout=timeout), timeout=timeout)
     existing = meta.topics
     missing = [s for s in specs if s.name not in existing]
     for s in specs:

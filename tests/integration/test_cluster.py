@@ -160,7 +160,10 @@ def test_training_goes_on_through_a_node_killed_mid_run(cluster, tmp_path):
         fold, bad = fold_run(bb, run_id)
         assert bad == 0 and fold.events == acknowledged > 0 and fold.duplicates == 0  # all there, once each
         assert fold.germinated >= 1
-        assert verify(bb, fold, timeout=120) == []  # the processors kept materializing through it
+        diffs = verify(bb, fold, timeout=120)
+        log_tail = (tmp_path / "processors.log").read_text(errors="replace")[-4000:]
+        assert procs.proc.poll() is None, f"the processors exited ({procs.proc.returncode}):\n{log_tail}"
+        assert diffs == [], f"{diffs[:4]}\nprocessors' log:\n{log_tail}"  # they kept materializing through it
         wait_healed(kafka)
     finally:
         if procs.proc.poll() is None:
