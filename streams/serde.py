@@ -65,6 +65,8 @@ class Serde(Protocol):
 
     def peek(self, data: bytes, topic: str) -> tuple[str, dict]: ...
 
+    def peek_ids(self, data: bytes, topic: str) -> tuple[str, str, str]: ...
+
     def frame(self, data: bytes) -> tuple[NamedSchema, int, bool]: ...
 
 
@@ -112,6 +114,10 @@ class SingleObjectSerde:
     def peek(self, data: bytes, topic: str = "") -> tuple[str, dict]:
         """(schema name, envelope) without decoding the rest of the record: what a fold needs to skip it."""
         return _peek(self, data, topic, self._writer(data), HEADER_LEN)
+
+    def peek_ids(self, data: bytes, topic: str = "") -> tuple[str, str, str]:
+        """(schema name, event id, run id): the least of the envelope a fold reads of a record it only counts."""
+        return _peek_ids(self, data, topic, self._writer(data), HEADER_LEN)
 
     def frame(self, data: bytes) -> tuple[NamedSchema, int, bool]:
         """The record's header checked, its body not read: (writer schema, where the body starts, whether the writer
@@ -212,6 +218,10 @@ class ConfluentSerde:
         """(schema name, envelope) without decoding the rest of the record: what a fold needs to skip it."""
         return _peek(self, data, topic, self._writer(data), 5)
 
+    def peek_ids(self, data: bytes, topic: str = "") -> tuple[str, str, str]:
+        """See ``SingleObjectSerde.peek_ids``."""
+        return _peek_ids(self, data, topic, self._writer(data), 5)
+
     def frame(self, data: bytes) -> tuple[NamedSchema, int, bool]:
         """See ``SingleObjectSerde.frame``."""
         writer = self._writer(data)
@@ -272,6 +282,21 @@ def _peek(serde, data: bytes, topic: str, writer: NamedSchema, offset: int) -> t
         raise DecodeError("schema-mismatch", f"the envelope of a {writer.name} does not decode: {exc}") from None
     return writer.name, {"event_id": event_id, "occurred_at_ms": occurred_at, "run_id": run_id,
                          "originator_id": originator_id, "originator_version": version, "producer": producer}
+
+
+def _peek_ids(serde, data: bytes, topic: str, writer: NamedSchema, offset: int) -> tuple[str, str, str]:
+    """``_peek``'s first three fields only (event id, the time skipped, run id), as a tuple: a third of its
+    work, for the three records in four a run's fold only counts."""
+    if not _has_envelope(writer):
+        envelope = serde.decode(data, topic).record["envelope"]
+        return writer.name, envelope["event_id"], envelope["run_id"]
+    try:
+        event_id, pos = _string(data, offset)
+        _, pos = _long(data, pos)
+        run_id, _ = _string(data, pos)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise DecodeError("schema-mismatch", f"the envelope of a {writer.name} does not decode: {exc}") from None
+    return writer.name, event_id, run_id
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

@@ -28,8 +28,8 @@ def fold_runs(backbone: Backbone, run_ids, **bounds) -> tuple[dict[str, RunView]
     handled: dict[str, bool] = {}
     for rec in backbone.replay_reader().records(topics, **bounds):
         try:
-            name, envelope = serde.peek(rec.value, rec.topic)
-            view = views.get(envelope["run_id"])
+            name, event_id, run_id = serde.peek_ids(rec.value, rec.topic)
+            view = views.get(run_id)
             if view is None:
                 continue
             uses = handled.get(name)
@@ -38,7 +38,7 @@ def fold_runs(backbone: Backbone, run_ids, **bounds) -> tuple[dict[str, RunView]
             if uses:  # decoded in full only when the fold uses more than the envelope
                 view.apply(serde.decode(rec.value, rec.topic).typed(), f"{rec.topic}/{rec.partition}/{rec.offset}")
             else:
-                view.note(envelope["event_id"])
+                view.note(event_id)
         except DecodeError:
             bad += 1
     return views, bad

@@ -36,6 +36,9 @@ def test_a_varint_longer_than_an_avro_long_is_refused(serde):
     with pytest.raises(DecodeError) as info:
         serde.peek(poison[:serde.max_message_bytes])
     assert info.value.reason == "schema-mismatch" and "10 bytes" in str(info.value)
+    with pytest.raises(DecodeError) as info:
+        serde.peek_ids(poison[:serde.max_message_bytes])
+    assert info.value.reason == "schema-mismatch" and "10 bytes" in str(info.value)
     name, env = serde.peek(good)
     assert name.endswith("FieldReport") and env["run_id"] == "r"
 

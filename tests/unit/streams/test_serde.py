@@ -164,15 +164,18 @@ def test_peek_reads_the_envelope_of_every_event_without_the_rest(catalog, framin
                            "occurred_at_ms": int(full["occurred_at"].timestamp() * 1000),
                            "originator_id": full["originator_id"], "originator_version": full["originator_version"],
                            "producer": full["producer"]}
+            assert serde.peek_ids(data, "some.topic") == (name, full["event_id"], full["run_id"])
 
 
-def test_peek_refuses_a_truncated_envelope(serde):
+@pytest.mark.parametrize("peek", ["peek", "peek_ids"])
+def test_peek_refuses_a_truncated_envelope(serde, peek):
     data = serde.encode(_field_report())
-    with pytest.raises(DecodeError) as err:
-        serde.peek(data[:14])
-    assert err.value.reason == "schema-mismatch"
+    for cut in (14, 10 + 1 + 36 + 2):  # inside the event id (36 characters); inside the time that follows it
+        with pytest.raises(DecodeError) as err:
+            getattr(serde, peek)(data[:cut])
+        assert err.value.reason == "schema-mismatch"
     with pytest.raises(DecodeError):
-        serde.peek(b"\x00\x01 not a record")
+        getattr(serde, peek)(b"\x00\x01 not a record")
 
 
 @pytest.mark.parametrize("run_id, origin, version", [
@@ -189,3 +192,4 @@ def test_peek_reads_multi_byte_lengths_and_longs_as_decode_does(serde, run_id, o
     _, env = serde.peek(data)
     assert (env["run_id"], env["originator_id"], env["originator_version"]) == (run_id, origin, version)
     assert env["event_id"] == serde.decode(data).record["envelope"]["event_id"]
+    assert serde.peek_ids(data)[1:] == (env["event_id"], run_id)
