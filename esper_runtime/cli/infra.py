@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 
 from streams import Backbone, load_settings
-from esper_runtime.infra import LocalKafka
+from esper_runtime.infra import LocalKafka, stop_recorded
 
 app = typer.Typer(no_args_is_help=True, help="Local infrastructure: the Kafka broker and Esper's topics.")
 console = Console(stderr=True)
@@ -36,9 +36,12 @@ def up(timeout: float = typer.Option(90.0, help="Seconds to wait for the broker 
 
 @app.command()
 def down() -> None:
-    """Stop the local broker (every node of the cluster) this checkout started, by their PID files. Data stays
-    under .esper/."""
-    stopped = LocalKafka(load_settings()).down(echo=console.print)
+    """Stop the processors' apps that `esper run` / `esper demo` started and left running (a run killed with
+    SIGKILL), then the local broker (every node of the cluster) this checkout started, all by their PID files.
+    Data stays under .esper/."""
+    settings = load_settings()
+    stop_recorded(settings, echo=console.print)
+    stopped = LocalKafka(settings).down(echo=console.print)
     console.print("stopped the local broker" if stopped else "no local broker was running")
 
 

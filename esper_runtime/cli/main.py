@@ -22,10 +22,15 @@ class _Funnel(TyperGroup):
         from confluent_kafka import KafkaError, KafkaException
         from rich.markup import escape
 
+        from esper_runtime.run.exceptions import Terminated
         from streams.exceptions import EsperError
 
         try:
             return super().invoke(ctx)
+        except Terminated as exc:
+            _console().print(f"[yellow]{exc}[/yellow]: what the run started was stopped (`esper run --resume` "
+                             f"continues a run from its last checkpoint)", soft_wrap=True, highlight=False)
+            raise
         except EsperError as exc:
             _console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None

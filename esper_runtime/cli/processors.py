@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 from rich.console import Console
 
 
 console = Console(stderr=True)
+EXIT_WITH_PARENT = "ESPER_PROCESSORS_EXIT_WITH_PARENT"  # "1": stop when the starting process is gone
 
 
 def processors(
@@ -48,10 +51,30 @@ def processors(
     console.print(f"processors {procs.app_id}: {', '.join(procs.agents)}; status at "
                   f"http://127.0.0.1:{procs.web_port}/esper/status/"
                   + (f"; {len(children)} workers of {children_procs.app_id}: {', '.join(scaled)}" if children else ""))
+    if os.environ.get(EXIT_WITH_PARENT) == "1":
+        _exit_with_parent()
     try:
         procs.run(loglevel=loglevel)
     finally:
         _stop(children)
+
+
+def _exit_with_parent(poll: float = 1.0) -> None:
+    """SIGTERM this process once the process that started it is gone (its parent changes when it dies: the app
+    is then re-parented), so an ``esper run`` killed with SIGKILL does not leave its app running."""
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        console.print(f"the process that started this app ({parent}) is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _spawn(agents: tuple[str, ...], app_id: str, port: int, n: int, loglevel: str) -> list:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+
 from streams.exceptions import EsperError
 
-__all__ = ["DataError", "LibraryError", "ModelFileError", "RunBroke", "NoGrowth"]
+__all__ = ["DataError", "LibraryError", "ModelFileError", "RunBroke", "NoGrowth", "Terminated"]
 
 
 class DataError(EsperError):
@@ -37,3 +39,15 @@ class NoGrowth(EsperError):
     """The run finished but nothing germinated in any seed's run: the summary says why."""
 
     exit_code = 4
+
+
+class Terminated(SystemExit):
+    """The run was stopped by a signal (SIGTERM: a scheduler, ``kill``): raised in the main thread so what the run
+    started is stopped on the way out, and its RunFailed says so. The process exits 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"

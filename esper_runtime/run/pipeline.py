@@ -27,7 +27,7 @@ from torch import nn
 from esper_runtime.run.config import ModelConfig, RunConfig
 from esper_runtime.rng import seeded
 from esper_runtime.run.data import DataError, RunData, call_factory, import_factory, load_data, make_loader
-from esper_runtime.run.exceptions import NoGrowth, RunBroke
+from esper_runtime.run.exceptions import NoGrowth, RunBroke, Terminated
 
 __all__ = ["RunOptions", "Prepared", "prepare", "run", "build_host", "local_infrastructure", "NoGrowth", "RunBroke"]
 
@@ -163,12 +163,34 @@ def local_infrastructure(echo=print):
     LocalKafka(bb.settings).up(echo=echo)
     bb.ensure_topics()
     processors = LocalProcessors(bb.settings)
-    processors.up(echo=echo)
+    with _terminate_as_exit():
+        processors.up(echo=echo)
+        try:
+            yield bb
+        finally:
+            processors.down()
+            bb.close()
+
+
+@contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a scheduler's stop, ``kill``) raises SystemExit in the main thread while the run is inside, so
+    what the run started is stopped on the way out, as on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        yield bb
+        yield
     finally:
-        processors.down()
-        bb.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(prep: Prepared, opts: RunOptions, echo=print, progress=None) -> dict:

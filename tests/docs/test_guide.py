@@ -340,9 +340,13 @@ def test_every_block_parses_without_the_broker(tmp_path):
 def broker_env(request, tmp_path_factory):
     """One home and topic prefix for every page that needs the broker: the first page builds the kernel library,
     the others reuse it."""
+    from esper_runtime.infra import stop_recorded
+    from streams.config import load_settings
+
     bootstrap = request.getfixturevalue("kafka_bootstrap")
     home = tmp_path_factory.mktemp("guide-home")
-    return _snippet_env(home, f"guide-{uuid.uuid4().hex[:8]}.", ESPER_KAFKA_BOOTSTRAP=bootstrap)
+    yield _snippet_env(home, f"guide-{uuid.uuid4().hex[:8]}.", ESPER_KAFKA_BOOTSTRAP=bootstrap)
+    stop_recorded(load_settings(home=home))  # an app a snippet's run left behind (its run timed out, say)
 
 
 @pytest.mark.parametrize("page", _pages())

@@ -140,6 +140,8 @@ def test_a_killed_run_resumes_from_its_checkpoint(user):
     import signal
     import time
 
+    from streams.process import pid_alive
+
     tmp, env = user
     (tmp / "long.yaml").write_text((tmp / "run.yaml").read_text().replace("epochs: 40", "epochs: 120")
                                    .replace("name: rings", "name: long-rings"))
@@ -163,6 +165,29 @@ def test_a_killed_run_resumes_from_its_checkpoint(user):
         log.close()
         orphans = [int(w.strip("(,")) for line in (tmp / "long.err").read_text().splitlines()
                    if "processors started (pid" in line for w in line.split()[3:4]]
+        assert orphans, (tmp / "long.err").read_text()[-2000:]
+        deadline = time.monotonic() + 30  # the killed run's app sees its starter gone and stops itself
+        while any(pid_alive(pid) for pid in orphans) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(pid_alive(pid) for pid in orphans), "the killed run's processors outlived it"
+
+        # a scheduler's SIGTERM: the run stops what it started on the way out (exit 143), and resumes later
+        log = (tmp / "term.err").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "run", "--config",
+                                 str(tmp / "long.yaml"), "--out", str(out), "--resume"], stderr=log,
+                                stdout=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 300
+        while "resuming after epoch" not in (tmp / "term.err").read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp / "term.err").read_text()[-2000:]
+            time.sleep(0.2)
+        started = [int(w.strip("(,")) for line in (tmp / "term.err").read_text().splitlines()
+                   if "processors started (pid" in line for w in line.split()[3:4]]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, (tmp / "term.err").read_text()[-2000:]
+        log.close()
+        orphans += started
+        assert started and not any(pid_alive(pid) for pid in started), (tmp / "term.err").read_text()[-2000:]
+
         res = _esper(env, "run", "--config", str(tmp / "long.yaml"), "--out", str(out), "--resume")
         assert res.returncode in (0, 4), res.stderr[-3000:]
         assert "resuming after epoch" in res.stderr
