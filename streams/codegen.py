@@ -4,7 +4,10 @@
     python -m streams.codegen --check  # exit 1 if it is stale (CI runs this through the test suite)
 
 Records become frozen keyword-only dataclasses with ``to_avro()`` / ``from_avro()``; enums become ``str`` enums.
-``timestamp-millis`` fields are timezone-aware ``datetime`` objects, as fastavro reads them.
+``timestamp-millis`` fields are timezone-aware ``datetime`` objects, as fastavro reads them. Each record also gets
+``_avro_write(w)``, its Avro body written straight from its attributes (``streams.avro_write``), and
+``AVRO_FINGERPRINT``, the fingerprint of the schema it was generated from (the serde writes a record directly only
+when its catalog holds that very schema).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from streams.avro_write import zigzag
 from streams.schemas import SchemaCatalog
 
 TARGET = Path(__file__).resolve().parent / "contracts.py"
@@ -28,6 +32,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
+
+from streams import avro_write as _w
 '''
 
 
@@ -60,13 +66,17 @@ class _Gen:
         if node["type"] == "enum":
             members = "\n".join(f'    {s} = "{s}"' for s in node["symbols"])
             doc = node.get("doc", "")
-            self.classes[name] = f'class {cls}(str, enum.Enum):\n    """{doc}"""\n\n    AVRO_NAME: ClassVar[str]\n{members}\n\n\n{cls}.AVRO_NAME = "{name}"'
+            codes = "\n".join(f"    {cls}.{sym}: {zigzag(i)!r}," for i, sym in enumerate(node["symbols"]))
+            self.classes[name] = (f'class {cls}(str, enum.Enum):\n    """{doc}"""\n\n    AVRO_NAME: ClassVar[str]\n'
+                                  f'{members}\n\n\n{cls}.AVRO_NAME = "{name}"\n'
+                                  f"_AVRO_{cls}: dict[{cls}, bytes] = {{  # each symbol's index, as Avro writes it\n"
+                                  f"{codes}\n}}")
             self.order.append(name)
             return cls
         if node["type"] != "record":
             raise ValueError(f"{name}: only records and enums are supported, not {node['type']}")
         self.classes[name] = ""  # reserve: referenced types come first in self.order
-        lines, to_lines, from_lines = [], [], []
+        lines, to_lines, from_lines, write_lines = [], [], [], []
         for fld in node["fields"]:
             ann, to_expr, from_expr, default = self._field(fld)
             fname = fld["name"]
@@ -74,17 +84,21 @@ class _Gen:
             to_lines.append(f'            "{fname}": {to_expr.format(v="self." + fname)},')
             src = f'd.get("{fname}", {_default_expr(fld)})' if "default" in fld else f'd["{fname}"]'
             from_lines.append(f"            {fname}={from_expr.format(v=src)},")
+            write_lines += self._write(fld["type"], f"self.{fname}", "        ", 0)
         doc = node.get("doc", "")
+        fingerprint = self.catalog.get(name).fingerprint_hex
         self.classes[name] = (
             f"@dataclass(frozen=True, kw_only=True, slots=True)\nclass {cls}:\n"
-            f'    """{doc}"""\n\n    AVRO_NAME: ClassVar[str] = "{name}"\n\n'
+            f'    """{doc}"""\n\n    AVRO_NAME: ClassVar[str] = "{name}"\n'
+            f'    AVRO_FINGERPRINT: ClassVar[str] = "{fingerprint}"\n\n'
             + "\n".join(lines)
             + "\n\n    def to_avro(self) -> dict[str, Any]:\n        return {\n"
             + "\n".join(to_lines)
             + "\n        }\n\n    @classmethod\n    def from_avro(cls, d: dict[str, Any]) -> "
             + f'"{cls}":\n        return cls(\n'
             + "\n".join(from_lines)
-            + "\n        )"
+            + "\n        )\n\n    def _avro_write(self, w) -> None:\n"
+            + "\n".join(write_lines or ["        pass"])
         )
         self.order.append(name)
         return cls
@@ -143,6 +157,48 @@ class _Gen:
             return _PRIM[kind], "{v}", "{v}"
         raise ValueError(f"unsupported type {t}")
 
+    def _write(self, t, expr: str, ind: str, depth: int) -> list[str]:
+        """Lines that hand ``w`` the Avro bytes of ``expr`` (of type ``t``), raising ``_w.Unfit`` for a value of
+        another Python type than the one declared (see ``streams.avro_write``)."""
+        if isinstance(t, str) and t not in _PRIM:
+            t = self.catalog.get(t).schema
+        if isinstance(t, str):
+            if t == "null":
+                return [f"{ind}if {expr} is not None:", f"{ind}    raise _w.Unfit"]
+            return [f"{ind}w(_w.{_WRITERS[t]}({expr}))"]
+        if isinstance(t, list):  # [null, T]: the branch's index, then the value
+            v = f"_v{depth}"
+            non_null = next(x for x in t if x != "null")
+            null_index, value_index = t.index("null"), t.index(non_null)
+            return ([f"{ind}{v} = {expr}", f"{ind}if {v} is None:", f"{ind}    w({zigzag(null_index)!r})",
+                     f"{ind}else:", f"{ind}    w({zigzag(value_index)!r})"]
+                    + self._write(non_null, v, ind + "    ", depth + 1))
+        kind = t["type"]
+        if kind == "enum":
+            cls = self._named(t)
+            v = f"_v{depth}"
+            return [f"{ind}{v} = {expr}", f"{ind}if type({v}) is not {cls}:", f"{ind}    raise _w.Unfit",
+                    f"{ind}w(_AVRO_{cls}[{v}])"]
+        if kind == "record":
+            cls = self._named(t)
+            v = f"_v{depth}"
+            return [f"{ind}{v} = {expr}", f"{ind}if type({v}) is not {cls}:", f"{ind}    raise _w.Unfit",
+                    f"{ind}{v}._avro_write(w)"]
+        if kind in ("array", "map"):  # one block of every item (fastavro's layout), then the empty block
+            v, x = f"_v{depth}", f"_x{depth}"
+            container = "list" if kind == "array" else "dict"
+            loop = (f"for {x} in {v}:" if kind == "array" else f"for _k{depth}, {x} in {v}.items():")
+            key = [] if kind == "array" else [f"{ind}        w(_w.string(_k{depth}))"]
+            return ([f"{ind}{v} = {expr}", f"{ind}if type({v}) is not {container}:", f"{ind}    raise _w.Unfit",
+                     f"{ind}if {v}:", f"{ind}    w(_w.long_(len({v})))", f"{ind}    {loop}"] + key
+                    + self._write(t["items" if kind == "array" else "values"], x, ind + "        ", depth + 1)
+                    + [f"{ind}w(b'\\x00')"])
+        if kind == "long" and t.get("logicalType") == "timestamp-millis":
+            return [f"{ind}w(_w.timestamp_millis({expr}))"]
+        if kind in _PRIM:
+            return self._write(kind, expr, ind, depth)
+        raise ValueError(f"unsupported type {t}")
+
     def _ref(self, name: str) -> tuple[str, str, str]:
         schema = self.catalog.get(name).schema
         cls = self._named(schema)
@@ -153,6 +209,8 @@ class _Gen:
 
 _PRIM = {"null": "None", "boolean": "bool", "int": "int", "long": "int", "float": "float", "double": "float",
          "bytes": "bytes", "string": "str"}
+_WRITERS = {"boolean": "boolean", "int": "int_", "long": "long_", "float": "float_", "double": "double",
+            "bytes": "bytes_", "string": "string"}
 
 
 def _default_expr(fld: dict) -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from streams import avro_write as _w
+
 __all__ = ["AdaptationSignal", "BlueprintEntry", "BlueprintRejected", "BlueprintSubmitted", "CheckpointSaved", "DecisionCandidate", "Envelope", "EpochCompleted", "FieldReport", "KasminaControlCommand", "KernelCompilationFailed", "KernelCompiled", "KernelDistributionEntry", "KernelEntry", "KernelStatusChanged", "KernelTagsAssigned", "KernelValidationReport", "RollbackPerformed", "RunCompleted", "RunFailed", "RunStarted", "SeedHealth", "SeedLifecycleTransition", "SeedState", "SeedStateEntry", "SeedTelemetry", "SystemStatePacket", "TamiyoDecision", "TopicOffset", "UrzaLibraryEntry", "TYPES", "EVENT_TYPES"]
 
 
@@ -19,6 +21,7 @@ class Envelope:
     """Carried by every Esper event: who said it, when, and its place in that originator's sequence."""
 
     AVRO_NAME: ClassVar[str] = "esper.common.Envelope"
+    AVRO_FINGERPRINT: ClassVar[str] = "c890fbefc1da2edd"
 
     event_id: str
     occurred_at: datetime
@@ -48,12 +51,21 @@ class Envelope:
             producer=d["producer"],
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.string(self.event_id))
+        w(_w.timestamp_millis(self.occurred_at))
+        w(_w.string(self.run_id))
+        w(_w.string(self.originator_id))
+        w(_w.long_(self.originator_version))
+        w(_w.string(self.producer))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TopicOffset:
     """A position in the log: the next offset to read in one partition."""
 
     AVRO_NAME: ClassVar[str] = "esper.common.TopicOffset"
+    AVRO_FINGERPRINT: ClassVar[str] = "11d09bf82c5bf678"
 
     topic: str
     partition: int
@@ -74,12 +86,18 @@ class TopicOffset:
             offset=d["offset"],
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.string(self.topic))
+        w(_w.int_(self.partition))
+        w(_w.long_(self.offset))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FieldReport:
     """Feedback from Tamiyo to Karn about a blueprint's real-world performance (F.4)."""
 
     AVRO_NAME: ClassVar[str] = "esper.innovation.FieldReport"
+    AVRO_FINGERPRINT: ClassVar[str] = "51e9aa345ed18f3b"
 
     envelope: Envelope
     blueprint_id: str
@@ -121,12 +139,46 @@ class FieldReport:
             decision_id=d.get("decision_id", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.seed_id))
+        w(_w.double(self.pre_metric))
+        w(_w.double(self.post_metric))
+        w(_w.string(self.outcome))
+        _v0 = self.eval_metrics
+        if type(_v0) is not dict:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _k0, _x0 in _v0.items():
+                w(_w.string(_k0))
+                w(_w.double(_x0))
+        w(b'\x00')
+        _v0 = self.kernel_artifact_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        _v0 = self.reward
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.double(_v0))
+        w(_w.string(self.decision_id))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KasminaControlCommand:
     """Command from Tamiyo to one seed of a Kasmina layer, naming a pre-validated kernel (F.4)."""
 
     AVRO_NAME: ClassVar[str] = "esper.kasmina.KasminaControlCommand"
+    AVRO_FINGERPRINT: ClassVar[str] = "8e92ea536c309f11"
 
     envelope: Envelope
     target_layer_id: int
@@ -168,6 +220,33 @@ class KasminaControlCommand:
             decision_id=d.get("decision_id", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.int_(self.target_layer_id))
+        w(_w.int_(self.target_seed_id))
+        w(_w.string(self.command))
+        w(_w.string(self.kernel_artifact_id))
+        _v0 = self.selected_for_tags
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            _v1 = _v0
+            if type(_v1) is not list:
+                raise _w.Unfit
+            if _v1:
+                w(_w.long_(len(_v1)))
+                for _x1 in _v1:
+                    w(_w.string(_x1))
+            w(b'\x00')
+        w(_w.string(self.grafting_strategy))
+        w(_w.string(self.command_id))
+        w(_w.long_(self.epoch))
+        w(_w.string(self.decision_id))
+
 
 class SeedState(str, enum.Enum):
     """The 11 lifecycle states of a seed (appendix B), plus ERROR_RECOVERY for a seed whose kernel failed at run time."""
@@ -189,6 +268,21 @@ class SeedState(str, enum.Enum):
 
 
 SeedState.AVRO_NAME = "esper.kasmina.SeedState"
+_AVRO_SeedState: dict[SeedState, bytes] = {  # each symbol's index, as Avro writes it
+    SeedState.DORMANT: b'\x00',
+    SeedState.GERMINATED: b'\x02',
+    SeedState.LOADING: b'\x04',
+    SeedState.TRAINING: b'\x06',
+    SeedState.GRAFTING: b'\x08',
+    SeedState.STABILIZATION: b'\n',
+    SeedState.EVALUATING: b'\x0c',
+    SeedState.FINE_TUNING: b'\x0e',
+    SeedState.FOSSILIZED: b'\x10',
+    SeedState.CULLED: b'\x12',
+    SeedState.CANCELLED: b'\x14',
+    SeedState.ROLLED_BACK: b'\x16',
+    SeedState.ERROR_RECOVERY: b'\x18',
+}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -196,6 +290,7 @@ class SeedHealth:
     """One seed's health over an epoch: what Tamiyo reads to find bottlenecks."""
 
     AVRO_NAME: ClassVar[str] = "esper.kasmina.SeedHealth"
+    AVRO_FINGERPRINT: ClassVar[str] = "6d9d2f13c99c1c00"
 
     seed_id: int
     state: SeedState
@@ -240,12 +335,34 @@ class SeedHealth:
             growth_from_model=d.get("growth_from_model", False),
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.int_(self.seed_id))
+        _v0 = self.state
+        if type(_v0) is not SeedState:
+            raise _w.Unfit
+        w(_AVRO_SeedState[_v0])
+        w(_w.float_(self.alpha))
+        w(_w.float_(self.chunk_variance))
+        w(_w.float_(self.dead_node_ratio))
+        w(_w.float_(self.avg_correlation))
+        w(_w.float_(self.exec_latency_us))
+        w(_w.boolean(self.is_ready_for_transition))
+        _v0 = self.kernel_artifact_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        w(_w.float_(self.growth_signal))
+        w(_w.boolean(self.growth_from_model))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SeedLifecycleTransition:
     """A seed moved from one lifecycle state to another."""
 
     AVRO_NAME: ClassVar[str] = "esper.kasmina.SeedLifecycleTransition"
+    AVRO_FINGERPRINT: ClassVar[str] = "2565a7fb90e90c0a"
 
     envelope: Envelope
     layer_id: int
@@ -284,12 +401,43 @@ class SeedLifecycleTransition:
             reason=d.get("reason", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.int_(self.layer_id))
+        w(_w.int_(self.seed_id))
+        _v0 = self.from_state
+        if type(_v0) is not SeedState:
+            raise _w.Unfit
+        w(_AVRO_SeedState[_v0])
+        _v0 = self.to_state
+        if type(_v0) is not SeedState:
+            raise _w.Unfit
+        w(_AVRO_SeedState[_v0])
+        w(_w.long_(self.epoch))
+        _v0 = self.command_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        _v0 = self.kernel_artifact_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        w(_w.string(self.reason))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SeedTelemetry:
     """Batched health of every seed in one layer, published once per epoch."""
 
     AVRO_NAME: ClassVar[str] = "esper.kasmina.SeedTelemetry"
+    AVRO_FINGERPRINT: ClassVar[str] = "376b677f95f84fca"
 
     envelope: Envelope
     epoch: int
@@ -316,12 +464,33 @@ class SeedTelemetry:
             seeds=[SeedHealth.from_avro(_x) for _x in d["seeds"]],
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.long_(self.epoch))
+        w(_w.int_(self.layer_id))
+        w(_w.string(self.layer_name))
+        _v0 = self.seeds
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                _v1 = _x0
+                if type(_v1) is not SeedHealth:
+                    raise _w.Unfit
+                _v1._avro_write(w)
+        w(b'\x00')
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BlueprintEntry:
     """A blueprint in the Urza library (key 'blueprint/<id>' of state.urza.library)."""
 
     AVRO_NAME: ClassVar[str] = "esper.state.BlueprintEntry"
+    AVRO_FINGERPRINT: ClassVar[str] = "b68073a60ee5f5d0"
 
     blueprint_id: str
     name: str
@@ -369,12 +538,67 @@ class BlueprintEntry:
             mutation=d.get("mutation", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.name))
+        w(_w.string(self.ir_json))
+        _v0 = self.tags
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        _v0 = self.parents
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        w(_w.string(self.submitted_by))
+        w(_w.string(self.status))
+        _v0 = self.rejection
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        _v0 = self.failures
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        _v0 = self.failed_widths
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.long_(_x0))
+        w(b'\x00')
+        _v0 = self.artifacts
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        w(_w.string(self.mutation))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelDistributionEntry:
     """One validated kernel's measurements on one hardware target: the value of state.urabrask.distributions under key '<hardware>|<artifact-id>' (compacted), the peers Urabrask ranks a new kernel against. Written once, from the first passing KernelValidationReport."""
 
     AVRO_NAME: ClassVar[str] = "esper.state.KernelDistributionEntry"
+    AVRO_FINGERPRINT: ClassVar[str] = "123c8d492513da58"
 
     latency_ms_mean: float
     latency_ms_p99: float
@@ -398,12 +622,19 @@ class KernelDistributionEntry:
             throughput_ops_per_sec=d["throughput_ops_per_sec"],
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.double(self.latency_ms_mean))
+        w(_w.double(self.latency_ms_p99))
+        w(_w.double(self.memory_mb_peak))
+        w(_w.double(self.throughput_ops_per_sec))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelEntry:
     """A compiled kernel in the Urza library (key 'kernel/<artifact-id>' of state.urza.library)."""
 
     AVRO_NAME: ClassVar[str] = "esper.state.KernelEntry"
+    AVRO_FINGERPRINT: ClassVar[str] = "0ffff0940b3e5c75"
 
     artifact_id: str
     blueprint_id: str
@@ -457,12 +688,58 @@ class KernelEntry:
             history=list(d["history"]),
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.string(self.artifact_id))
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.hardware))
+        w(_w.string(self.pipeline))
+        w(_w.string(self.sha256))
+        w(_w.long_(self.size_bytes))
+        w(_w.double(self.compile_ms))
+        w(_w.string(self.signature_json))
+        w(_w.string(self.status))
+        _v0 = self.tags
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        _v0 = self.risk_score
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.double(_v0))
+        _v0 = self.conf_level
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        _v0 = self.report_json
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        _v0 = self.history
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SeedStateEntry:
     """A seed's current state in one run: the value of state.kasmina.seeds under key '<run-id>|seed/<layer>/<seed>' (compacted; a tombstone, a null value, would remove the seed). Folded from the seed's SeedLifecycleTransition events in originator_version order."""
 
     AVRO_NAME: ClassVar[str] = "esper.state.SeedStateEntry"
+    AVRO_FINGERPRINT: ClassVar[str] = "cc721d782040d38c"
 
     run_id: str
     seed: str
@@ -501,12 +778,32 @@ class SeedStateEntry:
             occurred_at_ms=d["occurred_at_ms"],
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.string(self.run_id))
+        w(_w.string(self.seed))
+        _v0 = self.state
+        if type(_v0) is not SeedState:
+            raise _w.Unfit
+        w(_AVRO_SeedState[_v0])
+        w(_w.long_(self.version))
+        w(_w.long_(self.epoch))
+        _v0 = self.kernel_artifact_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        w(_w.string(self.reason))
+        w(_w.string(self.event_id))
+        w(_w.long_(self.occurred_at_ms))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UrzaLibraryEntry:
     """One entry of the Urza library, the value of state.urza.library (compacted). Exactly one field is set, by the key's kind: 'blueprint/<id>' a blueprint, 'kernel/<artifact-id>' a compiled kernel, 'version/<originator>' the last version applied of an originator's events, 'waiting/<originator>/<version>' an event parked until its predecessor arrives. A tombstone (null value) removes the entry (a parked event once applied)."""
 
     AVRO_NAME: ClassVar[str] = "esper.state.UrzaLibraryEntry"
+    AVRO_FINGERPRINT: ClassVar[str] = "59f802a79c87ee4b"
 
     blueprint: BlueprintEntry | None = None
     kernel: KernelEntry | None = None
@@ -530,12 +827,45 @@ class UrzaLibraryEntry:
             waiting_event=d.get("waiting_event", None),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.blueprint
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            _v1 = _v0
+            if type(_v1) is not BlueprintEntry:
+                raise _w.Unfit
+            _v1._avro_write(w)
+        _v0 = self.kernel
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            _v1 = _v0
+            if type(_v1) is not KernelEntry:
+                raise _w.Unfit
+            _v1._avro_write(w)
+        _v0 = self.version
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.long_(_v0))
+        _v0 = self.waiting_event
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.bytes_(_v0))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DecisionCandidate:
     """One option Tamiyo weighed."""
 
     AVRO_NAME: ClassVar[str] = "esper.tamiyo.DecisionCandidate"
+    AVRO_FINGERPRINT: ClassVar[str] = "8836c3e5f1ea7f47"
 
     layer_id: int
     seed_id: int
@@ -559,12 +889,24 @@ class DecisionCandidate:
             kernel_artifact_id=d.get("kernel_artifact_id", None),
         )
 
+    def _avro_write(self, w) -> None:
+        w(_w.int_(self.layer_id))
+        w(_w.int_(self.seed_id))
+        w(_w.double(self.score))
+        _v0 = self.kernel_artifact_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TamiyoDecision:
     """What Tamiyo saw, weighed and chose at an epoch boundary: the experience Simic learns from."""
 
     AVRO_NAME: ClassVar[str] = "esper.tamiyo.TamiyoDecision"
+    AVRO_FINGERPRINT: ClassVar[str] = "912904128fe5990c"
 
     envelope: Envelope
     epoch: int
@@ -612,12 +954,70 @@ class TamiyoDecision:
             reason=d.get("reason", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.long_(self.epoch))
+        w(_w.string(self.decision_id))
+        w(_w.string(self.policy))
+        w(_w.string(self.action))
+        _v0 = self.target_layer_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.int_(_v0))
+        _v0 = self.target_seed_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.int_(_v0))
+        _v0 = self.chosen_kernel_artifact_id
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.string(_v0))
+        _v0 = self.query_tags
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        _v0 = self.candidates
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                _v1 = _x0
+                if type(_v1) is not DecisionCandidate:
+                    raise _w.Unfit
+                _v1._avro_write(w)
+        w(b'\x00')
+        _v0 = self.state_features
+        if type(_v0) is not dict:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _k0, _x0 in _v0.items():
+                w(_w.string(_k0))
+                w(_w.double(_x0))
+        w(b'\x00')
+        w(_w.string(self.reason))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelCompilationFailed:
     """A compilation pipeline failed."""
 
     AVRO_NAME: ClassVar[str] = "esper.tezzeret.KernelCompilationFailed"
+    AVRO_FINGERPRINT: ClassVar[str] = "ffd7d0785528f442"
 
     envelope: Envelope
     blueprint_id: str
@@ -647,12 +1047,29 @@ class KernelCompilationFailed:
             chunk_width=d.get("chunk_width", None),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.hardware))
+        w(_w.string(self.pipeline))
+        w(_w.string(self.error))
+        _v0 = self.chunk_width
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.int_(_v0))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelCompiled:
     """Tezzeret produced a compiled artifact."""
 
     AVRO_NAME: ClassVar[str] = "esper.tezzeret.KernelCompiled"
+    AVRO_FINGERPRINT: ClassVar[str] = "5c70a99015443f43"
 
     envelope: Envelope
     artifact_id: str
@@ -697,12 +1114,29 @@ class KernelCompiled:
             signature_json=d["signature_json"],
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.artifact_id))
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.hardware))
+        w(_w.string(self.pipeline))
+        w(_w.string(self.toolchain_hash))
+        w(_w.string(self.sha256))
+        w(_w.long_(self.size_bytes))
+        w(_w.string(self.uri))
+        w(_w.double(self.compile_ms))
+        w(_w.string(self.signature_json))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AdaptationSignal:
     """Tamiyo's answer to Tolaria after its end-of-epoch step."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.AdaptationSignal"
+    AVRO_FINGERPRINT: ClassVar[str] = "75a0687c69128299"
 
     envelope: Envelope
     epoch: int
@@ -729,12 +1163,23 @@ class AdaptationSignal:
             reason=d.get("reason", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.long_(self.epoch))
+        w(_w.boolean(self.optimizer_rebuild_required))
+        w(_w.boolean(self.emergency_rollback_required))
+        w(_w.string(self.reason))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CheckpointSaved:
     """A synchronized checkpoint (host, Tamiyo, every Kasmina state) was written."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.CheckpointSaved"
+    AVRO_FINGERPRINT: ClassVar[str] = "427c40064c112187"
 
     envelope: Envelope
     epoch: int
@@ -764,12 +1209,34 @@ class CheckpointSaved:
             offsets=[TopicOffset.from_avro(_x) for _x in d["offsets"]],
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.long_(self.epoch))
+        w(_w.string(self.checkpoint_id))
+        w(_w.string(self.path))
+        w(_w.string(self.sha256))
+        _v0 = self.offsets
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                _v1 = _x0
+                if type(_v1) is not TopicOffset:
+                    raise _w.Unfit
+                _v1._avro_write(w)
+        w(b'\x00')
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EpochCompleted:
     """One epoch of training and validation finished."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.EpochCompleted"
+    AVRO_FINGERPRINT: ClassVar[str] = "54887608c1ad8fcc"
 
     envelope: Envelope
     epoch: int
@@ -808,12 +1275,27 @@ class EpochCompleted:
             train_flops=d.get("train_flops", 0),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.long_(self.epoch))
+        w(_w.double(self.train_loss))
+        w(_w.double(self.val_loss))
+        w(_w.double(self.val_accuracy))
+        w(_w.long_(self.params))
+        w(_w.double(self.learning_rate))
+        w(_w.double(self.duration_ms))
+        w(_w.long_(self.train_flops))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RollbackPerformed:
     """Tolaria restored a checkpoint after an emergency."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.RollbackPerformed"
+    AVRO_FINGERPRINT: ClassVar[str] = "547ce10398078962"
 
     envelope: Envelope
     from_epoch: int
@@ -843,12 +1325,24 @@ class RollbackPerformed:
             reason=d.get("reason", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.long_(self.from_epoch))
+        w(_w.long_(self.to_epoch))
+        w(_w.string(self.checkpoint_id))
+        w(_w.string(self.trigger))
+        w(_w.string(self.reason))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunCompleted:
     """A training run ended."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.RunCompleted"
+    AVRO_FINGERPRINT: ClassVar[str] = "c77c5955e7e90e25"
 
     envelope: Envelope
     epochs: int
@@ -878,12 +1372,24 @@ class RunCompleted:
             detail=d.get("detail", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.int_(self.epochs))
+        w(_w.double(self.final_accuracy))
+        w(_w.long_(self.final_params))
+        w(_w.string(self.status))
+        w(_w.string(self.detail))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunFailed:
     """A training run stopped on an error after it started (bad data in a batch, an error in the model, an interrupt): the run's last event, so no run stays open on the log."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.RunFailed"
+    AVRO_FINGERPRINT: ClassVar[str] = "2c856e3fd89983fb"
 
     envelope: Envelope
     epoch: int
@@ -907,12 +1413,22 @@ class RunFailed:
             reason=d["reason"],
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.int_(self.epoch))
+        w(_w.string(self.error_type))
+        w(_w.string(self.reason))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunStarted:
     """A training run began."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.RunStarted"
+    AVRO_FINGERPRINT: ClassVar[str] = "97e968b23525f88e"
 
     envelope: Envelope
     task: str
@@ -939,12 +1455,23 @@ class RunStarted:
             epochs_planned=d["epochs_planned"],
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.task))
+        w(_w.string(self.config_json))
+        w(_w.long_(self.host_params))
+        w(_w.int_(self.epochs_planned))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SystemStatePacket:
     """Tolaria's snapshot of global state for Tamiyo at an epoch boundary."""
 
     AVRO_NAME: ClassVar[str] = "esper.tolaria.SystemStatePacket"
+    AVRO_FINGERPRINT: ClassVar[str] = "3014b4396a341445"
 
     envelope: Envelope
     epoch: int
@@ -983,12 +1510,35 @@ class SystemStatePacket:
             hardware_context=dict(d.get("hardware_context", {})),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.long_(self.epoch))
+        w(_w.long_(self.global_step))
+        w(_w.double(self.train_loss))
+        w(_w.double(self.val_loss))
+        w(_w.double(self.val_accuracy))
+        w(_w.int_(self.active_seeds))
+        w(_w.int_(self.total_seeds))
+        _v0 = self.hardware_context
+        if type(_v0) is not dict:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _k0, _x0 in _v0.items():
+                w(_w.string(_k0))
+                w(_w.string(_x0))
+        w(b'\x00')
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelTagsAssigned:
     """Urabrask tagged an artifact against its peers (E.3)."""
 
     AVRO_NAME: ClassVar[str] = "esper.urabrask.KernelTagsAssigned"
+    AVRO_FINGERPRINT: ClassVar[str] = "d2d0ae4535983e22"
 
     envelope: Envelope
     artifact_id: str
@@ -1024,12 +1574,33 @@ class KernelTagsAssigned:
             population=d["population"],
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.artifact_id))
+        w(_w.string(self.hardware))
+        _v0 = self.tags
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        w(_w.double(self.risk_score))
+        w(_w.string(self.conf_level))
+        w(_w.string(self.method))
+        w(_w.int_(self.population))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelValidationReport:
     """Urabrask's measured profile of one artifact on one hardware target (E.2)."""
 
     AVRO_NAME: ClassVar[str] = "esper.urabrask.KernelValidationReport"
+    AVRO_FINGERPRINT: ClassVar[str] = "40b1d396a137455b"
 
     envelope: Envelope
     artifact_id: str
@@ -1080,12 +1651,44 @@ class KernelValidationReport:
             failure=d.get("failure", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.artifact_id))
+        w(_w.string(self.hardware))
+        w(_w.boolean(self.passed))
+        w(_w.double(self.latency_ms_mean))
+        w(_w.double(self.latency_ms_p99))
+        w(_w.double(self.throughput_ops_per_sec))
+        w(_w.double(self.memory_mb_peak))
+        _v0 = self.power_watts_avg
+        if _v0 is None:
+            w(b'\x00')
+        else:
+            w(b'\x02')
+            w(_w.double(_v0))
+        w(_w.double(self.precision_drift_vs_fp32))
+        w(_w.int_(self.runs))
+        _v0 = self.spread
+        if type(_v0) is not dict:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _k0, _x0 in _v0.items():
+                w(_w.string(_k0))
+                w(_w.double(_x0))
+        w(b'\x00')
+        w(_w.string(self.failure))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BlueprintRejected:
     """Static validation refused a blueprint."""
 
     AVRO_NAME: ClassVar[str] = "esper.urza.BlueprintRejected"
+    AVRO_FINGERPRINT: ClassVar[str] = "13c6357ffa55da76"
 
     envelope: Envelope
     blueprint_id: str
@@ -1109,12 +1712,22 @@ class BlueprintRejected:
             reason=d["reason"],
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.stage))
+        w(_w.string(self.reason))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BlueprintSubmitted:
     """A BlueprintIR was submitted to the library."""
 
     AVRO_NAME: ClassVar[str] = "esper.urza.BlueprintSubmitted"
+    AVRO_FINGERPRINT: ClassVar[str] = "88764f1ceb43345a"
 
     envelope: Envelope
     blueprint_id: str
@@ -1162,12 +1775,65 @@ class BlueprintSubmitted:
             mutation=d.get("mutation", ''),
         )
 
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.name))
+        w(_w.int_(self.ir_version))
+        w(_w.string(self.ir_json))
+        w(_w.string(self.submitted_by))
+        _v0 = self.tags
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        _v0 = self.parent_ids
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        _v0 = self.chunk_widths
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.int_(_x0))
+        w(b'\x00')
+        _v0 = self.pipelines
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.string(_x0))
+        w(b'\x00')
+        _v0 = self.input_widths
+        if type(_v0) is not list:
+            raise _w.Unfit
+        if _v0:
+            w(_w.long_(len(_v0)))
+            for _x0 in _v0:
+                w(_w.int_(_x0))
+        w(b'\x00')
+        w(_w.string(self.mutation))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelStatusChanged:
     """An artifact's status in Urza changed."""
 
     AVRO_NAME: ClassVar[str] = "esper.urza.KernelStatusChanged"
+    AVRO_FINGERPRINT: ClassVar[str] = "ff460074710877cd"
 
     envelope: Envelope
     artifact_id: str
@@ -1196,6 +1862,17 @@ class KernelStatusChanged:
             to_status=d["to_status"],
             reason=d.get("reason", ''),
         )
+
+    def _avro_write(self, w) -> None:
+        _v0 = self.envelope
+        if type(_v0) is not Envelope:
+            raise _w.Unfit
+        _v0._avro_write(w)
+        w(_w.string(self.artifact_id))
+        w(_w.string(self.blueprint_id))
+        w(_w.string(self.from_status))
+        w(_w.string(self.to_status))
+        w(_w.string(self.reason))
 
 
 TYPES: dict[str, Any] = {

@@ -91,8 +91,25 @@ class SingleObjectSerde:
         self.catalog = catalog
         self.resolver = resolver
         self.max_message_bytes = max_message_bytes
+        self._direct: dict[type, bytes] = {}  # generated type -> its header (b"": written through fastavro)
 
     def encode(self, event: Any, topic: str = "", schema_name: str | None = None) -> bytes:
+        if schema_name is None:
+            header = self._direct.get(type(event))
+            if header is None:
+                header = self._direct_header(type(event))
+            if header:  # a generated type whose schema is the catalog's: its body written from its attributes
+                parts = [header]
+                try:
+                    event._avro_write(parts.append)
+                except Exception:  # noqa: BLE001 - avro_write.Unfit, or a value it cannot write: fastavro decides
+                    pass
+                else:
+                    data = b"".join(parts)
+                    if len(data) > self.max_message_bytes:
+                        raise EncodeError(f"{type(event).AVRO_NAME} encodes to {len(data)} bytes, over the "
+                                          f"{self.max_message_bytes}-byte limit")
+                    return data
         schema, record = _as_record(self.catalog, event, schema_name)
         buf = io.BytesIO()
         buf.write(MAGIC + schema.fingerprint)
@@ -105,6 +122,15 @@ class SingleObjectSerde:
         if len(data) > self.max_message_bytes:
             raise EncodeError(f"{schema.name} encodes to {len(data)} bytes, over the {self.max_message_bytes}-byte limit")
         return data
+
+    def _direct_header(self, cls: type) -> bytes:
+        """The single-object header of a generated type written directly, or b"" when it is not (not generated,
+        or the catalog's schema of that name is not the one the type was generated from: fastavro writes it)."""
+        fingerprint = getattr(cls, "AVRO_FINGERPRINT", None)
+        schema = self.catalog.find(getattr(cls, "AVRO_NAME", None) or "") if fingerprint else None
+        header = MAGIC + schema.fingerprint if schema is not None and schema.fingerprint_hex == fingerprint else b""
+        self._direct[cls] = header
+        return header
 
     def decode(self, data: bytes, topic: str = "") -> Decoded:
         writer = self._writer(data)
@@ -207,6 +233,15 @@ class ConfluentSerde:
         if len(data) > self.max_message_bytes:
             raise EncodeError(f"{schema.name} encodes to {len(data)} bytes, over the {self.max_message_bytes}-byte limit")
         return data
+
+    def _direct_header(self, cls: type) -> bytes:
+        """The single-object header of a generated type written directly, or b"" when it is not (not generated,
+        or the catalog's schema of that name is not the one the type was generated from: fastavro writes it)."""
+        fingerprint = getattr(cls, "AVRO_FINGERPRINT", None)
+        schema = self.catalog.find(getattr(cls, "AVRO_NAME", None) or "") if fingerprint else None
+        header = MAGIC + schema.fingerprint if schema is not None and schema.fingerprint_hex == fingerprint else b""
+        self._direct[cls] = header
+        return header
 
     def decode(self, data: bytes, topic: str = "") -> Decoded:
         writer = self._writer(data)
