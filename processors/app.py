@@ -241,7 +241,7 @@ class Processors:
             @self._reports_crashes("urza")
             async def urza(stream):
                 await library.load()
-                view = UrzaView.restore(library.items(), lambda raw: self.serde.decode(raw).typed())
+                view = UrzaView.restore(library.items(), lambda raw: self.serde.decode_typed(raw))
                 async for batch in self._batches(stream, "urza"):
                     for event, ev in batch:
                         applied = view.apply(ev)

@@ -17,12 +17,10 @@ from __future__ import annotations
 import struct
 from datetime import datetime, timezone
 
+from streams.exceptions import Unfit
+
 __all__ = ["Unfit", "long_", "int_", "string", "bytes_", "double", "float_", "boolean", "timestamp_millis",
            "zigzag"]
-
-
-class Unfit(Exception):
-    """A value this writer does not write: the record goes through fastavro."""
 
 
 def zigzag(n: int) -> bytes:

@@ -5,9 +5,9 @@
 
 Records become frozen keyword-only dataclasses with ``to_avro()`` / ``from_avro()``; enums become ``str`` enums.
 ``timestamp-millis`` fields are timezone-aware ``datetime`` objects, as fastavro reads them. Each record also gets
-``_avro_write(w)``, its Avro body written straight from its attributes (``streams.avro_write``), and
-``AVRO_FINGERPRINT``, the fingerprint of the schema it was generated from (the serde writes a record directly only
-when its catalog holds that very schema).
+``_avro_write(w)``, its Avro body written straight from its attributes (``streams.avro_write``), ``_avro_read(b,
+p)``, read straight back (``streams.avro_read``), and ``AVRO_FINGERPRINT``, the fingerprint of the schema it was
+generated from (the serde writes or reads a record directly only when it is that very schema).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from streams import avro_read as _r
 from streams import avro_write as _w
 '''
 
@@ -67,16 +68,18 @@ class _Gen:
             members = "\n".join(f'    {s} = "{s}"' for s in node["symbols"])
             doc = node.get("doc", "")
             codes = "\n".join(f"    {cls}.{sym}: {zigzag(i)!r}," for i, sym in enumerate(node["symbols"]))
+            symbols = "".join(f"{cls}.{sym}, " for sym in node["symbols"])
             self.classes[name] = (f'class {cls}(str, enum.Enum):\n    """{doc}"""\n\n    AVRO_NAME: ClassVar[str]\n'
                                   f'{members}\n\n\n{cls}.AVRO_NAME = "{name}"\n'
                                   f"_AVRO_{cls}: dict[{cls}, bytes] = {{  # each symbol's index, as Avro writes it\n"
-                                  f"{codes}\n}}")
+                                  f"{codes}\n}}\n"
+                                  f"_AVRO_SYMBOLS_{cls}: tuple[{cls}, ...] = ({symbols.strip()})  # by index")
             self.order.append(name)
             return cls
         if node["type"] != "record":
             raise ValueError(f"{name}: only records and enums are supported, not {node['type']}")
         self.classes[name] = ""  # reserve: referenced types come first in self.order
-        lines, to_lines, from_lines, write_lines = [], [], [], []
+        lines, to_lines, from_lines, write_lines, read_lines = [], [], [], [], []
         for fld in node["fields"]:
             ann, to_expr, from_expr, default = self._field(fld)
             fname = fld["name"]
@@ -85,6 +88,7 @@ class _Gen:
             src = f'd.get("{fname}", {_default_expr(fld)})' if "default" in fld else f'd["{fname}"]'
             from_lines.append(f"            {fname}={from_expr.format(v=src)},")
             write_lines += self._write(fld["type"], f"self.{fname}", "        ", 0)
+            read_lines += self._read(fld["type"], f"f_{fname}", "        ", 0)
         doc = node.get("doc", "")
         fingerprint = self.catalog.get(name).fingerprint_hex
         self.classes[name] = (
@@ -99,6 +103,9 @@ class _Gen:
             + "\n".join(from_lines)
             + "\n        )\n\n    def _avro_write(self, w) -> None:\n"
             + "\n".join(write_lines or ["        pass"])
+            + f'\n\n    @classmethod\n    def _avro_read(cls, b: bytes, p: int) -> tuple["{cls}", int]:\n'
+            + "\n".join(read_lines)
+            + "\n        return cls(" + ", ".join(f"{f['name']}=f_{f['name']}" for f in node["fields"]) + "), p"
         )
         self.order.append(name)
         return cls
@@ -197,6 +204,55 @@ class _Gen:
             return [f"{ind}w(_w.timestamp_millis({expr}))"]
         if kind in _PRIM:
             return self._write(kind, expr, ind, depth)
+        raise ValueError(f"unsupported type {t}")
+
+    def _read(self, t, target: str, ind: str, depth: int) -> list[str]:
+        """Lines that read a value of type ``t`` from ``b`` at ``p`` into ``target``, moving ``p`` past it, or raise
+        for anything ``streams.avro_read`` leaves to fastavro."""
+        if isinstance(t, str) and t not in _PRIM:
+            t = self.catalog.get(t).schema
+        # the common case inline (a one-byte varint: a small integer, a short string's length, an enum symbol or a
+        # union branch), the rest through streams.avro_read
+        if isinstance(t, str):
+            if t == "null":
+                return [f"{ind}{target} = None"]
+            if t in ("int", "long"):
+                return [f"{ind}c = b[p]", f"{ind}if c < 0x80:", f"{ind}    {target} = (c >> 1) ^ -(c & 1)",
+                        f"{ind}    p += 1", f"{ind}else:", f"{ind}    {target}, p = _r.long_(b, p)"]
+            if t == "string":
+                return [f"{ind}c = b[p]", f"{ind}if c < 0x80 and not c & 1:", f"{ind}    e = p + 1 + (c >> 1)",
+                        f"{ind}    if e > len(b):", f"{ind}        raise _r.Unfit",
+                        f"{ind}    {target} = b[p + 1:e].decode()", f"{ind}    p = e", f"{ind}else:",
+                        f"{ind}    {target}, p = _r.string(b, p)"]
+            return [f"{ind}{target}, p = _r.{_WRITERS[t]}(b, p)"]
+        if isinstance(t, list):  # the branch's index, canonical and one byte (anything else: fastavro)
+            non_null = next(x for x in t if x != "null")
+            return ([f"{ind}c = b[p]", f"{ind}p += 1", f"{ind}if c == {2 * t.index('null')}:", f"{ind}    {target} = None",
+                     f"{ind}elif c == {2 * t.index(non_null)}:"]
+                    + self._read(non_null, target, ind + "    ", depth + 1)
+                    + [f"{ind}else:", f"{ind}    raise _r.Unfit"])
+        kind = t["type"]
+        if kind == "enum":
+            cls = self._named(t)
+            return [f"{ind}c = b[p]", f"{ind}if c < 0x80 and not c & 1:", f"{ind}    {target} = _AVRO_SYMBOLS_{cls}[c >> 1]",
+                    f"{ind}    p += 1", f"{ind}else:", f"{ind}    {target}, p = _r.enum(b, p, _AVRO_SYMBOLS_{cls})"]
+        if kind == "record":
+            cls = self._named(t)
+            return [f"{ind}{target}, p = {cls}._avro_read(b, p)"]
+        if kind in ("array", "map"):
+            n, x = f"_n{depth}", f"_x{depth}"
+            items = t["items" if kind == "array" else "values"]
+            head = [f"{ind}{target} = {'[]' if kind == 'array' else '{}'}", f"{ind}while True:",
+                    f"{ind}    {n}, p = _r.count(b, p)", f"{ind}    if not {n}:", f"{ind}        break",
+                    f"{ind}    for _ in range({n}):"]
+            if kind == "array":
+                return head + self._read(items, x, ind + "        ", depth + 1) + [f"{ind}        {target}.append({x})"]
+            return (head + [f"{ind}        _k{depth}, p = _r.string(b, p)"]
+                    + self._read(items, x, ind + "        ", depth + 1) + [f"{ind}        {target}[_k{depth}] = {x}"])
+        if kind == "long" and t.get("logicalType") == "timestamp-millis":
+            return [f"{ind}{target}, p = _r.timestamp_millis(b, p)"]
+        if kind in _PRIM:
+            return self._read(kind, target, ind, depth)
         raise ValueError(f"unsupported type {t}")
 
     def _ref(self, name: str) -> tuple[str, str, str]:

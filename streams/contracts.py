@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from streams import avro_read as _r
 from streams import avro_write as _w
 
 __all__ = ["AdaptationSignal", "BlueprintEntry", "BlueprintRejected", "BlueprintSubmitted", "CheckpointSaved", "DecisionCandidate", "Envelope", "EpochCompleted", "FieldReport", "KasminaControlCommand", "KernelCompilationFailed", "KernelCompiled", "KernelDistributionEntry", "KernelEntry", "KernelStatusChanged", "KernelTagsAssigned", "KernelValidationReport", "RollbackPerformed", "RunCompleted", "RunFailed", "RunStarted", "SeedHealth", "SeedLifecycleTransition", "SeedState", "SeedStateEntry", "SeedTelemetry", "SystemStatePacket", "TamiyoDecision", "TopicOffset", "UrzaLibraryEntry", "TYPES", "EVENT_TYPES"]
@@ -59,6 +60,53 @@ class Envelope:
         w(_w.long_(self.originator_version))
         w(_w.string(self.producer))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["Envelope", int]:
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_event_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_event_id, p = _r.string(b, p)
+        f_occurred_at, p = _r.timestamp_millis(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_run_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_run_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_originator_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_originator_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_originator_version = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_originator_version, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_producer = b[p + 1:e].decode()
+            p = e
+        else:
+            f_producer, p = _r.string(b, p)
+        return cls(event_id=f_event_id, occurred_at=f_occurred_at, run_id=f_run_id, originator_id=f_originator_id, originator_version=f_originator_version, producer=f_producer), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TopicOffset:
@@ -90,6 +138,31 @@ class TopicOffset:
         w(_w.string(self.topic))
         w(_w.int_(self.partition))
         w(_w.long_(self.offset))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["TopicOffset", int]:
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_topic = b[p + 1:e].decode()
+            p = e
+        else:
+            f_topic, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_partition = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_partition, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_offset = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_offset, p = _r.long_(b, p)
+        return cls(topic=f_topic, partition=f_partition, offset=f_offset), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -172,6 +245,82 @@ class FieldReport:
             w(_w.double(_v0))
         w(_w.string(self.decision_id))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["FieldReport", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_seed_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_seed_id, p = _r.string(b, p)
+        f_pre_metric, p = _r.double(b, p)
+        f_post_metric, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_outcome = b[p + 1:e].decode()
+            p = e
+        else:
+            f_outcome, p = _r.string(b, p)
+        f_eval_metrics = {}
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                _k0, p = _r.string(b, p)
+                _x0, p = _r.double(b, p)
+                f_eval_metrics[_k0] = _x0
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_kernel_artifact_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_kernel_artifact_id = b[p + 1:e].decode()
+                p = e
+            else:
+                f_kernel_artifact_id, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_reward = None
+        elif c == 2:
+            f_reward, p = _r.double(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_decision_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_decision_id, p = _r.string(b, p)
+        return cls(envelope=f_envelope, blueprint_id=f_blueprint_id, seed_id=f_seed_id, pre_metric=f_pre_metric, post_metric=f_post_metric, outcome=f_outcome, eval_metrics=f_eval_metrics, kernel_artifact_id=f_kernel_artifact_id, reward=f_reward, decision_id=f_decision_id), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KasminaControlCommand:
@@ -247,6 +396,97 @@ class KasminaControlCommand:
         w(_w.long_(self.epoch))
         w(_w.string(self.decision_id))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KasminaControlCommand", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_target_layer_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_target_layer_id, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_target_seed_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_target_seed_id, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_command = b[p + 1:e].decode()
+            p = e
+        else:
+            f_command, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_kernel_artifact_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_kernel_artifact_id, p = _r.string(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_selected_for_tags = None
+        elif c == 2:
+            f_selected_for_tags = []
+            while True:
+                _n1, p = _r.count(b, p)
+                if not _n1:
+                    break
+                for _ in range(_n1):
+                    c = b[p]
+                    if c < 0x80 and not c & 1:
+                        e = p + 1 + (c >> 1)
+                        if e > len(b):
+                            raise _r.Unfit
+                        _x1 = b[p + 1:e].decode()
+                        p = e
+                    else:
+                        _x1, p = _r.string(b, p)
+                    f_selected_for_tags.append(_x1)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_grafting_strategy = b[p + 1:e].decode()
+            p = e
+        else:
+            f_grafting_strategy, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_command_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_command_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_decision_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_decision_id, p = _r.string(b, p)
+        return cls(envelope=f_envelope, target_layer_id=f_target_layer_id, target_seed_id=f_target_seed_id, command=f_command, kernel_artifact_id=f_kernel_artifact_id, selected_for_tags=f_selected_for_tags, grafting_strategy=f_grafting_strategy, command_id=f_command_id, epoch=f_epoch, decision_id=f_decision_id), p
+
 
 class SeedState(str, enum.Enum):
     """The 11 lifecycle states of a seed (appendix B), plus ERROR_RECOVERY for a seed whose kernel failed at run time."""
@@ -283,6 +523,7 @@ _AVRO_SeedState: dict[SeedState, bytes] = {  # each symbol's index, as Avro writ
     SeedState.ROLLED_BACK: b'\x16',
     SeedState.ERROR_RECOVERY: b'\x18',
 }
+_AVRO_SYMBOLS_SeedState: tuple[SeedState, ...] = (SeedState.DORMANT, SeedState.GERMINATED, SeedState.LOADING, SeedState.TRAINING, SeedState.GRAFTING, SeedState.STABILIZATION, SeedState.EVALUATING, SeedState.FINE_TUNING, SeedState.FOSSILIZED, SeedState.CULLED, SeedState.CANCELLED, SeedState.ROLLED_BACK, SeedState.ERROR_RECOVERY,)  # by index
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -355,6 +596,46 @@ class SeedHealth:
             w(_w.string(_v0))
         w(_w.float_(self.growth_signal))
         w(_w.boolean(self.growth_from_model))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["SeedHealth", int]:
+        c = b[p]
+        if c < 0x80:
+            f_seed_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_seed_id, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            f_state = _AVRO_SYMBOLS_SeedState[c >> 1]
+            p += 1
+        else:
+            f_state, p = _r.enum(b, p, _AVRO_SYMBOLS_SeedState)
+        f_alpha, p = _r.float_(b, p)
+        f_chunk_variance, p = _r.float_(b, p)
+        f_dead_node_ratio, p = _r.float_(b, p)
+        f_avg_correlation, p = _r.float_(b, p)
+        f_exec_latency_us, p = _r.float_(b, p)
+        f_is_ready_for_transition, p = _r.boolean(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_kernel_artifact_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_kernel_artifact_id = b[p + 1:e].decode()
+                p = e
+            else:
+                f_kernel_artifact_id, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        f_growth_signal, p = _r.float_(b, p)
+        f_growth_from_model, p = _r.boolean(b, p)
+        return cls(seed_id=f_seed_id, state=f_state, alpha=f_alpha, chunk_variance=f_chunk_variance, dead_node_ratio=f_dead_node_ratio, avg_correlation=f_avg_correlation, exec_latency_us=f_exec_latency_us, is_ready_for_transition=f_is_ready_for_transition, kernel_artifact_id=f_kernel_artifact_id, growth_signal=f_growth_signal, growth_from_model=f_growth_from_model), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -431,6 +712,82 @@ class SeedLifecycleTransition:
             w(_w.string(_v0))
         w(_w.string(self.reason))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["SeedLifecycleTransition", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_layer_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_layer_id, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_seed_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_seed_id, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            f_from_state = _AVRO_SYMBOLS_SeedState[c >> 1]
+            p += 1
+        else:
+            f_from_state, p = _r.enum(b, p, _AVRO_SYMBOLS_SeedState)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            f_to_state = _AVRO_SYMBOLS_SeedState[c >> 1]
+            p += 1
+        else:
+            f_to_state, p = _r.enum(b, p, _AVRO_SYMBOLS_SeedState)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_command_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_command_id = b[p + 1:e].decode()
+                p = e
+            else:
+                f_command_id, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_kernel_artifact_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_kernel_artifact_id = b[p + 1:e].decode()
+                p = e
+            else:
+                f_kernel_artifact_id, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        return cls(envelope=f_envelope, layer_id=f_layer_id, seed_id=f_seed_id, from_state=f_from_state, to_state=f_to_state, epoch=f_epoch, command_id=f_command_id, kernel_artifact_id=f_kernel_artifact_id, reason=f_reason), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SeedTelemetry:
@@ -483,6 +840,40 @@ class SeedTelemetry:
                     raise _w.Unfit
                 _v1._avro_write(w)
         w(b'\x00')
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["SeedTelemetry", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_layer_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_layer_id, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_layer_name = b[p + 1:e].decode()
+            p = e
+        else:
+            f_layer_name, p = _r.string(b, p)
+        f_seeds = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                _x0, p = SeedHealth._avro_read(b, p)
+                f_seeds.append(_x0)
+        return cls(envelope=f_envelope, epoch=f_epoch, layer_id=f_layer_id, layer_name=f_layer_name, seeds=f_seeds), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -592,6 +983,157 @@ class BlueprintEntry:
         w(b'\x00')
         w(_w.string(self.mutation))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["BlueprintEntry", int]:
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_name = b[p + 1:e].decode()
+            p = e
+        else:
+            f_name, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_ir_json = b[p + 1:e].decode()
+            p = e
+        else:
+            f_ir_json, p = _r.string(b, p)
+        f_tags = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_tags.append(_x0)
+        f_parents = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_parents.append(_x0)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_submitted_by = b[p + 1:e].decode()
+            p = e
+        else:
+            f_submitted_by, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_status = b[p + 1:e].decode()
+            p = e
+        else:
+            f_status, p = _r.string(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_rejection = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_rejection = b[p + 1:e].decode()
+                p = e
+            else:
+                f_rejection, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        f_failures = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_failures.append(_x0)
+        f_failed_widths = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80:
+                    _x0 = (c >> 1) ^ -(c & 1)
+                    p += 1
+                else:
+                    _x0, p = _r.long_(b, p)
+                f_failed_widths.append(_x0)
+        f_artifacts = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_artifacts.append(_x0)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_mutation = b[p + 1:e].decode()
+            p = e
+        else:
+            f_mutation, p = _r.string(b, p)
+        return cls(blueprint_id=f_blueprint_id, name=f_name, ir_json=f_ir_json, tags=f_tags, parents=f_parents, submitted_by=f_submitted_by, status=f_status, rejection=f_rejection, failures=f_failures, failed_widths=f_failed_widths, artifacts=f_artifacts, mutation=f_mutation), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelDistributionEntry:
@@ -627,6 +1169,14 @@ class KernelDistributionEntry:
         w(_w.double(self.latency_ms_p99))
         w(_w.double(self.memory_mb_peak))
         w(_w.double(self.throughput_ops_per_sec))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KernelDistributionEntry", int]:
+        f_latency_ms_mean, p = _r.double(b, p)
+        f_latency_ms_p99, p = _r.double(b, p)
+        f_memory_mb_peak, p = _r.double(b, p)
+        f_throughput_ops_per_sec, p = _r.double(b, p)
+        return cls(latency_ms_mean=f_latency_ms_mean, latency_ms_p99=f_latency_ms_p99, memory_mb_peak=f_memory_mb_peak, throughput_ops_per_sec=f_throughput_ops_per_sec), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -733,6 +1283,152 @@ class KernelEntry:
                 w(_w.string(_x0))
         w(b'\x00')
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KernelEntry", int]:
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_artifact_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_artifact_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_hardware = b[p + 1:e].decode()
+            p = e
+        else:
+            f_hardware, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_pipeline = b[p + 1:e].decode()
+            p = e
+        else:
+            f_pipeline, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_sha256 = b[p + 1:e].decode()
+            p = e
+        else:
+            f_sha256, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_size_bytes = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_size_bytes, p = _r.long_(b, p)
+        f_compile_ms, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_signature_json = b[p + 1:e].decode()
+            p = e
+        else:
+            f_signature_json, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_status = b[p + 1:e].decode()
+            p = e
+        else:
+            f_status, p = _r.string(b, p)
+        f_tags = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_tags.append(_x0)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_risk_score = None
+        elif c == 2:
+            f_risk_score, p = _r.double(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_conf_level = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_conf_level = b[p + 1:e].decode()
+                p = e
+            else:
+                f_conf_level, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_report_json = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_report_json = b[p + 1:e].decode()
+                p = e
+            else:
+                f_report_json, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        f_history = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_history.append(_x0)
+        return cls(artifact_id=f_artifact_id, blueprint_id=f_blueprint_id, hardware=f_hardware, pipeline=f_pipeline, sha256=f_sha256, size_bytes=f_size_bytes, compile_ms=f_compile_ms, signature_json=f_signature_json, status=f_status, tags=f_tags, risk_score=f_risk_score, conf_level=f_conf_level, report_json=f_report_json, history=f_history), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SeedStateEntry:
@@ -797,6 +1493,86 @@ class SeedStateEntry:
         w(_w.string(self.event_id))
         w(_w.long_(self.occurred_at_ms))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["SeedStateEntry", int]:
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_run_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_run_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_seed = b[p + 1:e].decode()
+            p = e
+        else:
+            f_seed, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            f_state = _AVRO_SYMBOLS_SeedState[c >> 1]
+            p += 1
+        else:
+            f_state, p = _r.enum(b, p, _AVRO_SYMBOLS_SeedState)
+        c = b[p]
+        if c < 0x80:
+            f_version = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_version, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_kernel_artifact_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_kernel_artifact_id = b[p + 1:e].decode()
+                p = e
+            else:
+                f_kernel_artifact_id, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_event_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_event_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_occurred_at_ms = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_occurred_at_ms, p = _r.long_(b, p)
+        return cls(run_id=f_run_id, seed=f_seed, state=f_state, version=f_version, epoch=f_epoch, kernel_artifact_id=f_kernel_artifact_id, reason=f_reason, event_id=f_event_id, occurred_at_ms=f_occurred_at_ms), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UrzaLibraryEntry:
@@ -859,6 +1635,47 @@ class UrzaLibraryEntry:
             w(b'\x02')
             w(_w.bytes_(_v0))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["UrzaLibraryEntry", int]:
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_blueprint = None
+        elif c == 2:
+            f_blueprint, p = BlueprintEntry._avro_read(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_kernel = None
+        elif c == 2:
+            f_kernel, p = KernelEntry._avro_read(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_version = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80:
+                f_version = (c >> 1) ^ -(c & 1)
+                p += 1
+            else:
+                f_version, p = _r.long_(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_waiting_event = None
+        elif c == 2:
+            f_waiting_event, p = _r.bytes_(b, p)
+        else:
+            raise _r.Unfit
+        return cls(blueprint=f_blueprint, kernel=f_kernel, version=f_version, waiting_event=f_waiting_event), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DecisionCandidate:
@@ -899,6 +1716,39 @@ class DecisionCandidate:
         else:
             w(b'\x02')
             w(_w.string(_v0))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["DecisionCandidate", int]:
+        c = b[p]
+        if c < 0x80:
+            f_layer_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_layer_id, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_seed_id = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_seed_id, p = _r.long_(b, p)
+        f_score, p = _r.double(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_kernel_artifact_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_kernel_artifact_id = b[p + 1:e].decode()
+                p = e
+            else:
+                f_kernel_artifact_id, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        return cls(layer_id=f_layer_id, seed_id=f_seed_id, score=f_score, kernel_artifact_id=f_kernel_artifact_id), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1011,6 +1861,128 @@ class TamiyoDecision:
         w(b'\x00')
         w(_w.string(self.reason))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["TamiyoDecision", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_decision_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_decision_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_policy = b[p + 1:e].decode()
+            p = e
+        else:
+            f_policy, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_action = b[p + 1:e].decode()
+            p = e
+        else:
+            f_action, p = _r.string(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_target_layer_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80:
+                f_target_layer_id = (c >> 1) ^ -(c & 1)
+                p += 1
+            else:
+                f_target_layer_id, p = _r.long_(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_target_seed_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80:
+                f_target_seed_id = (c >> 1) ^ -(c & 1)
+                p += 1
+            else:
+                f_target_seed_id, p = _r.long_(b, p)
+        else:
+            raise _r.Unfit
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_chosen_kernel_artifact_id = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80 and not c & 1:
+                e = p + 1 + (c >> 1)
+                if e > len(b):
+                    raise _r.Unfit
+                f_chosen_kernel_artifact_id = b[p + 1:e].decode()
+                p = e
+            else:
+                f_chosen_kernel_artifact_id, p = _r.string(b, p)
+        else:
+            raise _r.Unfit
+        f_query_tags = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_query_tags.append(_x0)
+        f_candidates = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                _x0, p = DecisionCandidate._avro_read(b, p)
+                f_candidates.append(_x0)
+        f_state_features = {}
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                _k0, p = _r.string(b, p)
+                _x0, p = _r.double(b, p)
+                f_state_features[_k0] = _x0
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        return cls(envelope=f_envelope, epoch=f_epoch, decision_id=f_decision_id, policy=f_policy, action=f_action, target_layer_id=f_target_layer_id, target_seed_id=f_target_seed_id, chosen_kernel_artifact_id=f_chosen_kernel_artifact_id, query_tags=f_query_tags, candidates=f_candidates, state_features=f_state_features, reason=f_reason), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelCompilationFailed:
@@ -1062,6 +2034,60 @@ class KernelCompilationFailed:
         else:
             w(b'\x02')
             w(_w.int_(_v0))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KernelCompilationFailed", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_hardware = b[p + 1:e].decode()
+            p = e
+        else:
+            f_hardware, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_pipeline = b[p + 1:e].decode()
+            p = e
+        else:
+            f_pipeline, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_error = b[p + 1:e].decode()
+            p = e
+        else:
+            f_error, p = _r.string(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_chunk_width = None
+        elif c == 2:
+            c = b[p]
+            if c < 0x80:
+                f_chunk_width = (c >> 1) ^ -(c & 1)
+                p += 1
+            else:
+                f_chunk_width, p = _r.long_(b, p)
+        else:
+            raise _r.Unfit
+        return cls(envelope=f_envelope, blueprint_id=f_blueprint_id, hardware=f_hardware, pipeline=f_pipeline, error=f_error, chunk_width=f_chunk_width), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1130,6 +2156,90 @@ class KernelCompiled:
         w(_w.double(self.compile_ms))
         w(_w.string(self.signature_json))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KernelCompiled", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_artifact_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_artifact_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_hardware = b[p + 1:e].decode()
+            p = e
+        else:
+            f_hardware, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_pipeline = b[p + 1:e].decode()
+            p = e
+        else:
+            f_pipeline, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_toolchain_hash = b[p + 1:e].decode()
+            p = e
+        else:
+            f_toolchain_hash, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_sha256 = b[p + 1:e].decode()
+            p = e
+        else:
+            f_sha256, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_size_bytes = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_size_bytes, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_uri = b[p + 1:e].decode()
+            p = e
+        else:
+            f_uri, p = _r.string(b, p)
+        f_compile_ms, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_signature_json = b[p + 1:e].decode()
+            p = e
+        else:
+            f_signature_json, p = _r.string(b, p)
+        return cls(envelope=f_envelope, artifact_id=f_artifact_id, blueprint_id=f_blueprint_id, hardware=f_hardware, pipeline=f_pipeline, toolchain_hash=f_toolchain_hash, sha256=f_sha256, size_bytes=f_size_bytes, uri=f_uri, compile_ms=f_compile_ms, signature_json=f_signature_json), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AdaptationSignal:
@@ -1172,6 +2282,28 @@ class AdaptationSignal:
         w(_w.boolean(self.optimizer_rebuild_required))
         w(_w.boolean(self.emergency_rollback_required))
         w(_w.string(self.reason))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["AdaptationSignal", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        f_optimizer_rebuild_required, p = _r.boolean(b, p)
+        f_emergency_rollback_required, p = _r.boolean(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        return cls(envelope=f_envelope, epoch=f_epoch, optimizer_rebuild_required=f_optimizer_rebuild_required, emergency_rollback_required=f_emergency_rollback_required, reason=f_reason), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1229,6 +2361,52 @@ class CheckpointSaved:
                     raise _w.Unfit
                 _v1._avro_write(w)
         w(b'\x00')
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["CheckpointSaved", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_checkpoint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_checkpoint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_path = b[p + 1:e].decode()
+            p = e
+        else:
+            f_path, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_sha256 = b[p + 1:e].decode()
+            p = e
+        else:
+            f_sha256, p = _r.string(b, p)
+        f_offsets = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                _x0, p = TopicOffset._avro_read(b, p)
+                f_offsets.append(_x0)
+        return cls(envelope=f_envelope, epoch=f_epoch, checkpoint_id=f_checkpoint_id, path=f_path, sha256=f_sha256, offsets=f_offsets), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1289,6 +2467,34 @@ class EpochCompleted:
         w(_w.double(self.duration_ms))
         w(_w.long_(self.train_flops))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["EpochCompleted", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        f_train_loss, p = _r.double(b, p)
+        f_val_loss, p = _r.double(b, p)
+        f_val_accuracy, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_params = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_params, p = _r.long_(b, p)
+        f_learning_rate, p = _r.double(b, p)
+        f_duration_ms, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_train_flops = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_train_flops, p = _r.long_(b, p)
+        return cls(envelope=f_envelope, epoch=f_epoch, train_loss=f_train_loss, val_loss=f_val_loss, val_accuracy=f_val_accuracy, params=f_params, learning_rate=f_learning_rate, duration_ms=f_duration_ms, train_flops=f_train_flops), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RollbackPerformed:
@@ -1335,6 +2541,50 @@ class RollbackPerformed:
         w(_w.string(self.checkpoint_id))
         w(_w.string(self.trigger))
         w(_w.string(self.reason))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["RollbackPerformed", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_from_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_from_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_to_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_to_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_checkpoint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_checkpoint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_trigger = b[p + 1:e].decode()
+            p = e
+        else:
+            f_trigger, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        return cls(envelope=f_envelope, from_epoch=f_from_epoch, to_epoch=f_to_epoch, checkpoint_id=f_checkpoint_id, trigger=f_trigger, reason=f_reason), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1383,6 +2633,42 @@ class RunCompleted:
         w(_w.string(self.status))
         w(_w.string(self.detail))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["RunCompleted", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epochs = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epochs, p = _r.long_(b, p)
+        f_final_accuracy, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_final_params = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_final_params, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_status = b[p + 1:e].decode()
+            p = e
+        else:
+            f_status, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_detail = b[p + 1:e].decode()
+            p = e
+        else:
+            f_detail, p = _r.string(b, p)
+        return cls(envelope=f_envelope, epochs=f_epochs, final_accuracy=f_final_accuracy, final_params=f_final_params, status=f_status, detail=f_detail), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunFailed:
@@ -1421,6 +2707,35 @@ class RunFailed:
         w(_w.int_(self.epoch))
         w(_w.string(self.error_type))
         w(_w.string(self.reason))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["RunFailed", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_error_type = b[p + 1:e].decode()
+            p = e
+        else:
+            f_error_type, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        return cls(envelope=f_envelope, epoch=f_epoch, error_type=f_error_type, reason=f_reason), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1464,6 +2779,41 @@ class RunStarted:
         w(_w.string(self.config_json))
         w(_w.long_(self.host_params))
         w(_w.int_(self.epochs_planned))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["RunStarted", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_task = b[p + 1:e].decode()
+            p = e
+        else:
+            f_task, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_config_json = b[p + 1:e].decode()
+            p = e
+        else:
+            f_config_json, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_host_params = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_host_params, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epochs_planned = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epochs_planned, p = _r.long_(b, p)
+        return cls(envelope=f_envelope, task=f_task, config_json=f_config_json, host_params=f_host_params, epochs_planned=f_epochs_planned), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1532,6 +2882,55 @@ class SystemStatePacket:
                 w(_w.string(_x0))
         w(b'\x00')
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["SystemStatePacket", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_epoch = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_epoch, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_global_step = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_global_step, p = _r.long_(b, p)
+        f_train_loss, p = _r.double(b, p)
+        f_val_loss, p = _r.double(b, p)
+        f_val_accuracy, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_active_seeds = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_active_seeds, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_total_seeds = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_total_seeds, p = _r.long_(b, p)
+        f_hardware_context = {}
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                _k0, p = _r.string(b, p)
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_hardware_context[_k0] = _x0
+        return cls(envelope=f_envelope, epoch=f_epoch, global_step=f_global_step, train_loss=f_train_loss, val_loss=f_val_loss, val_accuracy=f_val_accuracy, active_seeds=f_active_seeds, total_seeds=f_total_seeds, hardware_context=f_hardware_context), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelTagsAssigned:
@@ -1593,6 +2992,70 @@ class KernelTagsAssigned:
         w(_w.string(self.conf_level))
         w(_w.string(self.method))
         w(_w.int_(self.population))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KernelTagsAssigned", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_artifact_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_artifact_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_hardware = b[p + 1:e].decode()
+            p = e
+        else:
+            f_hardware, p = _r.string(b, p)
+        f_tags = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_tags.append(_x0)
+        f_risk_score, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_conf_level = b[p + 1:e].decode()
+            p = e
+        else:
+            f_conf_level, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_method = b[p + 1:e].decode()
+            p = e
+        else:
+            f_method, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_population = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_population, p = _r.long_(b, p)
+        return cls(envelope=f_envelope, artifact_id=f_artifact_id, hardware=f_hardware, tags=f_tags, risk_score=f_risk_score, conf_level=f_conf_level, method=f_method, population=f_population), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1682,6 +3145,67 @@ class KernelValidationReport:
         w(b'\x00')
         w(_w.string(self.failure))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KernelValidationReport", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_artifact_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_artifact_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_hardware = b[p + 1:e].decode()
+            p = e
+        else:
+            f_hardware, p = _r.string(b, p)
+        f_passed, p = _r.boolean(b, p)
+        f_latency_ms_mean, p = _r.double(b, p)
+        f_latency_ms_p99, p = _r.double(b, p)
+        f_throughput_ops_per_sec, p = _r.double(b, p)
+        f_memory_mb_peak, p = _r.double(b, p)
+        c = b[p]
+        p += 1
+        if c == 0:
+            f_power_watts_avg = None
+        elif c == 2:
+            f_power_watts_avg, p = _r.double(b, p)
+        else:
+            raise _r.Unfit
+        f_precision_drift_vs_fp32, p = _r.double(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_runs = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_runs, p = _r.long_(b, p)
+        f_spread = {}
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                _k0, p = _r.string(b, p)
+                _x0, p = _r.double(b, p)
+                f_spread[_k0] = _x0
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_failure = b[p + 1:e].decode()
+            p = e
+        else:
+            f_failure, p = _r.string(b, p)
+        return cls(envelope=f_envelope, artifact_id=f_artifact_id, hardware=f_hardware, passed=f_passed, latency_ms_mean=f_latency_ms_mean, latency_ms_p99=f_latency_ms_p99, throughput_ops_per_sec=f_throughput_ops_per_sec, memory_mb_peak=f_memory_mb_peak, power_watts_avg=f_power_watts_avg, precision_drift_vs_fp32=f_precision_drift_vs_fp32, runs=f_runs, spread=f_spread, failure=f_failure), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BlueprintRejected:
@@ -1720,6 +3244,38 @@ class BlueprintRejected:
         w(_w.string(self.blueprint_id))
         w(_w.string(self.stage))
         w(_w.string(self.reason))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["BlueprintRejected", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_stage = b[p + 1:e].decode()
+            p = e
+        else:
+            f_stage, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        return cls(envelope=f_envelope, blueprint_id=f_blueprint_id, stage=f_stage, reason=f_reason), p
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1827,6 +3383,136 @@ class BlueprintSubmitted:
         w(b'\x00')
         w(_w.string(self.mutation))
 
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["BlueprintSubmitted", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_name = b[p + 1:e].decode()
+            p = e
+        else:
+            f_name, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80:
+            f_ir_version = (c >> 1) ^ -(c & 1)
+            p += 1
+        else:
+            f_ir_version, p = _r.long_(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_ir_json = b[p + 1:e].decode()
+            p = e
+        else:
+            f_ir_json, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_submitted_by = b[p + 1:e].decode()
+            p = e
+        else:
+            f_submitted_by, p = _r.string(b, p)
+        f_tags = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_tags.append(_x0)
+        f_parent_ids = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_parent_ids.append(_x0)
+        f_chunk_widths = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80:
+                    _x0 = (c >> 1) ^ -(c & 1)
+                    p += 1
+                else:
+                    _x0, p = _r.long_(b, p)
+                f_chunk_widths.append(_x0)
+        f_pipelines = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80 and not c & 1:
+                    e = p + 1 + (c >> 1)
+                    if e > len(b):
+                        raise _r.Unfit
+                    _x0 = b[p + 1:e].decode()
+                    p = e
+                else:
+                    _x0, p = _r.string(b, p)
+                f_pipelines.append(_x0)
+        f_input_widths = []
+        while True:
+            _n0, p = _r.count(b, p)
+            if not _n0:
+                break
+            for _ in range(_n0):
+                c = b[p]
+                if c < 0x80:
+                    _x0 = (c >> 1) ^ -(c & 1)
+                    p += 1
+                else:
+                    _x0, p = _r.long_(b, p)
+                f_input_widths.append(_x0)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_mutation = b[p + 1:e].decode()
+            p = e
+        else:
+            f_mutation, p = _r.string(b, p)
+        return cls(envelope=f_envelope, blueprint_id=f_blueprint_id, name=f_name, ir_version=f_ir_version, ir_json=f_ir_json, submitted_by=f_submitted_by, tags=f_tags, parent_ids=f_parent_ids, chunk_widths=f_chunk_widths, pipelines=f_pipelines, input_widths=f_input_widths, mutation=f_mutation), p
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KernelStatusChanged:
@@ -1873,6 +3559,56 @@ class KernelStatusChanged:
         w(_w.string(self.from_status))
         w(_w.string(self.to_status))
         w(_w.string(self.reason))
+
+    @classmethod
+    def _avro_read(cls, b: bytes, p: int) -> tuple["KernelStatusChanged", int]:
+        f_envelope, p = Envelope._avro_read(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_artifact_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_artifact_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_blueprint_id = b[p + 1:e].decode()
+            p = e
+        else:
+            f_blueprint_id, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_from_status = b[p + 1:e].decode()
+            p = e
+        else:
+            f_from_status, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_to_status = b[p + 1:e].decode()
+            p = e
+        else:
+            f_to_status, p = _r.string(b, p)
+        c = b[p]
+        if c < 0x80 and not c & 1:
+            e = p + 1 + (c >> 1)
+            if e > len(b):
+                raise _r.Unfit
+            f_reason = b[p + 1:e].decode()
+            p = e
+        else:
+            f_reason, p = _r.string(b, p)
+        return cls(envelope=f_envelope, artifact_id=f_artifact_id, blueprint_id=f_blueprint_id, from_status=f_from_status, to_status=f_to_status, reason=f_reason), p
 
 
 TYPES: dict[str, Any] = {

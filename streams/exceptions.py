@@ -12,6 +12,7 @@ __all__ = [
     "TopicError",
     "PublishError",
     "StateLayoutError",
+    "Unfit",
 ]
 
 
@@ -68,3 +69,8 @@ class StateLayoutError(EsperError):
     --rebuild`` folds it again)."""
 
     exit_code = 2
+
+
+class Unfit(EsperError):
+    """A value or record the direct Avro writer or reader (``streams.avro_write``, ``streams.avro_read``) leaves to
+    fastavro. Internal: the serde catches it and goes through fastavro, so it never reaches a caller."""

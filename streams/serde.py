@@ -67,6 +67,8 @@ class Serde(Protocol):
 
     def peek_ids(self, data: bytes, topic: str) -> tuple[str, str, str]: ...
 
+    def decode_typed(self, data: bytes, topic: str) -> Any: ...
+
     def frame(self, data: bytes) -> tuple[NamedSchema, int, bool]: ...
 
 
@@ -77,6 +79,17 @@ def _as_record(catalog: SchemaCatalog, event: Any, schema_name: str | None) -> t
     if name is None:
         raise EncodeError(f"cannot encode {type(event).__name__}: pass a generated contract type or a schema name")
     return catalog.get(name), event.to_avro()
+
+
+_UNSEEN = object()
+
+
+def _direct_type(writer: NamedSchema) -> type | None:
+    """The generated type a record of ``writer`` is read into directly: the one generated from that very schema."""
+    from streams.contracts import TYPES
+
+    cls = TYPES.get(writer.name)
+    return cls if getattr(cls, "AVRO_FINGERPRINT", None) == writer.fingerprint_hex else None
 
 
 class SingleObjectSerde:
@@ -92,6 +105,7 @@ class SingleObjectSerde:
         self.resolver = resolver
         self.max_message_bytes = max_message_bytes
         self._direct: dict[type, bytes] = {}  # generated type -> its header (b"": written through fastavro)
+        self._typed: dict[bytes, type | None] = {}  # writer fingerprint -> the type read directly (None: fastavro)
 
     def encode(self, event: Any, topic: str = "", schema_name: str | None = None) -> bytes:
         if schema_name is None:
@@ -136,6 +150,24 @@ class SingleObjectSerde:
         writer = self._writer(data)
         reader = self._reader_for(writer)
         return Decoded(reader or writer, _read_body(data, HEADER_LEN, writer, reader))
+
+    def decode_typed(self, data: bytes, topic: str = "") -> Any:
+        """``decode(data, topic).typed()``: the generated event, read straight into its type when the record was
+        written with the schema that type was generated from (``streams.avro_read``); otherwise, or for anything
+        that reader leaves to fastavro, through ``decode`` (the same event, or the same DecodeError)."""
+        writer = self._writer(data)
+        cls = self._typed.get(writer.fingerprint, _UNSEEN)
+        if cls is _UNSEEN:
+            cls = self._typed[writer.fingerprint] = _direct_type(writer) if self._reader_for(writer) is None else None
+        if cls is not None:
+            try:
+                event, end = cls._avro_read(data, HEADER_LEN)
+            except Exception:  # noqa: BLE001 - avro_read.Unfit, or bytes it cannot read: fastavro decides
+                pass
+            else:
+                if end == len(data):
+                    return event
+        return self.decode(data, topic).typed()
 
     def peek(self, data: bytes, topic: str = "") -> tuple[str, dict]:
         """(schema name, envelope) without decoding the rest of the record: what a fold needs to skip it."""
@@ -242,6 +274,10 @@ class ConfluentSerde:
         header = MAGIC + schema.fingerprint if schema is not None and schema.fingerprint_hex == fingerprint else b""
         self._direct[cls] = header
         return header
+
+    def decode_typed(self, data: bytes, topic: str = "") -> Any:
+        """``decode(data, topic).typed()``."""
+        return self.decode(data, topic).typed()
 
     def decode(self, data: bytes, topic: str = "") -> Decoded:
         writer = self._writer(data)

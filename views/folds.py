@@ -36,7 +36,7 @@ def fold_runs(backbone: Backbone, run_ids, **bounds) -> tuple[dict[str, RunView]
             if uses is None:
                 uses = handled[name] = RunView.handles(name)
             if uses:  # decoded in full only when the fold uses more than the envelope
-                view.apply(serde.decode(rec.value, rec.topic).typed(), f"{rec.topic}/{rec.partition}/{rec.offset}")
+                view.apply(serde.decode_typed(rec.value, rec.topic), f"{rec.topic}/{rec.partition}/{rec.offset}")
             else:
                 view.note(event_id)
         except DecodeError:

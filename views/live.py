@@ -47,7 +47,7 @@ def _differences(run: RunView, urza: UrzaView, backbone: Backbone) -> list[str]:
         if want != got:
             diffs.append(f"{seed}: replay {_brief(want)} != live {_brief(got)}")
     entries = read_state_topic(backbone, "state.urza.library")
-    live_urza = UrzaView.restore(entries.items(), lambda raw: backbone.serde.decode(raw).typed()).state()
+    live_urza = UrzaView.restore(entries.items(), lambda raw: backbone.serde.decode_typed(raw)).state()
     want_urza = urza.state()
     for part in ("blueprints", "kernels", "versions", "gaps"):
         for key in sorted(set(want_urza[part]) | set(live_urza[part])):

@@ -108,7 +108,7 @@ class ApiData:
                 # fold of the log, which is always current
                 if processors_running(self.bb.settings):
                     entries = read_state_topic(self.bb, "state.urza.library")
-                    self._urza = UrzaView.restore(entries.items(), lambda raw: self.bb.serde.decode(raw).typed())
+                    self._urza = UrzaView.restore(entries.items(), lambda raw: self.bb.serde.decode_typed(raw))
                 else:
                     self._urza = fold_library(self.bb)
                 self._urza_at = time.monotonic()
