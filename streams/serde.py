@@ -266,15 +266,6 @@ class ConfluentSerde:
             raise EncodeError(f"{schema.name} encodes to {len(data)} bytes, over the {self.max_message_bytes}-byte limit")
         return data
 
-    def _direct_header(self, cls: type) -> bytes:
-        """The single-object header of a generated type written directly, or b"" when it is not (not generated,
-        or the catalog's schema of that name is not the one the type was generated from: fastavro writes it)."""
-        fingerprint = getattr(cls, "AVRO_FINGERPRINT", None)
-        schema = self.catalog.find(getattr(cls, "AVRO_NAME", None) or "") if fingerprint else None
-        header = MAGIC + schema.fingerprint if schema is not None and schema.fingerprint_hex == fingerprint else b""
-        self._direct[cls] = header
-        return header
-
     def decode_typed(self, data: bytes, topic: str = "") -> Any:
         """``decode(data, topic).typed()``."""
         return self.decode(data, topic).typed()

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.process import pid_alive
+from streams.process import pid_alive, wait_or_kill
 from streams.config import CLUSTER_SIZE_FILE, StreamSettings, in_checkout, resource_dir
 from esper_runtime.infra.exceptions import BrokerError
 
@@ -236,13 +236,7 @@ class LocalKafka:
             node.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.1)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while pid_alive(pid):
-                time.sleep(0.1)
+        wait_or_kill(pid, timeout, what="broker")
         node.pid_file.unlink(missing_ok=True)
         return True
 
@@ -262,14 +256,7 @@ class LocalKafka:
             pid = running[node.node_id]
             if pid is None:
                 continue
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and pid_alive(pid):
-                time.sleep(0.2)
-            if pid_alive(pid):
-                echo(f"broker pid {pid} did not stop in {timeout:.0f}s; killing it")
-                os.kill(pid, signal.SIGKILL)
-                while pid_alive(pid):
-                    time.sleep(0.1)
+            wait_or_kill(pid, timeout, echo, "broker")
             node.pid_file.unlink(missing_ok=True)
             stopped = True
         return stopped

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from streams.process import pid_alive
+from streams.process import pid_alive, wait_or_kill
 from views.live import processors_status
 from streams.config import StreamSettings
 from streams.exceptions import EsperError
@@ -149,14 +149,7 @@ def _recorded_pid(pid_file: Path) -> int | None:
 
 def _stop_pid(pid: int, grace: float, echo) -> None:
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.1)
-    if pid_alive(pid):
-        echo(f"processors pid {pid} did not stop in {grace:.0f}s; killing it")
-        os.kill(pid, signal.SIGKILL)
-        while pid_alive(pid):
-            time.sleep(0.05)
+    wait_or_kill(pid, grace, echo, "processors")
 
 
 def stop_recorded(settings: StreamSettings, grace: float = 15.0, echo=lambda msg: None) -> list[int]:
