@@ -152,34 +152,24 @@ class KafkaPublisher(Publisher):
         self._delivery_timeout_s = float(config["message.timeout.ms"]) / 1000
         self._producer = Producer(config)
         self._produce = self._producer.produce
-        self._on_delivery_cb = self._on_delivery  # one bound method, not one per record
+        # the delivery reports' state lives apart from the publisher: a bound method of the publisher kept on it
+        # would make a reference cycle, and a publisher nobody closed would keep its librdkafka handle (threads,
+        # connections retried forever) until the garbage collector happened to look
+        self._deliveries = _Deliveries()
+        self._on_delivery_cb = self._deliveries.on_delivery  # one bound method, not one per record
         self._unpolled = 0
-        self._lock = threading.Lock()
-        self._failures: list[str] = []
-        self._failed = 0
-        self._positions: dict[tuple[str, int], int] = {}
+        self._closed = False
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The last offset delivered to each (topic, partition) by this publisher."""
         if not self._tracks_positions:
             raise PublishError("this publisher reports failed deliveries only (delivery.report.only.error): "
                                "it knows no positions")
-        self._producer.poll(0)  # serve the delivery reports waiting since the last send
-        with self._lock:
-            return dict(self._positions)
-
-    def _on_delivery(self, err, msg) -> None:
-        if err is None:
-            key = (msg.topic(), msg.partition())
-            offset = msg.offset()
-            with self._lock:
-                if offset > self._positions.get(key, -1):
-                    self._positions[key] = offset
-            return
-        with self._lock:
-            self._failed += 1
-            if len(self._failures) < 10:
-                self._failures.append(f"{msg.topic()}: {err.str()}")
+        if not self._closed:
+            self._producer.poll(0)  # serve the delivery reports waiting since the last send
+        d = self._deliveries
+        with d.lock:
+            return dict(d.positions)
 
     def _send(self, topic, key, value, headers, partition=None) -> None:
         from confluent_kafka import KafkaException
@@ -206,6 +196,8 @@ class KafkaPublisher(Publisher):
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record is delivered or has failed: by default as long as librdkafka retries a record
         (``message.timeout.ms``), warning every 10 s while the broker does not answer."""
+        if self._closed:  # close() flushed, and dropped what it could not deliver
+            return
         limit = self._delivery_timeout_s + 5.0 if timeout is None else float(timeout)
         started = time.monotonic()
         remaining = self._producer.flush(min(limit, 10.0))
@@ -214,13 +206,64 @@ class KafkaPublisher(Publisher):
                         remaining, waited, limit)
             remaining = self._producer.flush(min(10.0, limit - waited))
         timeout = limit
-        with self._lock:
-            failed, failures = self._failed, list(self._failures)
-            self._failed, self._failures = 0, []
+        failed, failures = self._deliveries.take_failures()
         if remaining:
             raise PublishError(f"{remaining} records still undelivered after {timeout:.0f}s")
         if failed:
             raise PublishError(f"{failed} records were not delivered: {'; '.join(failures)}")
+
+    def close(self) -> None:
+        """Flush (raising as ``flush`` does), then release librdkafka's handle: its threads and its connections.
+        What could not be delivered is dropped with it. Publishing afterwards raises PublishError; closing again
+        does nothing."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._produce = _closed_produce
+            self._producer.purge()  # what flush gave up on: dropped now, so closing does not wait for it again
+            self._producer.poll(0)
+            close = getattr(self._producer, "close", None)  # confluent-kafka >= 2.13; before it, dropping the
+            if close is not None:  # last reference releases the handle (no reference cycle holds it)
+                close()
+
+
+def _closed_produce(*args, **kwargs) -> None:
+    raise PublishError("this publisher is closed")
+
+
+class _Deliveries:
+    """A KafkaPublisher's delivery reports: the last offset delivered per (topic, partition), and the failures
+    since the last flush. librdkafka calls ``on_delivery`` from ``poll``/``flush``, on the publishing thread."""
+
+    __slots__ = ("lock", "positions", "failed", "failures")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.positions: dict[tuple[str, int], int] = {}
+        self.failed = 0
+        self.failures: list[str] = []
+
+    def on_delivery(self, err, msg) -> None:
+        if err is None:
+            key = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            with self.lock:
+                if offset > self.positions.get(key, -1):
+                    self.positions[key] = offset
+            return
+        with self.lock:
+            self.failed += 1
+            if len(self.failures) < 10:
+                self.failures.append(f"{msg.topic()}: {err.str()}")
+
+    def take_failures(self) -> tuple[int, list[str]]:
+        with self.lock:
+            failed, failures = self.failed, self.failures
+            self.failed, self.failures = 0, []
+        return failed, failures
 
 
 class InMemoryLog:

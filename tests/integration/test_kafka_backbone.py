@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import json
 import os
 import subprocess
 import sys
 import uuid
+import weakref
 
 import pytest
 from confluent_kafka import Producer
 from fastavro import schemaless_writer
 
 from esper_runtime.infra import LocalKafka
-from streams import Backbone, EnvelopeFactory, KafkaPublisher, NamedSchema, SingleObjectSerde, load_settings
+from streams import (Backbone, EnvelopeFactory, KafkaPublisher, NamedSchema, PublishError, SingleObjectSerde,
+                     load_settings)
 from streams.catalog import CatalogResolver, catalog_entry, publish_catalog
 from streams.contracts import FieldReport
 from streams.replay import KafkaSource, ReplayReader
@@ -92,6 +95,32 @@ def test_undecodable_records_go_to_the_dead_letter_topic_and_the_consumer_keeps_
     assert fuzzed.header("origin") == b"fuzzer"  # original headers kept
     assert fuzzed.header("esper.dlq.source").decode().startswith(topic + "/")
     assert fuzzed.header("esper.dlq.consumer") == b"test-consumer"
+
+
+def test_a_closed_publisher_lets_go_of_its_producer(topic_registry, kafka_bootstrap, catalog):
+    registry = topic_registry()
+    envs = EnvelopeFactory("run-close", "test")
+    pub = KafkaPublisher(kafka_bootstrap, SingleObjectSerde(catalog), registry)
+    pub.publish(_report(envs, 0))
+    pub.close()  # flushed, then librdkafka's handle released
+    assert list(pub.positions().values()) == [0]  # what it delivered before closing is still known
+    with pytest.raises(PublishError, match="closed"):
+        pub.publish(_report(envs, 1))
+    pub.close()
+    pub.flush()  # both do nothing now
+
+    # a publisher nobody closed goes as soon as its last reference does, not when the garbage collector looks:
+    # nothing it holds points back at it (its librdkafka threads would retry a stopped broker until then)
+    other = KafkaPublisher(kafka_bootstrap, SingleObjectSerde(catalog), registry)
+    other.publish(_report(envs, 2))
+    other.flush()
+    gone = weakref.ref(other)
+    gc.disable()
+    try:
+        del other
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_a_consumer_group_resumes_after_its_committed_offset(topic_registry, kafka_bootstrap, catalog):
