@@ -241,6 +241,21 @@ def materialize(backlog: int = 100_000, rate: int = 5_000, seconds: float = 10.0
                          "lag: from handing the event to the producer to its state record's create time"}
 
 
+def _forget_group(admin, group: str, timeout: float = 30.0) -> None:
+    """Delete a consumer group whose members have stopped (the broker may still count a leaving member a moment)."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.delete_consumer_groups([group], request_timeout=timeout)[group].result()
+            return
+        except KafkaException as exc:
+            if exc.args[0].name() != "NON_EMPTY_GROUP" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _raw_insert(store, triples, rows: int, statements: int, repeats: int = 3) -> float:
     """Rows/s of chdb alone taking ``rows`` telemetry rows in ``statements`` inserts: the rows mapped and made Arrow
     streams beforehand (what the sink does per batch, taken out of the timing), then only the inserts timed, into a
@@ -328,7 +343,7 @@ def _drain(consumer, serde, sent: dict, lags: list, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- telemetry
-def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_000_000) -> dict:
+def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_000_000, sink_rounds: int = 3) -> dict:
     from processors.app import SINK_BATCH
     from processors.clickhouse import open_store
 
@@ -348,26 +363,35 @@ def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_0
 
         s.publish(batches_())
         expected = batches * seeds_per_batch
-        s.processors.up(echo=lambda m: None)
-        store = open_store(s.bb.settings)  # through the processors' app, which owns it
 
         def count() -> int:
             return int(store.rows("SELECT count() AS n FROM esper.seed_telemetry")[0]["n"])
 
-        # the sink's own count, polled (a SQL count on the store's thread would compete with the inserts); then
-        # the store asked once
-        _wait(lambda: s.status().get("stats", {}).get("telemetry-sink", {}).get("rows:seed_telemetry", 0) >= expected,
-              900, "every row", poll=0.2)
-        status = s.status()
-        stored = count()
-        if stored < expected:
-            raise EsperError(f"the sink reported {expected:,} rows but the store holds {stored:,}")
-        s.processors.down()
+        sink_rates, sink_inserts = [], []
+        for r in range(sink_rounds):  # the sink drains the whole log once a round, as its limit is best of 3
+            if r:  # the sink's group forgotten: the next app reads the log from the start again
+                _forget_group(s.bb.admin(), f"{s.processors.app_id}-telemetry-sink")
+            s.processors.up(echo=lambda m: None)
+            # the sink's own count, polled (a SQL count on the store's thread would compete with the inserts);
+            # then the store asked once
+            _wait(lambda: s.status().get("stats", {}).get("telemetry-sink", {}).get("rows:seed_telemetry", 0)
+                  >= expected, 900, "every row", poll=0.2)
+            status = s.status()
+            sink_rates.append(status.get("sink_rows_per_s"))
+            sink_inserts.append(status.get("sink_inserts"))
+            store = open_store(s.bb.settings)  # through the processors' app, which owns it
+            stored = count()
+            if stored < expected:
+                raise EsperError(f"the sink reported {expected:,} rows but the store holds {stored:,}")
+            s.processors.down()
 
         # quantiles over `rows` rows, generated inside chdb (the store is ours again)
         store = open_store(s.bb.settings)
         try:
-            raw_rate = _raw_insert(store, batches_(), expected, max(1, status.get("sink_inserts") or 1)) \
+            # each round inserted the same rows again: one copy of each kept, as one drain leaves them
+            store.query("OPTIMIZE TABLE esper.seed_telemetry FINAL", "TSV")
+            best = max(range(sink_rounds), key=lambda i: sink_rates[i] or 0)  # its statements, for the limit
+            raw_rate = _raw_insert(store, batches_(), expected, max(1, sink_inserts[best] or 1)) \
                 if hasattr(store, "insert_arrow_stream") else None  # embedded chdb; a server has no such limit here
             native = hasattr(store, "insert_container")
             native_rate = _native_insert(store, s.bb.serde, batches_(), SINK_BATCH) if native else None
@@ -394,14 +418,17 @@ def telemetry(batches: int = 40_000, seeds_per_batch: int = 32, rows: int = 10_0
                 timings[name] = round(statistics.median(samples), 1)
         finally:
             store.close()
-        sink_rate = status.get("sink_rows_per_s")
+        sink_rate = max((r for r in sink_rates if r), default=None)
         return {"bench": "telemetry", "insert_rows_per_s": sink_rate, "raw_insert_rows_per_s": raw_rate,
+                "sink_rounds_rows_per_s": sink_rates,
                 "native_insert_rows_per_s": native_rate, "native_insert_one_container_rows_per_s": native_one,
                 "insert_over_raw": round(sink_rate / raw_rate, 3) if sink_rate and raw_rate else None,
-                "inserts": status.get("sink_inserts"), "rows_from_kafka": expected,
+                "inserts": sink_inserts[best], "sink_rounds": sink_rounds, "rows_from_kafka": expected,
                 "rows": total, "quantiles_ms": timings,
                 "notes": "insert: SeedTelemetry batches consumed, decoded, mapped and inserted by the processors' "
                          "telemetry-sink agent, the rows after its first insert over the time to its last insert; "
+                         "the log drained from the start in each of sink_rounds rounds (the app restarted, its "
+                         "group forgotten), best round (every round in sink_rounds_rows_per_s); "
                          "raw insert: the same rows, already an Arrow stream, handed to chdb's insert in as many "
                          "statements as the sink made, best of 3 (its limit); "
                          "native insert: the same records, encoded, through the sink's native path into chdb alone "
