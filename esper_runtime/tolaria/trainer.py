@@ -74,20 +74,28 @@ class Checkpoint:
     checkpoint_id: str
 
 
+def _write_durably(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all, through a crash of the process or the machine: written aside,
+    synced, renamed over, and the rename synced with the folder."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def _write_tensors(path: Path, obj) -> str:
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _write_durably(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_tensors(path: Path, sha256: str):
@@ -109,7 +117,7 @@ class TolariaTrainer:
     ``(features, target)``, DataLoaders, or ``(x, y)`` tensor pairs; they are drawn in mini-batches of
     ``config.batch_size``. ``task`` names the run on the log; ``objective`` is ``"classification"``
     (cross-entropy, accuracy) or ``"regression"`` (MSE; R^2 stands in the accuracy fields, RMSE in the history).
-    ``checkpoint_dir`` (a path or str) keeps ``last.pt`` / ``last.json`` there; ``run_config`` is the
+    ``checkpoint_dir`` (a path or str) keeps ``last.json`` and the weights-only files it names there; ``run_config`` is the
     configuration recorded in ``RunStarted`` and the checkpoint (default: the sections the trainer knows);
     ``on_epoch(record)`` is called after each kept epoch.
     """
@@ -428,35 +436,44 @@ class TolariaTrainer:
 
     def _checkpoint(self, epoch: int) -> None:
         kasmina = self.kasmina
+        tag = f"e{epoch}-{uuid.uuid4().hex[:6]}"
         ckpt = Checkpoint(
             epoch=epoch,
             model_state={k: v.detach().clone() for k, v in self.model.state_dict().items()},
             structure=kasmina.structure() if kasmina is not None else [],
             tamiyo_state=self.controller.state_dict() if self.controller is not None else {},
             offsets=self._offsets(),
-            checkpoint_id=f"{self.run_id}-e{epoch}-{uuid.uuid4().hex[:6]}",
+            checkpoint_id=f"{self.run_id}-{tag}",
         )
         self._last_good = ckpt
         path, digest = "", ""
         if self.checkpoint_dir is not None:
-            # Tensors in a weights-only loadable file; everything else beside it as JSON (nothing to unpickle).
-            # Each file is written aside and renamed, the JSON last: a crash mid-checkpoint leaves the previous one.
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            digest = _write_tensors(self.checkpoint_dir / "last.pt", ckpt.model_state)
-            resume_digest = _write_tensors(self.checkpoint_dir / "resume.pt", {
+            # Tensors in weights-only loadable files named for this checkpoint; everything else in last.json, which
+            # names them (nothing to unpickle). last.json is replaced last and the files it named before are removed
+            # only then: a crash at any point leaves a last.json whose files are there and match its digests.
+            folder = self.checkpoint_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            model_file, resume_file = f"model-{tag}.pt", f"resume-{tag}.pt"
+            digest = _write_tensors(folder / model_file, ckpt.model_state)
+            resume_digest = _write_tensors(folder / resume_file, {
                 "optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state(),
                 "torch_rng": torch.get_rng_state()})
             names = {p: n for n, p in self.model.named_parameters()}
-            _write_text(self.checkpoint_dir / "last.json", json.dumps({
+            _write_durably(folder / "last.json", json.dumps({
                 "checkpoint_id": ckpt.checkpoint_id, "epoch": epoch, "run_id": self.run_id, "task": self.task,
+                "model_file": model_file, "resume_file": resume_file,
                 "model_sha256": digest, "resume_sha256": resume_digest, "kasmina": ckpt.structure,
                 "tamiyo": ckpt.tamiyo_state, "lineage": self.kasmina.lineage if self.kasmina is not None else [],
                 "config": self.resolved_config(), "global_step": self.global_step,
                 "born": {names[p]: b for p, b in self._born.items() if p in names},
                 "recent_losses": self._recent_losses, "history": {"epochs": self.history.epochs,
                                                                   "rollbacks": self.history.rollbacks},
-                "offsets": [{"topic": t, "partition": p, "offset": o} for t, p, o in ckpt.offsets]}, indent=1))
-            path = str(self.checkpoint_dir / "last.pt")
+                "offsets": [{"topic": t, "partition": p, "offset": o} for t, p, o in ckpt.offsets]},
+                indent=1).encode())
+            for stale in [*folder.glob("*.pt"), *folder.glob("*.tmp")]:  # earlier checkpoints', half-written files
+                if stale.name not in (model_file, resume_file):
+                    stale.unlink(missing_ok=True)
+            path = str(folder / model_file)
         self._publish(CheckpointSaved(envelope=self._env(), epoch=epoch, checkpoint_id=ckpt.checkpoint_id, path=path,
                                       sha256=digest, offsets=[TopicOffset(topic=t, partition=p, offset=o)
                                                               for t, p, o in ckpt.offsets]))
@@ -474,8 +491,9 @@ class TolariaTrainer:
             raise TrainingError("resume: no checkpoint folder")
         try:
             meta = json.loads((folder / "last.json").read_text())
-            model_state = _read_tensors(folder / "last.pt", meta["model_sha256"])
-            extra = _read_tensors(folder / "resume.pt", meta["resume_sha256"])
+            # a checkpoint from before the files were named in last.json: last.pt and resume.pt
+            model_state = _read_tensors(folder / meta.get("model_file", "last.pt"), meta["model_sha256"])
+            extra = _read_tensors(folder / meta.get("resume_file", "resume.pt"), meta["resume_sha256"])
         except (OSError, ValueError, KeyError) as exc:
             raise TrainingError(f"resume: {folder} holds no usable checkpoint: {exc}") from None
         if meta["run_id"] != self.run_id:

@@ -83,8 +83,11 @@ def test_a_user_grows_an_mlp_on_their_csv(user):
     assert summary["kernels_available"]["4"] >= 1 and summary["seeds_germinated"] >= 1
     assert summary["large_baseline_params"] == 2 * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2  # the 4x-wide rule
     for name in ("report.md", "accuracy.png", "lineage.json", "model/model.pt", "model/grown.json",
-                 "checkpoints/s0/last.pt"):
+                 "checkpoints/s0/last.json"):
         assert (out / name).exists(), name
+    checkpoint = json.loads((out / "checkpoints/s0/last.json").read_text())
+    assert sorted(p.name for p in (out / "checkpoints/s0").iterdir()) == sorted(
+        ["last.json", checkpoint["model_file"], checkpoint["resume_file"]])  # nothing of earlier checkpoints left
     # the processors ran beside it: the run is in SQL with no manual sink
     res = _esper(env, "sql", "--format", "json",
                  f"SELECT count() AS n FROM esper.epochs FINAL WHERE run_id = '{summary['run_id']}'", timeout=120)

@@ -180,3 +180,41 @@ def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publishe
     assert sorted(folded.epochs) == list(range(1, 15))
     with pytest.raises(Exception, match="not run-other's"):
         make("run-other", tmp_path / "c").resume(tmp_path / "b")
+
+
+def test_a_run_killed_mid_checkpoint_resumes_from_the_one_before(library, publisher, tmp_path, monkeypatch):
+    """The process dies after a checkpoint's tensor files are written and before its last.json is: the folder still
+    holds the previous checkpoint whole (last.json, and the files it names with their digests)."""
+    import json
+
+    from esper_runtime.tolaria import trainer as tolaria
+
+    store, view = library
+    config = EsperConfig.model_validate(CFG)
+    config.tolaria.epochs = 4
+
+    def make():
+        model = wrap(host(), config.kasmina, artifacts=store, publisher=publisher, run_id="run-torn")
+        return TolariaTrainer(model, TamiyoController(model, config.tamiyo, view, publisher), config.tolaria,
+                              *spirals_small(), publisher=publisher, checkpoint_dir=tmp_path / "ckpt")
+
+    trainer = make()
+    write = tolaria._write_durably
+
+    def dies_at_epoch_3s_json(path, data):
+        if path.name == "last.json" and json.loads(data)["epoch"] == 3:
+            raise KeyboardInterrupt  # as a SIGKILL would leave it: the new tensors there, the JSON not yet
+        write(path, data)
+
+    monkeypatch.setattr(tolaria, "_write_durably", dies_at_epoch_3s_json)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.undo()
+    assert len(list((tmp_path / "ckpt").glob("model-*.pt"))) == 2  # epoch 2's and the torn epoch 3's
+    again = make()
+    assert again.resume() == 2
+    again.train()
+    meta = json.loads((tmp_path / "ckpt" / "last.json").read_text())
+    assert meta["epoch"] == 4
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(
+        ["last.json", meta["model_file"], meta["resume_file"]])  # the torn files went with the next checkpoint

@@ -181,7 +181,7 @@ def test_checkpoints_are_safe_to_load_and_carry_all_three_states(library, publis
     TolariaTrainer(model, tamiyo, config.tolaria, *spirals_small(), publisher=publisher,
                    checkpoint_dir=tmp_path / "ckpt").train()
     meta = json.loads((tmp_path / "ckpt" / "last.json").read_text())
-    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)  # tensors only: no pickle needed
+    state = torch.load(tmp_path / "ckpt" / meta["model_file"], weights_only=True)  # tensors only: no pickle needed
     assert meta["epoch"] == 6 and set(meta) >= {"kasmina", "tamiyo", "offsets", "model_sha256"}
     assert state.keys() == model.state_dict().keys()
     restored = TamiyoController(model, config.tamiyo, view)
