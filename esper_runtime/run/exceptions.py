@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-
+from esper_runtime.exceptions import Terminated  # how a run ends on a signal; its home is the runtime's
 from streams.exceptions import EsperError
 
 __all__ = ["DataError", "LibraryError", "ModelFileError", "RunBroke", "NoGrowth", "Terminated"]
@@ -39,15 +38,3 @@ class NoGrowth(EsperError):
     """The run finished but nothing germinated in any seed's run: the summary says why."""
 
     exit_code = 4
-
-
-class Terminated(SystemExit):
-    """The run was stopped by a signal (SIGTERM: a scheduler, ``kill``): raised in the main thread so what the run
-    started is stopped on the way out, and its RunFailed says so. The process exits 128 + the signal's number."""
-
-    def __init__(self, signum: int):
-        super().__init__(128 + signum)
-        self.signum = signum
-
-    def __str__(self) -> str:
-        return f"stopped by {signal.Signals(self.signum).name}"

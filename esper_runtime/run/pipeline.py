@@ -27,7 +27,7 @@ from torch import nn
 from esper_runtime.run.config import ModelConfig, RunConfig
 from esper_runtime.rng import seeded
 from esper_runtime.run.data import DataError, RunData, call_factory, import_factory, load_data, make_loader
-from esper_runtime.run.exceptions import NoGrowth, RunBroke, Terminated
+from esper_runtime.run.exceptions import NoGrowth, RunBroke
 
 __all__ = ["RunOptions", "Prepared", "prepare", "run", "build_host", "local_infrastructure", "NoGrowth", "RunBroke"]
 
@@ -174,23 +174,27 @@ def local_infrastructure(echo=print):
 
 @contextmanager
 def _terminate_as_exit():
-    """SIGTERM (a scheduler's stop, ``kill``) raises SystemExit in the main thread while the run is inside, so
-    what the run started is stopped on the way out, as on Ctrl-C."""
+    """SIGTERM (a scheduler's stop, ``kill``) and Ctrl-C raise ``Terminated`` in the main thread while the run is
+    inside, so what the run started is stopped on the way out; a training loop takes it at its next safe point
+    (``esper_runtime.stops``), so no event is left half published."""
     import signal
     import threading
+
+    from esper_runtime.stops import stop
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum, frame):
-        raise Terminated(signum)
+        stop(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(prep: Prepared, opts: RunOptions, echo=print, progress=None) -> dict:

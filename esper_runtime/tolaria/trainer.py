@@ -30,6 +30,7 @@ from torch import nn
 from esper_runtime.devices import hardware_context
 from esper_runtime.config import TolariaConfig
 from esper_runtime.rng import seeded
+from esper_runtime.stops import held, stop_point
 from esper_runtime.run.data import DataError, make_loader
 from esper_runtime.kasmina import Code, MorphableModel, StateChecksumError
 from esper_runtime.kasmina.lifecycle import CHILD_STATES
@@ -233,7 +234,8 @@ class TolariaTrainer:
                                      host_params=count_params(self.model), epochs_planned=self.config.epochs))
         try:
             # the run's randomness is its own: seeded once at its start, the caller's RNG state restored after
-            with seeded(None):
+            # a stop signal waits for a step or epoch boundary: none lands between an event's number and its send
+            with seeded(None), held():
                 status = self._loop()
         except BaseException as exc:
             self._publish(RunFailed(envelope=self._env(), epoch=self.epoch, error_type=type(exc).__name__,
@@ -259,6 +261,7 @@ class TolariaTrainer:
         else:
             epoch = self._resumed + 1
         while epoch <= cfg.epochs:
+            stop_point()
             self.epoch = epoch
             t0 = time.perf_counter()
             lr = self._lr(epoch)
@@ -350,6 +353,7 @@ class TolariaTrainer:
         key = self._flops_key() if self.count_flops else None
         per_row = self._flops_per_row.get(key) if key is not None else None
         for index, batch in enumerate(self.train_loader):
+            stop_point()  # nothing is published mid-epoch: a step boundary is a safe place to stop
             x, y = self._batch(batch, index, "training")
             counter = FlopCounterMode(display=False) if key is not None and per_row is None else None
             with counter if counter is not None else nullcontext():
