@@ -13,7 +13,7 @@
   consumer-group reader (librdkafka, group ``<app id>-telemetry-sink``) on a thread of this process — faust's intake
   per record (what ``esper bench materialize``'s no-op agent measures) capped it at ~14k records/s.
 
-Agents work in batches (``take_events``). Delivery is at least once: a batch's state writes (through a librdkafka
+Agents work in batches (``noack_take``, acknowledged once applied: ``_taken``). Delivery is at least once: a batch's state writes (through a librdkafka
 producer, ``state_publisher``: faust's own producer is pure Python) and dead letters (through faust's producer) are
 queued before its events are acknowledged, and before faust commits source offsets it flushes its producer, which
 here flushes the state producer too (``_flush_before_commit``): so after any stop — kill -9 included — the state is
@@ -193,7 +193,7 @@ class Processors:
         if "noop" in self.agents:
             @app.agent(self._topic("kasmina.lifecycle.transitions"), name="noop")
             async def noop(stream):
-                async for events in stream.take_events(self.batch, within=self.batch_within):
+                async for events in self._taken(stream):
                     self.stats["noop"]["applied"] += len(events)
 
         if "seed-state" in self.agents:
@@ -205,7 +205,7 @@ class Processors:
                 # the hot path, per event: a decode (to the Avro record: the typed event would cost more than the
                 # decode), the fold, no await; what goes to the dead-letter topic is sent after the batch's loop
                 stats, registry, serde = self.stats["seed-state"], self.bb.registry, self.serde
-                async for events in stream.take_events(self.batch, within=self.batch_within):
+                async for events in self._taken(stream):
                     now = time.time()
                     await seeds.ensure({event.message.partition for event in events})
                     outcomes: Counter = Counter()
@@ -385,10 +385,22 @@ class Processors:
             self._partitioned.append((self.bb.resolve_topic(source), state))
         return state
 
+    async def _taken(self, stream):
+        """The stream in batches of events, a batch acknowledged only when the agent comes back for the next one,
+        i.e. after its state writes are queued. faust's ``take_events`` acknowledges a batch in a ``finally``, also
+        when the agent was cancelled part way through it (a stop, SIGTERM): the consumer's commit on the way out
+        then took events never applied past the committed offset, and the next worker never saw them (a seed's first
+        transition lost that way left all its later ones version gaps). ``noack_take`` leaves acks to us: a batch
+        cut short is not acknowledged, and is read again."""
+        async for events in stream.noack_take(self.batch, within=self.batch_within):
+            yield events
+            for event in events:  # not reached when the agent stops inside the batch
+                await stream.ack(event)
+
     async def _batches(self, stream, agent: str):
-        """The stream in batches of decoded events (what cannot be decoded is dead-lettered on the way). A batch's
-        events are acknowledged when the agent asks for the next one, i.e. after its state writes are queued."""
-        async for events in stream.take_events(self.batch, within=self.batch_within):
+        """The stream in batches of decoded events (what cannot be decoded is dead-lettered on the way), each
+        acknowledged as ``_taken`` does."""
+        async for events in self._taken(stream):
             decoded = []
             for event in events:
                 ev = await self._decode(event, agent)
