@@ -104,6 +104,12 @@ def _run_pipeline(console, make_prepared, options) -> dict:
     for run_id, why in summary["no_growth"].items():
         console.print(f"[yellow]nothing grew in {run_id}:[/yellow] {why}", soft_wrap=True)
     if not summary["replay_matches"]:
+        from rich.markup import escape
+
+        diffs = summary["replay_differences"]
+        console.print(f"[red]the replay of the log and the live state differ[/red] ({len(diffs)}, all in "
+                      f"summary.json's replay_differences): {escape('; '.join(diffs[:5]))}", soft_wrap=True,
+                      highlight=False)
         raise typer.Exit(3)
     return summary
 

@@ -1,4 +1,5 @@
-"""``esper run``'s checks before anything is published: each bad input is refused with one line naming it, exit 2."""
+"""``esper run``'s checks before anything is published: each bad input is refused with one line naming it, exit 2;
+and its last word when the replay of a finished run disagrees with the live state (exit 3, what differs)."""
 
 from __future__ import annotations
 
@@ -199,3 +200,27 @@ def test_the_demo_on_cuda_without_one_is_refused_before_anything_starts(tmp_path
     assert not (tmp_path / "out").exists()
     res = CliRunner().invoke(app, ["demo", "--device", "tpu", "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "cpu, cuda or auto" in res.output
+
+
+def test_a_replay_mismatch_exits_3_and_says_what_differs(tmp_path, monkeypatch):
+    import io
+
+    import typer
+    from rich.console import Console
+
+    from esper_runtime.cli.main import _run_pipeline
+    from esper_runtime.run import pipeline
+
+    stats = {"mean": 0.9, "std": 0.0, "values": [0.9]}
+    summary = {"over_seeds": {"final_accuracy": stats, "baseline_accuracy": None, "large_baseline_accuracy": None},
+               "metric": "accuracy", "host_params": 10, "final_params": 20, "seeds_germinated": 1,
+               "seeds_fossilized": 0, "seeds_culled": 0, "replay_matches": False, "no_growth": {},
+               "replay_differences": ["seed/0/0: replay FINE_TUNING v7 != live absent", "final params: log 1 != live 2"]}
+    monkeypatch.setattr(pipeline, "run", lambda prep, opts, echo, progress: summary)
+    out = io.StringIO()
+    with pytest.raises(typer.Exit) as exited:
+        _run_pipeline(Console(file=out, width=300), lambda: None, pipeline.RunOptions(out=tmp_path))
+    assert exited.value.exit_code == 3
+    said = out.getvalue()
+    assert "differ (2, all in summary.json's replay_differences)" in said
+    assert "seed/0/0: replay FINE_TUNING v7 != live absent; final params: log 1 != live 2" in said
