@@ -13,14 +13,14 @@
   consumer-group reader (librdkafka, group ``<app id>-telemetry-sink``) on a thread of this process — faust's intake
   per record (what ``esper bench materialize``'s no-op agent measures) capped it at ~14k records/s.
 
-Agents work in batches (``noack_take``, acknowledged once applied: ``_taken``). Delivery is at least once: a batch's state writes (through a librdkafka
-producer, ``state_publisher``: faust's own producer is pure Python) and dead letters (through faust's producer) are
-queued before its events are acknowledged, and before faust commits source offsets it flushes its producer, which
-here flushes the state producer too (``_flush_before_commit``): so after any stop — kill -9 included — the state is
-at or ahead of the committed offsets, and what is read again is skipped by ``originator_version`` (and by ``event_id`` in ClickHouse's
-ReplacingMergeTree). Undecodable records, records of the wrong type for their topic and version gaps go to the
-dead-letter topic with the reason in headers; nothing stops an agent. ``stream_wait_empty`` is off so SIGTERM stops
-the worker in seconds.
+Agents work in batches (``noack_take``, acknowledged once applied: ``_taken``). Delivery is at least once: a batch's
+state writes (through a librdkafka producer, ``state_publisher``: faust's own producer is pure Python) and dead
+letters (through faust's producer) are queued before its events are acknowledged, and before faust commits source
+offsets it flushes its producer, which here flushes the state producer too (``_flush_before_commit``): so after any
+stop — kill -9 included — the state is at or ahead of the committed offsets, and what is read again is skipped by
+``originator_version`` (and by ``event_id`` in ClickHouse's ReplacingMergeTree). Undecodable records, records of the
+wrong type for their topic and version gaps go to the dead-letter topic with the reason in headers; nothing stops an
+agent. ``stream_wait_empty`` is off so SIGTERM stops the worker in seconds.
 """
 
 from __future__ import annotations

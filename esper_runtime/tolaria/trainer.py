@@ -118,9 +118,9 @@ class TolariaTrainer:
     ``(features, target)``, DataLoaders, or ``(x, y)`` tensor pairs; they are drawn in mini-batches of
     ``config.batch_size``. ``task`` names the run on the log; ``objective`` is ``"classification"``
     (cross-entropy, accuracy) or ``"regression"`` (MSE; R^2 stands in the accuracy fields, RMSE in the history).
-    ``checkpoint_dir`` (a path or str) keeps ``last.json`` and the weights-only files it names there; ``run_config`` is the
-    configuration recorded in ``RunStarted`` and the checkpoint (default: the sections the trainer knows);
-    ``on_epoch(record)`` is called after each kept epoch.
+    ``checkpoint_dir`` (a path or str) keeps ``last.json`` and the weights-only files it names there;
+    ``run_config`` is the configuration recorded in ``RunStarted`` and the checkpoint (default: the sections the
+    trainer knows); ``on_epoch(record)`` is called after each kept epoch.
     """
 
     def __init__(self, model: MorphableModel, controller: TamiyoController | None = None,
