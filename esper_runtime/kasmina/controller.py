@@ -333,6 +333,27 @@ class Kasmina:
         self._pending_events.clear()
         self._params_changed = True
 
+    def take_back(self, logged: dict[str, str], epoch: int) -> list[str]:
+        """After a restore to the checkpoint of ``epoch``: for each seed the log shows in another state
+        (``logged``: seed name -> state name, DORMANT when absent), a transition from the log's state back to the
+        restored one, published. A run killed after an epoch's transitions reached the log and before that epoch's
+        checkpoint resumes this way, as its epochs past the checkpoint are taken back by a ``RollbackPerformed``.
+        Returns the seeds taken back."""
+        taken = []
+        for layer_id, i, code in self.seeds():
+            name = seed_name(layer_id, i)
+            was = logged.get(name, Code.DORMANT.name)
+            if was == code.name:
+                continue
+            self._pending_events.append(SeedLifecycleTransition(
+                envelope=self.envelopes.next(name), layer_id=layer_id, seed_id=i, from_state=Code[was].state,
+                to_state=code.state, epoch=epoch, command_id=None,
+                kernel_artifact_id=self._seeds[(layer_id, i)].kernel_artifact_id or None,
+                reason=f"resume: taken back to the checkpoint of epoch {epoch}"))
+            taken.append(name)
+        self._flush_events()
+        return taken
+
     def reseal(self) -> None:
         """Seal the checksum over the current state (after a restore)."""
         self._sealed = self._checksums()

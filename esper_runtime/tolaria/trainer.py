@@ -488,8 +488,8 @@ class TolariaTrainer:
         starting it: the model, seeds, Tamiyo, optimizer, random state and history come back as they were at that
         epoch boundary; ``train()`` then goes on from the next epoch. ``log_versions`` (each originator's last
         version on the log) keeps every event sequence gapless; epochs the log has past the checkpoint
-        (``log_epoch``) are taken back with a ``RollbackPerformed``; if the log's seed states (``log_seeds``) moved
-        past the checkpoint's, resuming would contradict them and is refused. Returns the checkpoint's epoch."""
+        (``log_epoch``) are taken back with a ``RollbackPerformed``, and seeds whose state on the log (``log_seeds``)
+        moved past the checkpoint's with a transition back to it. Returns the checkpoint's epoch."""
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else self.checkpoint_dir
         if folder is None:
             raise TrainingError("resume: no checkpoint folder")
@@ -502,12 +502,6 @@ class TolariaTrainer:
             raise TrainingError(f"resume: {folder} holds no usable checkpoint: {exc}") from None
         if meta["run_id"] != self.run_id:
             raise TrainingError(f"resume: {folder} is run {meta['run_id']}'s checkpoint, not {self.run_id}'s")
-        if log_seeds is not None and self.kasmina is not None:
-            moved = [f"seed/{e['layer']}/{e['seed']}" for e in meta["kasmina"]
-                     if log_seeds.get(f"seed/{e['layer']}/{e['seed']}", "DORMANT") != Code(e["code"]).name]
-            if moved:
-                raise TrainingError(f"resume: the log has seeds past the checkpoint of epoch {meta['epoch']} "
-                                    f"({', '.join(moved[:5])}); resuming would contradict it")
         if self.kasmina is not None:
             self.kasmina.restore(meta["kasmina"])
         self.model.load_state_dict(model_state)
@@ -534,6 +528,8 @@ class TolariaTrainer:
             self._publish(RollbackPerformed(envelope=self._env(), from_epoch=log_epoch, to_epoch=meta["epoch"],
                                             checkpoint_id=meta["checkpoint_id"], trigger="resume",
                                             reason=f"resumed from the checkpoint of epoch {meta['epoch']}"))
+        if log_seeds is not None and self.kasmina is not None:  # transitions the log has past the checkpoint
+            self.kasmina.take_back(log_seeds, meta["epoch"])
         return meta["epoch"]
 
     def _envelope_factories(self):

@@ -140,7 +140,19 @@ def test_a_run_with_no_kernel_for_its_width_says_so(library, publisher):
     assert any("nothing grew" in line["text"] for line in folded.story)
 
 
-def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publisher, tmp_path):
+def _log_versions(publisher, run_id):
+    """Each originator's last version on the (in-memory) log for ``run_id``: what a resume numbers on from."""
+    from views.folds import RUN_TOPICS
+
+    versions = {}
+    for item in ReplayReader(MemorySource(publisher.log), publisher.serde).events(list(RUN_TOPICS)):
+        env = item.decoded.typed().envelope
+        if env.run_id == run_id:
+            versions[env.originator_id] = max(versions.get(env.originator_id, 0), env.originator_version)
+    return versions
+
+
+def _maker(library, publisher):
     def make(run_id, checkpoints):
         store, view = library
         config = EsperConfig.model_validate(CFG)
@@ -148,7 +160,11 @@ def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publishe
         tamiyo = TamiyoController(model, config.tamiyo, view, publisher)
         return TolariaTrainer(model, tamiyo, config.tolaria, *spirals_small(), publisher=publisher,
                               checkpoint_dir=checkpoints)
+    return make
 
+
+def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publisher, tmp_path):
+    make = _maker(library, publisher)
     _, straight = make("run-straight", tmp_path / "a").train()
 
     def stop_at_9(record):
@@ -161,15 +177,9 @@ def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publishe
     folded, _ = _run_events(publisher, "run-resumed")
     assert folded.status == "failed" and max(folded.epochs) == 9
 
-    versions = {}
-    from views.folds import RUN_TOPICS
-
-    for item in ReplayReader(MemorySource(publisher.log), publisher.serde).events(list(RUN_TOPICS)):
-        env = item.decoded.typed().envelope
-        if env.run_id == "run-resumed":
-            versions[env.originator_id] = max(versions.get(env.originator_id, 0), env.originator_version)
     second = make("run-resumed", tmp_path / "b")
-    assert second.resume(log_versions=versions, log_epoch=9, log_seeds=folded.seeds) == 8
+    assert second.resume(log_versions=_log_versions(publisher, "run-resumed"), log_epoch=9,
+                         log_seeds=folded.seeds) == 8
     assert second.controller.in_flight or second.kasmina.lineage  # growth was under way: the seeds came back too
     _, history = second.train()
     assert [e["epoch"] for e in history.epochs] == list(range(1, 15))
@@ -180,6 +190,41 @@ def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publishe
     assert sorted(folded.epochs) == list(range(1, 15))
     with pytest.raises(Exception, match="not run-other's"):
         make("run-other", tmp_path / "c").resume(tmp_path / "b")
+
+
+def test_a_run_killed_after_its_transitions_reached_the_log_takes_them_back_on_resume(library, publisher, tmp_path):
+    """Killed after an epoch's boundary published seed transitions and before that epoch's checkpoint: the resume
+    publishes each moved seed's way back to the checkpoint's state, and the run ends as an uninterrupted one does."""
+    make = _maker(library, publisher)
+    _, straight = make("run-straight", tmp_path / "a").train()
+    _, events = _run_events(publisher, "run-straight")
+    moves = sorted({ev.epoch for ev in events if type(ev).__name__ == "SeedLifecycleTransition" and ev.epoch > 1})
+    assert moves, "the straight run's seeds never moved after epoch 1"
+    stop = moves[0]
+
+    def killed_before_the_checkpoint(record):
+        if record["epoch"] == stop:
+            raise KeyboardInterrupt  # the boundary's transitions are on the log, the checkpoint is the epoch before
+
+    first = make("run-taken", tmp_path / "b")
+    first.on_epoch = killed_before_the_checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    folded, _ = _run_events(publisher, "run-taken")
+    second = make("run-taken", tmp_path / "b")
+    assert second.resume(log_versions=_log_versions(publisher, "run-taken"), log_epoch=stop,
+                         log_seeds=folded.seeds) == stop - 1
+    live = {f"seed/{l}/{s}": c.name for l, s, c in second.kasmina.seeds()}
+    folded, events = _run_events(publisher, "run-taken")
+    assert any("taken back to the checkpoint" in getattr(ev, "reason", "") for ev in events)
+    assert {k: v for k, v in folded.seeds.items() if v != "DORMANT"} == {k: v for k, v in live.items()
+                                                                           if v != "DORMANT"}
+    _, history = second.train()
+    assert history.epochs[-1]["val_accuracy"] == straight.epochs[-1]["val_accuracy"]
+    folded, _ = _run_events(publisher, "run-taken")
+    assert folded.status == "completed" and folded.gaps == [] and folded.duplicates == 0
+    assert {k: v for k, v in folded.seeds.items() if v != "DORMANT"} == {
+        f"seed/{l}/{s}": c.name for l, s, c in second.kasmina.seeds() if c.name != "DORMANT"}
 
 
 def test_a_run_killed_mid_checkpoint_resumes_from_the_one_before(library, publisher, tmp_path, monkeypatch):
