@@ -91,7 +91,7 @@ class RunView:
         self.fossilized += to == "FOSSILIZED"
         self.culled += to == "CULLED"
         if to in ("GERMINATED", "FOSSILIZED", "CULLED", "ROLLED_BACK", "ERROR_RECOVERY", "CANCELLED") or \
-                ev.reason.startswith("load failed"):
+                ev.reason.startswith(("load failed", "resume:")):
             self._tell(ev, position, "lifecycle", f"epoch {ev.epoch}: {origin} {ev.from_state.value} -> {to}"
                        + (f" ({ev.reason})" if ev.reason and ev.reason not in ("advance", "fossilize") else ""),
                        seed=origin, state=to, kernel=ev.kernel_artifact_id)

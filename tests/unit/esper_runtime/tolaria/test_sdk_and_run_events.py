@@ -217,6 +217,7 @@ def test_a_run_killed_after_its_transitions_reached_the_log_takes_them_back_on_r
     live = {f"seed/{l}/{s}": c.name for l, s, c in second.kasmina.seeds()}
     folded, events = _run_events(publisher, "run-taken")
     assert any("taken back to the checkpoint" in getattr(ev, "reason", "") for ev in events)
+    assert any("resume: taken back to the checkpoint" in line["text"] for line in folded.story)  # replay says so
     assert {k: v for k, v in folded.seeds.items() if v != "DORMANT"} == {k: v for k, v in live.items()
                                                                            if v != "DORMANT"}
     _, history = second.train()
