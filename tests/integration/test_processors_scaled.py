@@ -6,6 +6,7 @@ again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -21,6 +22,26 @@ from views.run_view import RunView
 from .test_processors import ProcessorsProcess, _free_port, _publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _free_ports(n: int) -> int:
+    """A port p with p..p+n-1 all free on 127.0.0.1 now (``--workers`` puts its workers on the ports after the app's:
+    a free port alone left a worker to find its neighbour taken, in CI)."""
+    import socket
+
+    for _ in range(100):
+        base = _free_port()
+        if base + n > 65535:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + n):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {n} free ports in a row")
 
 
 def _seeds(bb, runs):
@@ -181,7 +202,7 @@ def test_workers_flag_runs_the_scalable_agents_in_children_and_stops_them(topic_
 
     registry = topic_registry()
     bb = Backbone(load_settings(topic_prefix=registry.prefix, home=tmp_path), registry)
-    port = _free_port()
+    port = _free_ports(3)  # the app's, and its two workers' (port+1, port+2)
     env = dict(os.environ, ESPER_TOPIC_PREFIX=registry.prefix, ESPER_HOME=str(tmp_path),
                ESPER_PROCESSORS_PORT=str(port))
     main = ProcessorsProcess(env, tmp_path / "main.log", ("--workers", "2"))
