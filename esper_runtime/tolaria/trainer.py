@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import statistics
 import time
 import uuid
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from esper_runtime.devices import hardware_context
+from esper_runtime.durable import write_durably
 from esper_runtime.config import TolariaConfig
 from esper_runtime.rng import seeded
 from esper_runtime.stops import held, stop_point
@@ -75,27 +75,11 @@ class Checkpoint:
     checkpoint_id: str
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` whole or not at all, through a crash of the process or the machine: written aside,
-    synced, renamed over, and the rename synced with the folder."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def _write_tensors(path: Path, obj) -> str:
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
-    _write_durably(path, data)
+    write_durably(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -463,7 +447,7 @@ class TolariaTrainer:
                 "optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state(),
                 "torch_rng": torch.get_rng_state()})
             names = {p: n for n, p in self.model.named_parameters()}
-            _write_durably(folder / "last.json", json.dumps({
+            write_durably(folder / "last.json", json.dumps({
                 "checkpoint_id": ckpt.checkpoint_id, "epoch": epoch, "run_id": self.run_id, "task": self.task,
                 "model_file": model_file, "resume_file": resume_file,
                 "model_sha256": digest, "resume_sha256": resume_digest, "kasmina": ckpt.structure,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from streams.exceptions import EsperError
+from esper_runtime.durable import write_durably
 from esper_runtime.urza.exceptions import ArtifactNotFound
 
 __all__ = ["ArtifactNotFound", "ArtifactStore", "KernelArtifact", "MAX_ARTIFACT_BYTES"]
@@ -52,14 +52,14 @@ class ArtifactStore:
         digest = hashlib.sha256(data).hexdigest()
         blob = self.root / "blobs" / digest[:2] / digest
         if not blob.exists():
-            _atomic_write(blob, data)
+            write_durably(blob, data)
         entry = json.dumps({"artifact_id": artifact_id, "sha256": digest, "kind": kind, "meta": meta or {}}).encode()
         index = self.root / "index" / f"{artifact_id}.json"
         if index.exists():
             if json.loads(index.read_bytes())["sha256"] != digest:
                 raise EsperError(f"artifact {artifact_id} already exists with other content: artifacts are immutable")
             return digest
-        _atomic_write(index, entry)
+        write_durably(index, entry)
         return digest
 
     def get_artifact(self, artifact_id: str) -> KernelArtifact:
@@ -100,13 +100,3 @@ class ArtifactStore:
     def blob_path(self, artifact_id: str) -> Path:
         self._check_id(artifact_id)
         return self._blob(self._entry(artifact_id)["sha256"])
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -245,14 +245,14 @@ def test_a_run_killed_mid_checkpoint_resumes_from_the_one_before(library, publis
                               *spirals_small(), publisher=publisher, checkpoint_dir=tmp_path / "ckpt")
 
     trainer = make()
-    write = tolaria._write_durably
+    write = tolaria.write_durably
 
     def dies_at_epoch_3s_json(path, data):
         if path.name == "last.json" and json.loads(data)["epoch"] == 3:
             raise KeyboardInterrupt  # as a SIGKILL would leave it: the new tensors there, the JSON not yet
         write(path, data)
 
-    monkeypatch.setattr(tolaria, "_write_durably", dies_at_epoch_3s_json)
+    monkeypatch.setattr(tolaria, "write_durably", dies_at_epoch_3s_json)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     monkeypatch.undo()
