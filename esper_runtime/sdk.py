@@ -86,7 +86,7 @@ def wrap(model: nn.Module, config: KasminaConfig | None = None, *, artifacts=Non
 
             LocalKafka(backbone.settings).up(echo=print)
             backbone.ensure_topics()
-            publisher = backbone.publisher()
+            publisher = backbone.run_publisher()
     return _wrap(model, config, artifacts=artifacts, publisher=publisher, run_id=run_id)
 
 

@@ -159,14 +159,17 @@ def telemetry_overhead(as_json: bool = typer.Option(False, "--json"),
                        rounds: int = typer.Option(30, help="Alternating rounds, at least."),
                        max_rounds: int = typer.Option(150, help="At most: rounds are added until the A/A spread is "
                                                                 "under 0.01."),
-                       steps: int = typer.Option(10, help="Training steps per epoch (fewer: the worst case).")) -> None:
+                       steps: int = typer.Option(10, help="Training steps per epoch (fewer: the worst case)."),
+                       linger_ms: int = typer.Option(None, help="The publisher's linger.ms (default: a run's, "
+                                                                "ESPER_RUN_LINGER_MS).")) -> None:
     """Training-step time with per-epoch telemetry published to Kafka over the same model publishing nothing, with
     the A/A spread of the measurement beside the ratio."""
     from esper_runtime.bench import telemetry_overhead as bench_telemetry_overhead
 
     console.print("[dim]bench telemetry-overhead: two wrapped MLPs, one publishing its telemetry...[/dim]")
     _streaming("telemetry-overhead", lambda: bench_telemetry_overhead.run(rounds=rounds, steps=steps,
-                                                                         max_rounds=max_rounds), as_json)
+                                                                         max_rounds=max_rounds, linger_ms=linger_ms),
+               as_json)
 
 
 @app.command()

@@ -554,7 +554,7 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
     record = field_outcomes(read_field_reports(bb))  # what runs before the trial saw, for every arm alike
     store = ArtifactStore(bb.settings.home / "artifacts")
     runs: dict[str, list[dict]] = {arm: [] for arm in FIELD_ARMS}
-    with bb.publisher() as publisher:
+    with bb.run_publisher() as publisher:
         for seed in range(seeds):
             for arm, allowed in FIELD_ARMS.items():
                 esper = prep.cfg.esper

@@ -349,7 +349,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     view = load_view(bb)
     reports = read_field_reports(bb)  # earlier runs' outcomes, read once: every seed of this run sees the same
     store = ArtifactStore(bb.settings.home / "artifacts")
-    publisher = bb.publisher()
+    publisher = bb.run_publisher()
     policy = _policy(prep, opts, bb, view, store, publisher, echo) if cfg.controller == "gnn" else None
     runs = []
     for seed in range(cfg.seeds):

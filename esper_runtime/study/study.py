@@ -106,7 +106,7 @@ def _study(opts: StudyOptions, bb, echo, progress) -> dict:
     ensure_library(bb, set().union(*(p.shapes for p in preps.values())), echo, progress)
     view = load_view(bb)
     store = ArtifactStore(bb.settings.home / "artifacts")
-    publisher = bb.publisher()
+    publisher = bb.run_publisher()
     result = {"epochs": opts.epochs, "seeds": opts.seeds, "controller_defaults": esper.model_dump(mode="json"),
               "tasks": {}}
     t_start = time.perf_counter()

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 import weakref
 
@@ -121,6 +122,26 @@ def test_a_closed_publisher_lets_go_of_its_producer(topic_registry, kafka_bootst
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_run_publisher_gathers_events_until_its_linger_or_a_flush(topic_registry, kafka_bootstrap, catalog):
+    """A training run's publisher holds its events for ``run_linger_ms`` (one produce request instead of one an
+    epoch); a flush, as at a checkpoint, delivers them at once."""
+    registry = topic_registry()
+    bb = Backbone(load_settings().model_copy(update={"run_linger_ms": 10_000}), registry=registry, catalog=catalog)
+    topic = bb.resolve_topic("innovation.field_reports")
+    source = KafkaSource(kafka_bootstrap)
+    with bb.run_publisher() as pub:
+        envs = EnvelopeFactory("run-linger", "test")
+        for i in range(3):
+            pub.publish(_report(envs, i))
+        time.sleep(1.0)  # long enough for a publisher without the linger to deliver them
+        held = sum(source.watermarks(topic, p)[1] for p in range(source.partitions(topic)))
+        pub.flush()
+        delivered = sum(source.watermarks(topic, p)[1] for p in range(source.partitions(topic)))
+    source.close()
+    bb.close()
+    assert (held, delivered) == (0, 3)
 
 
 def test_a_consumer_group_resumes_after_its_committed_offset(topic_registry, kafka_bootstrap, catalog):

@@ -50,9 +50,10 @@ def test_telemetry_overhead_bench(kafka_bootstrap):
     from streams import load_settings
 
     ours = load_settings().uses_local_broker and LocalKafka(load_settings()).pid() is not None
-    r = _bench(["telemetry-overhead", "--rounds", "3", "--max-rounds", "3", "--steps", "2"], kafka_bootstrap,
-               local=ours)
-    assert r["ratio"] > 0 and r["events_published"] > 0
+    r = _bench(["telemetry-overhead", "--rounds", "3", "--max-rounds", "3", "--steps", "2", "--linger-ms", "20"],
+               kafka_bootstrap, local=ours)
+    assert r["ratio"] > 0 and r["events_published"] > 0 and r["linger_ms"] == 20
+    assert r["timed_epochs_per_round"] >= 2  # and at least four lingers' worth of 2-step epochs
     assert r["rounds"] == 3 and r["aa_spread"] >= 0 and isinstance(r["aa_spread_met"], bool)
     assert r["in_memory_ratio"] > 0  # the training thread's share, in the same rounds
     assert set(r["end_epoch_ms"]) == {"published", "in_memory", "quiet", "twin"}
