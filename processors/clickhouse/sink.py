@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from processors.clickhouse.native import NATIVE
@@ -25,7 +26,8 @@ from streams.deadletter import decode_for_topic, frame_for_topic
 from streams.exceptions import DecodeError
 from streams.topics import TOPICS
 
-__all__ = ["TelemetrySink", "insert_batch", "insert_or_set_aside", "sink_records", "rows_for", "rows_for_record",
+__all__ = ["TelemetrySink", "insert_batch", "insert_or_set_aside", "sink_records", "plan_records", "sink_plan",
+           "SinkPlan", "rows_for", "rows_for_record",
            "SINK_TOPICS", "MAX_BACKOFF_S", "backoff"]
 
 MAX_BACKOFF_S = 30.0
@@ -170,38 +172,81 @@ def sink_records(store, serde, registry, items: list[tuple[str, bytes]], native:
 
     Records of an event type with a native mapping, written with this version's schema, go to ClickHouse undecoded
     (``store.insert_container``, one statement per writer schema) unless ``native`` is off or the store has no such
-    path (a ClickHouse server); when ClickHouse refuses such a batch it is decoded here like the rest."""
-    inserted: dict[str, int] = defaultdict(int)
-    rejected: list[tuple[int, str, str]] = []
+    path (a ClickHouse server); when ClickHouse refuses such a batch it is decoded here like the rest.
+    ``plan_records`` then ``sink_plan``: a reader can plan the next batch while the store inserts the last."""
+    return sink_plan(store, serde, registry, plan_records(store, serde, registry, items, native))
+
+
+@dataclass
+class SinkPlan:
+    """A batch framed and its native part staged (``plan_records``), not yet inserted (``sink_plan``)."""
+
+    items: list[tuple[str, bytes]]
+    staged: list[tuple[Any, list[int]]] = field(default_factory=list)  # (StagedContainer, the records' indices)
+    to_decode: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def discard(self) -> None:
+        for staged, _ in self.staged:
+            staged.discard()
+        self.staged = []
+
+
+def plan_records(store, serde, registry, items: list[tuple[str, bytes]], native: bool = True) -> SinkPlan:
+    """``sink_records``' first half, which runs on any thread: each record's header checked, the native records'
+    containers written (``store.stage_container``), the rest marked for a decode. Nothing is inserted."""
+    plan = SinkPlan(items)
     by_writer: dict[bytes, tuple[Any, int, list[int]]] = {}
-    to_decode: list[int] = []
-    native = native and hasattr(store, "insert_container")
+    native = native and hasattr(store, "stage_container")
     for i, (topic, value) in enumerate(items):
         try:
             writer, offset, current = frame_for_topic(serde, registry, value, topic)
         except DecodeError as exc:
             if exc.reason == "wrong-topic":  # a decode says it as every reader does (a bad body comes first)
-                to_decode.append(i)
+                plan.to_decode.append(i)
             else:
-                rejected.append((i, exc.reason, exc.detail))
+                plan.rejected.append((i, exc.reason, exc.detail))
             continue
         if native and current and writer.name in NATIVE:
             by_writer.setdefault(writer.fingerprint, (writer, offset, []))[2].append(i)
         else:
-            to_decode.append(i)
-    for writer, offset, indices in by_writer.values():
-        try:
-            made = store.insert_container(writer, [items[i][1][offset:] for i in indices])
-        except StoreUnavailable:
-            raise
-        except StoreError as exc:
-            log.info("telemetry sink: ClickHouse refused a batch of %d %s records (%s); decoding them one by one",
-                     len(indices), writer.name, str(exc)[:300])
-            made = None
-        if made is None:
-            to_decode += indices
-        else:
-            inserted[made[0]] += made[1]
+            plan.to_decode.append(i)
+    try:
+        for writer, offset, indices in by_writer.values():
+            staged = store.stage_container(writer, [memoryview(items[i][1])[offset:] for i in indices])
+            if staged is None:
+                plan.to_decode += indices
+            else:
+                plan.staged.append((staged, indices))
+    except BaseException:
+        plan.discard()
+        raise
+    return plan
+
+
+def sink_plan(store, serde, registry, plan: SinkPlan) -> tuple[dict[str, int], list[tuple[int, str, str]]]:
+    """``sink_records``' second half, on the store's thread: the staged containers inserted, each a statement (what
+    ClickHouse refuses is decoded record by record instead), then the decoded records. The plan's files are gone
+    afterwards, whatever happened: a retry plans the batch again."""
+    inserted: dict[str, int] = defaultdict(int)
+    rejected = list(plan.rejected)
+    to_decode = list(plan.to_decode)
+    items = plan.items
+    try:
+        while plan.staged:
+            staged, indices = plan.staged.pop(0)
+            try:
+                table, n = store.insert_staged(staged)
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                log.info("telemetry sink: ClickHouse refused a batch of %d %s records (%s); decoding them one by "
+                         "one", len(indices), staged.name, str(exc)[:300])
+                to_decode += indices
+            else:
+                inserted[table] += n
+    finally:
+        plan.discard()
     records, kept = [], []
     for i in sorted(to_decode):
         topic, value = items[i]

@@ -16,6 +16,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from streams.config import resource_dir
@@ -24,7 +25,7 @@ from processors.exceptions import StoreBusy, StoreError, StoreUnavailable
 
 CONTAINER_MIN_RECORDS = 1000  # a native batch is split in containers of at least this many records (one per core)
 
-__all__ = ["EmbeddedStore", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "StoreUnavailable", "open_store", "schema_sql",
+__all__ = ["EmbeddedStore", "StagedContainer", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "StoreUnavailable", "open_store", "schema_sql",
            "READ_LIMITS"]
 
 
@@ -123,6 +124,21 @@ def _arrow_type(clickhouse_type: str):
     return simple[t]
 
 
+@dataclass
+class StagedContainer:
+    """A native batch's containers on disk, waiting for their INSERT (``EmbeddedStore.stage_container``)."""
+
+    name: str  # the writer schema's
+    records: int
+    table: str
+    sql: str
+    paths: list[Path]
+
+    def discard(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+
 class EmbeddedStore(_Store):
     def __init__(self, path: Path):
         from chdb import session
@@ -184,12 +200,20 @@ class EmbeddedStore(_Store):
         """Avro bodies of ``writer``'s records (undecoded) inserted by ClickHouse itself: object containers, read
         and mapped to rows by SQL (``native``). Returns (table, rows inserted), or None when ``writer`` has no native
         mapping (the caller decodes). A record ClickHouse cannot read or check raises StoreError for the whole batch
-        (nothing of it is inserted: one statement).
+        (nothing of it is inserted: one statement). ``stage_container`` then ``insert_staged``; ``table``: a scratch
+        copy of the mapping's table instead of it (the bench)."""
+        staged = self.stage_container(writer, bodies, containers, table)
+        return None if staged is None else self.insert_staged(staged)
+
+    def stage_container(self, writer, bodies: list[bytes], containers: int | None = None,
+                        table: str | None = None) -> "StagedContainer | None":
+        """The containers of ``insert_container`` written, nothing inserted yet: what a reader thread does while
+        ClickHouse inserts the previous batch. Any thread may stage; ``insert_staged`` (the store's thread) inserts
+        and removes the files, ``StagedContainer.discard`` removes them unused. None: no native mapping.
 
         A large batch is split into ``containers`` (default: one per core, each of at least
         ``CONTAINER_MIN_RECORDS``) read by one glob: ClickHouse parses files in parallel, one per thread
-        (``esper bench telemetry`` reports the native insert both ways). ``table``: a scratch copy of the mapping's
-        table instead of it (the bench)."""
+        (``esper bench telemetry`` reports the native insert both ways)."""
         from processors.clickhouse.native import NATIVE, native_insert_sql, object_container
 
         inbox = self.path / "incoming"
@@ -201,17 +225,25 @@ class EmbeddedStore(_Store):
         sql, schema_json = made
         parts = containers or max(1, min(os.cpu_count() or 1, len(bodies) // CONTAINER_MIN_RECORDS))
         per = -(-len(bodies) // parts)
-        paths = [inbox / f"{tag}-{k}.avro" for k in range(parts)]
+        staged = StagedContainer(writer.name, len(bodies), table or NATIVE[writer.name].table, sql,
+                                 [inbox / f"{tag}-{k}.avro" for k in range(parts)])
         try:
-            for k, path in enumerate(paths):
+            for k, path in enumerate(staged.paths):
                 path.write_bytes(object_container(schema_json, bodies[k * per:(k + 1) * per]))
-            result = self._session.query(sql, "TSV")
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    def insert_staged(self, staged: "StagedContainer") -> tuple[str, int]:
+        """A staged batch inserted (one statement) and its files removed, inserted or not."""
+        try:
+            result = self._session.query(staged.sql, "TSV")
         except Exception as exc:  # chdb: ClickHouse's message in a RuntimeError
-            raise StoreError(f"insert of {len(bodies)} {writer.name} records: {str(exc)[:4000]}") from None
+            raise StoreError(f"insert of {staged.records} {staged.name} records: {str(exc)[:4000]}") from None
         finally:
-            for path in paths:
-                path.unlink(missing_ok=True)
-        return table or NATIVE[writer.name].table, int(result.rows_written())
+            staged.discard()
+        return staged.table, int(result.rows_written())
 
     def arrow_types(self, table: str) -> dict:
         """The Arrow type of each column of ``esper.<table>`` (asked once per table)."""

@@ -108,6 +108,8 @@ def _rows(store) -> dict[str, list]:
 def _run(path, catalog, serde, items, native: bool):
     with EmbeddedStore(path) as store:
         inserted, rejected = sink.sink_records(store, serde, TOPICS, items, native=native)
+        inbox = path / "incoming"
+        assert not inbox.exists() or not list(inbox.iterdir())  # no container left behind, inserted or refused
         return inserted, [(i, reason) for i, reason, _ in rejected], _rows(store)
 
 
@@ -173,3 +175,22 @@ def test_a_container_holds_the_bodies_it_was_given(catalog, serde):
     raw = [serde.encode(_telemetry(i)) for i in range(5)]
     data = object_container(json.dumps(catalog.get(NAME).schema).encode(), [r[10:] for r in raw])
     assert list(reader(io.BytesIO(data))) == [serde.decode(r).record for r in raw]
+
+
+def test_a_batch_planned_on_one_thread_is_inserted_on_another_and_a_plan_never_inserted_leaves_nothing(
+        tmp_path, catalog, serde, containers):
+    """The processors' sink frames and stages the next batch on its reader thread while the store's thread inserts
+    the last one (``plan_records`` / ``sink_plan``): the same rows as ``sink_records`` in one go."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = _batch(catalog, serde, ["cut short"])
+    whole = _run(tmp_path / "whole", catalog, serde, items, native=True)
+    with EmbeddedStore(tmp_path / "split") as store, ThreadPoolExecutor(1) as store_thread:
+        plan = sink.plan_records(store, serde, TOPICS, items)
+        assert plan.staged and list((tmp_path / "split" / "incoming").iterdir())  # staged: on disk, not inserted
+        assert store.rows("SELECT count() AS n FROM esper.seed_telemetry")[0]["n"] == 0
+        inserted, rejected = store_thread.submit(sink.sink_plan, store, serde, TOPICS, plan).result()
+        assert (inserted, [(i, r) for i, r, _ in rejected], _rows(store)) == whole
+        dropped = sink.plan_records(store, serde, TOPICS, items)
+        dropped.discard()
+        assert not list((tmp_path / "split" / "incoming").iterdir())
