@@ -213,7 +213,12 @@ def plan_records(store, serde, registry, items: list[tuple[str, bytes]], native:
             plan.to_decode.append(i)
     try:
         for writer, offset, indices in by_writer.values():
-            staged = store.stage_container(writer, [memoryview(items[i][1])[offset:] for i in indices])
+            try:
+                staged = store.stage_container(writer, [memoryview(items[i][1])[offset:] for i in indices])
+            except StoreError as exc:
+                log.info("telemetry sink: could not stage %d %s records (%s); decoding them one by one",
+                         len(indices), writer.name, str(exc)[:300])
+                staged = None
             if staged is None:
                 plan.to_decode += indices
             else:

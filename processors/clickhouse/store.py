@@ -25,8 +25,8 @@ from processors.exceptions import StoreBusy, StoreError, StoreUnavailable
 
 CONTAINER_MIN_RECORDS = 1000  # a native batch is split in containers of at least this many records (one per core)
 
-__all__ = ["EmbeddedStore", "StagedContainer", "OwnerClient", "ServerStore", "StoreBusy", "StoreError", "StoreUnavailable", "open_store", "schema_sql",
-           "READ_LIMITS"]
+__all__ = ["EmbeddedStore", "StagedContainer", "OwnerClient", "ServerStore", "StoreBusy", "StoreError",
+           "StoreUnavailable", "open_store", "schema_sql", "READ_LIMITS"]
 
 
 def schema_sql() -> str:
@@ -136,7 +136,10 @@ class StagedContainer:
 
     def discard(self) -> None:
         for path in self.paths:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):  # never written: nothing to remove
+                pass
 
 
 class EmbeddedStore(_Store):
@@ -217,7 +220,6 @@ class EmbeddedStore(_Store):
         from processors.clickhouse.native import NATIVE, native_insert_sql, object_container
 
         inbox = self.path / "incoming"
-        inbox.mkdir(exist_ok=True)
         tag = f"{os.getpid()}-{secrets.token_hex(8)}"
         made = native_insert_sql(writer, str(inbox / f"{tag}-*.avro"), table)
         if made is None:
@@ -228,8 +230,12 @@ class EmbeddedStore(_Store):
         staged = StagedContainer(writer.name, len(bodies), table or NATIVE[writer.name].table, sql,
                                  [inbox / f"{tag}-{k}.avro" for k in range(parts)])
         try:
+            inbox.mkdir(exist_ok=True)
             for k, path in enumerate(staged.paths):
                 path.write_bytes(object_container(schema_json, bodies[k * per:(k + 1) * per]))
+        except OSError as exc:  # e.g. the disk full: the caller decodes the batch instead, as for a refused one
+            staged.discard()
+            raise StoreError(f"staging {len(bodies)} {writer.name} records: {exc}") from None
         except BaseException:
             staged.discard()
             raise

@@ -194,3 +194,16 @@ def test_a_batch_planned_on_one_thread_is_inserted_on_another_and_a_plan_never_i
         dropped = sink.plan_records(store, serde, TOPICS, items)
         dropped.discard()
         assert not list((tmp_path / "split" / "incoming").iterdir())
+
+
+def test_a_batch_that_cannot_be_staged_is_decoded_instead(tmp_path, catalog, serde):
+    """The containers cannot be written (here the inbox is a file; on a machine, a full disk): the batch goes the
+    decode path, with the same rows and dead letters, instead of stopping the sink."""
+    items = _batch(catalog, serde, ["cut short"])
+    python = _run(tmp_path / "python", catalog, serde, items, native=False)
+    with EmbeddedStore(tmp_path / "blocked") as store:
+        (tmp_path / "blocked" / "incoming").write_bytes(b"not a folder")
+        plan = sink.plan_records(store, serde, TOPICS, items)
+        assert not plan.staged
+        inserted, rejected = sink.sink_plan(store, serde, TOPICS, plan)
+        assert (inserted, [(i, r) for i, r, _ in rejected], _rows(store)) == python
