@@ -28,8 +28,9 @@ def processors(
                                        "by an older Esper (what `esper demo` and `esper run` start them with)."),
     workers: int = typer.Option(1, "--workers", min=1, max=16,
                                 help="Run seed-state and distributions in N child processes of one consumer group "
-                                     "(<app id>-state, ports port+1..port+N), each holding its partitions' state; "
-                                     "this process keeps urza and telemetry-sink and stops the children with it."),
+                                     "(<app id>-state, ports port+1..port+N, checked free first), each holding its "
+                                     "partitions' state; this process keeps urza and telemetry-sink, and the "
+                                     "children stop with it, also when it is killed."),
 ) -> None:
     """Run the processors' app until SIGTERM or Ctrl-C: seed state -> state.kasmina.seeds, Urza ->
     state.urza.library, Urabrask's peers -> state.urabrask.distributions, telemetry -> ClickHouse (this process
@@ -43,6 +44,12 @@ def processors(
     scaled = tuple(a for a in chosen if a in SCALABLE) if workers > 1 else ()
     procs = Processors(agents=tuple(a for a in chosen if a not in scaled), web_port=port, app_id=app_id)
     children_procs = Processors(agents=scaled, app_id=f"{procs.app_id}-state") if scaled else None
+    if scaled:
+        taken = _taken_ports(procs.web_port + 1, workers)
+        if taken:
+            raise typer.BadParameter(f"{workers} workers need ports {procs.web_port + 1}..{procs.web_port + workers} "
+                                     f"(one each), and something holds {', '.join(map(str, taken))}: choose "
+                                     "another --port", param_hint="--workers")
     for p in (procs, children_procs):
         if p is not None and (rebuild or (rebuild_stale and p.stale())):
             console.print(f"rebuilding: {', '.join(p.rebuild())} deleted; the state is folded again from the log")
@@ -77,12 +84,29 @@ def _exit_with_parent(poll: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _taken_ports(first: int, n: int) -> list[int]:
+    """Which of ports ``first``..``first + n - 1`` on 127.0.0.1 something already listens on or holds."""
+    import socket
+
+    taken = []
+    for port in range(first, first + n):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(port)
+    return taken
+
+
 def _spawn(agents: tuple[str, ...], app_id: str, port: int, n: int, loglevel: str) -> list:
+    """The workers, each told to stop when this process is gone (a SIGKILLed main would otherwise leave them
+    running: ``_stop`` is never reached)."""
     import subprocess
     import sys
 
+    env = {**os.environ, EXIT_WITH_PARENT: "1"}
     return [subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors", "--agents", ",".join(agents),
-                              "--app-id", app_id, "--port", str(port + i), "--loglevel", loglevel])
+                              "--app-id", app_id, "--port", str(port + i), "--loglevel", loglevel], env=env)
             for i in range(1, n + 1)]
 
 
