@@ -37,7 +37,7 @@ from typing import Any
 
 import faust
 
-from processors.clickhouse.sink import SINK_TOPICS, SinkPlan, backoff, plan_records, sink_plan, sink_records
+from processors.clickhouse.sink import SINK_TOPICS, SinkPlan, backoff, plan_records, sink_plan
 from processors.exceptions import StoreUnavailable
 from processors.faust_patch import limit_fetch_wait, rewind_to_committed
 from views.seed_state import APPLIED, GAP, fold_seed_record, seed_key
@@ -344,8 +344,7 @@ class Processors:
 
     def _insert(self, records: list):
         """On the store's thread: (rows inserted per table, records to dead-letter, when the insert finished)."""
-        return (*sink_records(self.store, self.serde, self.bb.registry, [(m.topic(), m.value()) for m in records]),
-                time.monotonic())
+        return self._insert_plan(self._plan(records))
 
     def _plan(self, records: list) -> SinkPlan:
         return plan_records(self.store, self.serde, self.bb.registry, [(m.topic(), m.value()) for m in records])

@@ -85,17 +85,10 @@ def _exit_with_parent(poll: float = 1.0) -> None:
 
 
 def _taken_ports(first: int, n: int) -> list[int]:
-    """Which of ports ``first``..``first + n - 1`` on 127.0.0.1 something already listens on or holds."""
-    import socket
+    """Which of ports ``first``..``first + n - 1`` on 127.0.0.1 something already holds."""
+    from esper_runtime.infra.local_kafka import _port_taken
 
-    taken = []
-    for port in range(first, first + n):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                taken.append(port)
-    return taken
+    return [port for port in range(first, first + n) if _port_taken(port)]
 
 
 def _spawn(agents: tuple[str, ...], app_id: str, port: int, n: int, loglevel: str) -> list:
