@@ -34,6 +34,10 @@ class LogSource(Protocol):
 
     def iter_partition(self, topic: str, partition: int, start: int, end: int) -> Iterator[LogRecord]: ...
 
+    def values(self, spans: Iterable["Bounds"]) -> Iterator[list[bytes | None]]:
+        """Every record value in the spans, in batches, each partition's in offset order but the partitions in no
+        order between them: for a fold whose result does not depend on the order across partitions (a count)."""
+
     def close(self) -> None: ...
 
 
@@ -83,9 +87,13 @@ class ReplayReader:
 
     def records(self, topics: Iterable[str], **bound_args) -> Iterator[LogRecord]:
         topics = list(topics)
+        return self.merged(self.bounds(topics, **bound_args), topics)
+
+    def merged(self, spans: Iterable[Bounds], topics: list[str]) -> Iterator[LogRecord]:
+        """The records in ``spans`` (from ``bounds``) in log order; ``topics`` orders ties between topics."""
         order = {t: i for i, t in enumerate(topics)}
         iters = []
-        for b in self.bounds(topics, **bound_args):
+        for b in spans:
             if b.end > b.start:
                 it = self.source.iter_partition(b.topic, b.partition, b.start, b.end)
                 iters.append(((r.timestamp_ms, order[r.topic], r.partition, r.offset), r) for r in it)
@@ -119,6 +127,11 @@ class MemorySource:
 
     def iter_partition(self, topic, partition, start, end):
         return iter(self.log.read(topic, partition, start, end))
+
+    def values(self, spans: Iterable[Bounds]) -> Iterator[list[bytes | None]]:
+        for b in spans:
+            if b.end > b.start:
+                yield [r.value for r in self.log.read(b.topic, b.partition, b.start, b.end)]
 
     def close(self) -> None:
         pass
@@ -241,6 +254,48 @@ class KafkaSource:
             self._done.add(tp)
             self._consumer.incremental_unassign([TopicPartition(*tp)])
             self._assigned.discard(tp)
+
+    def values(self, spans: Iterable[Bounds]) -> Iterator[list[bytes | None]]:
+        """See ``LogSource.values``: every partition assigned at once and read as it comes, no record built, no
+        merge. Needs a source with no ``iter_partition`` read under way (it owns the consumer's assignment)."""
+        from confluent_kafka import KafkaError, TopicPartition
+
+        if self._assigned:
+            raise TopicError("values() needs a source with no read under way")
+        spans = [b for b in spans if b.end > b.start]
+        if not spans:
+            return
+        ends = {(b.topic, b.partition): b.end for b in spans}
+        left = sum(b.end - b.start for b in spans)
+        reading = set(ends)
+        self._consumer.incremental_assign([TopicPartition(b.topic, b.partition, b.start) for b in spans])
+        try:
+            while reading:
+                # no more than is left: consume() waits out its timeout for a batch it cannot fill
+                msgs = self._consumer.consume(num_messages=max(1, min(5000, left)), timeout=0.5)
+                batch = []
+                for msg in msgs:
+                    tp = (msg.topic(), msg.partition())
+                    if tp not in reading:
+                        continue
+                    offset, end, err = msg.offset(), ends[tp], msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            raise TopicError(f"reading {tp[0]}[{tp[1]}]: {err.str()}")
+                        if offset >= end:
+                            reading.discard(tp)
+                        continue
+                    if offset >= end:
+                        reading.discard(tp)
+                        continue
+                    batch.append(msg.value())
+                    left -= 1
+                    if offset + 1 >= end:
+                        reading.discard(tp)
+                if batch:
+                    yield batch
+        finally:
+            self._consumer.incremental_unassign([TopicPartition(*tp) for tp in ends])
 
     def close(self) -> None:
         self._consumer.close()
