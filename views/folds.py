@@ -28,7 +28,7 @@ COUNTED_TOPICS = tuple(t for t in RUN_TOPICS if not any(RunView.handles(ev) for 
 
 # a fold reads the counted topics in a forked process when they hold at least this many records of its span: below
 # it the fork and the child's consumer cost more than they save (`esper bench replay`, README "Benchmarks")
-SPLIT_MIN_RECORDS = 5_000
+SPLIT_MIN_RECORDS = 1_000
 
 
 def fold_runs(backbone: Backbone, run_ids, *, split: bool | None = None,

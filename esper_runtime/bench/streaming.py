@@ -123,7 +123,7 @@ def _transitions(n: int, run_id: str, seeds: int = 2000) -> list[tuple[str, str,
 REPLAY_REPEATS = 5
 
 
-def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
+def replay(runs: int = 20, epochs: int = 300, layers: int = 8, split: bool | None = None) -> dict:
     from streams.state import read_state_topic
     from views.folds import RUN_TOPICS, fold_runs
 
@@ -147,7 +147,7 @@ def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
         fold_runs_, raw_runs, raw_records = [], [], 0
         for _ in range(REPLAY_REPEATS):  # the fold and its limit (the same records read in the same order, nothing
             with _timed() as took:  # decoded), alternated, best of each: both pay the same cold start once
-                views, bad = fold_runs(s.bb, run_ids)
+                views, bad = fold_runs(s.bb, run_ids, split=split)
             fold_runs_.append(took)
             with _timed() as took:
                 raw_records = sum(1 for _ in s.bb.replay_reader().records(topics))
@@ -171,7 +171,7 @@ def replay(runs: int = 20, epochs: int = 300, layers: int = 8) -> dict:
         matches = not wrong
         folded = sum(v.events for v in views.values())
         raw_rate = raw_records / raw_best["wall"]
-        return {"bench": "replay", "events": folded, "runs": runs, "events_per_s": round(folded / seconds),
+        return {"bench": "replay", "events": folded, "runs": runs, "split": split, "events_per_s": round(folded / seconds),
                 "raw_read_events_per_s": round(raw_rate), "over_raw_read": round(folded / seconds / raw_rate, 3),
                 "records_read": raw_records, "differences": wrong[:5],
                 "seconds": round(seconds, 2), "state_matches": bool(matches),

@@ -117,12 +117,15 @@ def _streaming(name: str, call, as_json: bool) -> None:
 @app.command()
 def replay(as_json: bool = typer.Option(False, "--json"),
            runs: int = typer.Option(20, help="Synthetic runs on the log."),
-           epochs: int = typer.Option(300, help="Epochs per run.")) -> None:
+           epochs: int = typer.Option(300, help="Epochs per run."),
+           split: bool | None = typer.Option(None, "--split/--no-split",
+                                             help="Count the counted topics in a forked process, or not (default: "
+                                                  "as `esper replay` decides, by the log's size).")) -> None:
     """Fold runs back from the log (decode + RunView) against the processors' live state: events/s, state_matches."""
     from esper_runtime.bench import streaming
 
     console.print(f"[dim]bench replay: {runs} runs of {epochs} epochs on the log, materialized, folded back...[/dim]")
-    _streaming("replay", lambda: streaming.replay(runs=runs, epochs=epochs), as_json)
+    _streaming("replay", lambda: streaming.replay(runs=runs, epochs=epochs, split=split), as_json)
 
 
 @app.command()
