@@ -338,7 +338,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     from esper_runtime.tolaria.trainer import count_params
     from esper_runtime.urza.library import load_view
     from esper_runtime.urza.store import ArtifactStore
-    from views.folds import fold_run
+    from views.folds import fold_runs
     from views.live import verify
 
     cfg = prep.cfg
@@ -384,7 +384,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     consumer.close()
 
     primary = runs[0]
-    folds = {r["run_id"]: fold_run(bb, r["run_id"])[0] for r in runs}
+    folds = fold_runs(bb, [r["run_id"] for r in runs])[0]  # one pass over the log for every run
     fold = folds[primary["run_id"]]
     live = {f"seed/{l}/{s}": c.name for l, s, c in primary["model"].kasmina.seeds()}
     diffs = [f"{k}: log {fold.seeds.get(k, 'DORMANT')} != live {v}" for k, v in live.items()
