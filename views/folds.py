@@ -55,7 +55,11 @@ def fold_runs(backbone: Backbone, run_ids, *, split: bool | None = None,
     if not split or not counted_spans:
         return _fold_ordered(reader, spans, topics, serde, run_ids)
     child = _Counter(backbone, counted_spans, run_ids)
-    views, bad = _fold_ordered(reader, [b for b in spans if b.topic not in counted], topics, serde, run_ids)
+    try:
+        views, bad = _fold_ordered(reader, [b for b in spans if b.topic not in counted], topics, serde, run_ids)
+    except BaseException:
+        child.stop(wait=0)  # nobody will read its answer
+        raise
     counts = child.result()
     if counts is None or not _add_counts(views, counts[1]):
         return _fold_ordered(backbone.replay_reader(), spans, topics, serde, run_ids)
@@ -106,10 +110,14 @@ class _Counter:
         except (EOFError, OSError):
             return None
         finally:
-            self._conn.close()
-            self._process.join(timeout=5)
-            if self._process.is_alive():
-                self._process.kill()
+            self.stop()
+
+    def stop(self, wait: float = 5.0) -> None:
+        self._conn.close()
+        self._process.join(timeout=wait)
+        if self._process.is_alive():  # blocked on an answer nobody reads, or still reading
+            self._process.kill()
+            self._process.join()
 
 
 def _count(backbone: Backbone, spans, run_ids: list[str], conn) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import pytest
 
@@ -158,3 +159,26 @@ def test_the_split_keeps_the_bounds(backend):
     run_ids = _publish_runs(backend, runs=("run-b1", "run-b2"))
     ordered, split = _both(bb, run_ids, until_offset=40)
     assert split == ordered and 0 < ordered[0]["run-b1"]["events"] < 200
+
+
+def test_a_fold_that_fails_here_stops_its_child(backend, monkeypatch):
+    """An error in the ordered half (a broker gone, say) is raised, and the child counting the other half is not
+    left behind waiting to be read."""
+    bb = _LogBackbone(backend)
+    run_ids = _publish_runs(backend, runs=("run-f",))
+    started = []
+    real_init = folds._Counter.__init__
+
+    def remember(self, *args):
+        real_init(self, *args)
+        started.append(self._process)
+
+    def broken(*args):
+        raise RuntimeError("the ordered half failed")
+
+    monkeypatch.setattr(folds._Counter, "__init__", remember)
+    monkeypatch.setattr(folds, "_count", lambda *args: time.sleep(60))  # a child still reading
+    monkeypatch.setattr(folds, "_fold_ordered", broken)
+    with pytest.raises(RuntimeError, match="ordered half"):
+        folds.fold_runs(bb, run_ids, split=True)
+    assert len(started) == 1 and not started[0].is_alive()
