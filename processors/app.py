@@ -29,6 +29,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import os
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -435,7 +436,7 @@ class Processors:
         marks = self._sink_marks
         sink_rate = (sum(r for _, r in marks[1:]) / (marks[-1][0] - marks[0][0])
                      if len(marks) > 1 and marks[-1][0] > marks[0][0] else None)
-        return {"app_id": self.app_id, "agents": list(self.agents),
+        return {"app_id": self.app_id, "pid": os.getpid(), "agents": list(self.agents),
                 "stats": {a: dict(c) for a, c in self.stats.items()}, "lag_p50_ms": q(0.5), "lag_p99_ms": q(0.99),
                 "lag_samples": len(lags), "sink_inserts": len(marks),
                 "sink_rows_per_s": round(sink_rate) if sink_rate else None, **self.links}

@@ -29,8 +29,9 @@ def processors(
     workers: int = typer.Option(1, "--workers", min=1, max=16,
                                 help="Run seed-state and distributions in N child processes of one consumer group "
                                      "(<app id>-state, ports port+1..port+N, checked free first), each holding its "
-                                     "partitions' state; this process keeps urza and telemetry-sink, and the "
-                                     "children stop with it, also when it is killed."),
+                                     "partitions' state; this process keeps urza and telemetry-sink, starts a "
+                                     "child that exits again (one that exits 5 times in 60 s is left down), and "
+                                     "the children stop with it, also when it is killed."),
 ) -> None:
     """Run the processors' app until SIGTERM or Ctrl-C: seed state -> state.kasmina.seeds, Urza ->
     state.urza.library, Urabrask's peers -> state.urabrask.distributions, telemetry -> ClickHouse (this process
@@ -53,8 +54,11 @@ def processors(
     for p in (procs, children_procs):
         if p is not None and (rebuild or (rebuild_stale and p.stale())):
             console.print(f"rebuilding: {', '.join(p.rebuild())} deleted; the state is folded again from the log")
-    children = _spawn(scaled, children_procs.app_id, procs.web_port, workers, loglevel) if scaled else []
-    procs.links["workers"] = [f"http://127.0.0.1:{procs.web_port + i}/esper/status/" for i in range(1, len(children) + 1)]
+    children = _spawn(scaled, children_procs.app_id, procs.web_port, workers, loglevel) if scaled else None
+    if children is not None:
+        procs.links["workers"] = [f"http://127.0.0.1:{procs.web_port + i}/esper/status/"
+                                  for i in range(1, len(children) + 1)]
+        procs.links["worker_restarts"] = children.restarts  # the list itself: the status shows it as it grows
     console.print(f"processors {procs.app_id}: {', '.join(procs.agents)}; status at "
                   f"http://127.0.0.1:{procs.web_port}/esper/status/"
                   + (f"; {len(children)} workers of {children_procs.app_id}: {', '.join(scaled)}" if children else ""))
@@ -63,7 +67,8 @@ def processors(
     try:
         procs.run(loglevel=loglevel)
     finally:
-        _stop(children)
+        if children is not None:
+            children.stop()
 
 
 def _exit_with_parent(poll: float = 1.0) -> None:
@@ -91,16 +96,78 @@ def _taken_ports(first: int, n: int) -> list[int]:
     return [port for port in range(first, first + n) if _port_taken(port)]
 
 
-def _spawn(agents: tuple[str, ...], app_id: str, port: int, n: int, loglevel: str) -> list:
+def _spawn(agents: tuple[str, ...], app_id: str, port: int, n: int, loglevel: str) -> "_Workers":
     """The workers, each told to stop when this process is gone (a SIGKILLed main would otherwise leave them
-    running: ``_stop`` is never reached)."""
-    import subprocess
+    running: ``_stop`` is never reached), and watched (``_Workers``)."""
     import sys
 
     env = {**os.environ, EXIT_WITH_PARENT: "1"}
-    return [subprocess.Popen([sys.executable, "-m", "esper_runtime.cli.main", "processors", "--agents", ",".join(agents),
-                              "--app-id", app_id, "--port", str(port + i), "--loglevel", loglevel], env=env)
-            for i in range(1, n + 1)]
+    return _Workers([[sys.executable, "-m", "esper_runtime.cli.main", "processors", "--agents", ",".join(agents),
+                      "--app-id", app_id, "--port", str(port + i), "--loglevel", loglevel] for i in range(1, n + 1)],
+                    env)
+
+
+class _Workers:
+    """Child processes watched from a thread: one that exits while this process runs is started again with the
+    same command (its partitions go to the other workers of the group meanwhile, and come back by the group's
+    rebalance); one that exits ``burst`` times within ``window`` seconds is left down. Each exit is said on the
+    console and listed in ``restarts`` (the app's status shows it as ``worker_restarts``)."""
+
+    def __init__(self, commands: list[list[str]], env: dict | None = None, poll: float = 1.0, burst: int = 5,
+                 window: float = 60.0):
+        import collections
+        import subprocess
+        import threading
+
+        self.commands, self.env, self.poll, self.burst, self.window = commands, env, poll, burst, window
+        self._popen = subprocess.Popen
+        self.children = [self._popen(c, env=env) for c in commands]
+        self.restarts: list[dict] = []
+        self._exits = [collections.deque() for _ in commands]
+        self._down: set[int] = set()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="processors-workers", daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        return len(self.children)
+
+    def _watch(self) -> None:
+        import time
+
+        while not self._stopping.wait(self.poll):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                for i, child in enumerate(self.children):
+                    if i in self._down or child.poll() is None:
+                        continue
+                    now = time.monotonic()
+                    exits = self._exits[i]
+                    exits.append(now)
+                    while now - exits[0] > self.window:
+                        exits.popleft()
+                    entry = {"worker": i + 1, "pid": child.pid, "exit_code": child.returncode,
+                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    if len(exits) >= self.burst:
+                        self._down.add(i)
+                        self.restarts.append({**entry, "started_again": False})
+                        console.print(f"worker {i + 1} (pid {child.pid}) exited with code {child.returncode}, "
+                                      f"{len(exits)} times in {self.window:.0f} s: left down; the other workers "
+                                      "hold its partitions")
+                        continue
+                    self.children[i] = self._popen(self.commands[i], env=self.env)
+                    self.restarts.append({**entry, "started_again": True, "new_pid": self.children[i].pid})
+                    console.print(f"worker {i + 1} (pid {child.pid}) exited with code {child.returncode}; started "
+                                  f"again as pid {self.children[i].pid}")
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop watching, then stop the children (``_stop``)."""
+        self._stopping.set()
+        with self._lock:
+            _stop(self.children, grace)
+        self._thread.join(timeout=5)
 
 
 def _stop(children: list, grace: float = 15.0) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import random
 import time
 import uuid
@@ -226,9 +227,27 @@ def test_workers_flag_runs_the_scalable_agents_in_children_and_stops_them(topic_
         st = main.status()
         assert st["agents"] == ["urza", "telemetry-sink"] and len(st["workers"]) == 2
         _readers_agree_with_the_replay(registry, tmp_path, port, run, want, want_urza, published)
+        pids = []
         for url in st["workers"]:
             with urllib.request.urlopen(url, timeout=5) as resp:
-                assert json.loads(resp.read())["agents"] == ["seed-state", "distributions"]
+                worker = json.loads(resp.read())
+                assert worker["agents"] == ["seed-state", "distributions"]
+                pids.append(worker["pid"])
+        os.kill(pids[0], signal.SIGKILL)  # a worker dies: main starts it again, on its port
+
+        def worker_pid():
+            try:
+                with urllib.request.urlopen(st["workers"][0], timeout=2) as resp:
+                    return json.loads(resp.read())["pid"]
+            except OSError:
+                return None
+
+        deadline = time.monotonic() + 120
+        while worker_pid() in (None, pids[0]) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert worker_pid() not in (None, pids[0])
+        [restart] = main.status()["worker_restarts"]
+        assert restart["pid"] == pids[0] and restart["started_again"] and restart["new_pid"] == worker_pid()
         assert main.stop() < 30
         for url in st["workers"]:  # stopped with it
             with pytest.raises(OSError):
