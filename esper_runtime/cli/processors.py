@@ -121,7 +121,7 @@ class _Workers:
 
         self.commands, self.env, self.poll, self.burst, self.window = commands, env, poll, burst, window
         self._popen = subprocess.Popen
-        self.children = [self._popen(c, env=env) for c in commands]
+        self.children = [self._start(c) for c in commands]
         self.restarts: list[dict] = []
         self._exits = [collections.deque() for _ in commands]
         self._down: set[int] = set()
@@ -132,6 +132,11 @@ class _Workers:
 
     def __len__(self) -> int:
         return len(self.children)
+
+    def _start(self, command: list[str]):
+        # a session of its own: a Ctrl-C at the terminal reaches this process only, which then stops the workers
+        # (``stop``), instead of every worker at once, each then seen exiting and started again
+        return self._popen(command, env=self.env, start_new_session=True)
 
     def _watch(self) -> None:
         import time
@@ -157,7 +162,7 @@ class _Workers:
                                       f"{len(exits)} times in {self.window:.0f} s: left down; the other workers "
                                       "hold its partitions")
                         continue
-                    self.children[i] = self._popen(self.commands[i], env=self.env)
+                    self.children[i] = self._start(self.commands[i])
                     self.restarts.append({**entry, "started_again": True, "new_pid": self.children[i].pid})
                     console.print(f"worker {i + 1} (pid {child.pid}) exited with code {child.returncode}; started "
                                   f"again as pid {self.children[i].pid}")

@@ -18,8 +18,9 @@ def test_the_workers_are_told_to_stop_when_their_main_process_is_gone(monkeypatc
     class FakePopen:
         pid, returncode = 1, None
 
-        def __init__(self, args, env=None):
+        def __init__(self, args, env=None, start_new_session=False):
             started.append((args, env))
+            assert start_new_session  # the terminal's Ctrl-C is for main alone
 
         def poll(self):
             return None
