@@ -80,7 +80,7 @@ def wrap(model: nn.Module, config: KasminaConfig | None = None, *, artifacts=Non
 
         backbone = Backbone()
         if artifacts is None:
-            artifacts = ArtifactStore(backbone.settings.home / "artifacts")
+            artifacts = ArtifactStore(backbone.settings.artifacts)
         if publisher is None:
             from esper_runtime.infra import LocalKafka
 

@@ -29,6 +29,24 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("these tests need the broker but lack @pytest.mark.integration: " + ", ".join(unmarked))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_kernels(tmp_path_factory):
+    """One compiled-kernel store for the session (``ESPER_ARTIFACTS_DIR``, which every ``esper`` the tests start
+    inherits): a test with a fresh home compiles only the kernels no earlier test compiled. A test of the first run a
+    new machine has (``test_demo``) takes it out of its environment. A store the runner names is kept."""
+    import os
+
+    if os.environ.get("ESPER_ARTIFACTS_DIR"):
+        yield os.environ["ESPER_ARTIFACTS_DIR"]
+        return
+    path = str(tmp_path_factory.mktemp("kernels"))
+    os.environ["ESPER_ARTIFACTS_DIR"] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop("ESPER_ARTIFACTS_DIR", None)
+
+
 @pytest.fixture(scope="session")
 def catalog() -> SchemaCatalog:
     return SchemaCatalog.load()

@@ -44,7 +44,7 @@ def run(width: int = 16, hits: int = 20000, device: str = "cpu") -> dict:
     """On ``device`` (cpu, cuda, auto): artifacts compiled for it, and the cold load ends after the first compiled
     call on it (the child's weights moved there, as Kasmina's attach does; CUDA synchronized)."""
     target = resolve(device)
-    store = ArtifactStore(load_settings().home / "artifacts")
+    store = ArtifactStore(load_settings().artifacts)
     ids, compile_s = _artifacts(store, width, target)
     x = torch.randn(64, width, device=target)
     warm_up_s = KernelCache(store).warm_up()  # what Kasmina does when a model is wrapped, before training

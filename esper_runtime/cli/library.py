@@ -164,7 +164,7 @@ def tezzeret(
     from esper_runtime.devices import DeviceUnavailable
 
     try:
-        worker = TezzeretWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), widths=_ints(widths),
+        worker = TezzeretWorker(bb.publisher(), ArtifactStore(bb.settings.artifacts), widths=_ints(widths),
                                 pipelines=tuple(p for p in pipelines.split(",") if p), device=device)
     except (DeviceUnavailable, ValueError) as exc:
         console.print(f"[red]tezzeret: {exc}[/red]")
@@ -191,7 +191,7 @@ def urabrask(
     dist, known = distributions_from_view(_view(bb))
     if processors_running(bb.settings):  # the distribution keeper's peers (the same kernels, kept live)
         dist = distributions_from_state(read_state_topic(bb, "state.urabrask.distributions"))
-    worker = UrabraskWorker(bb.publisher(), ArtifactStore(bb.settings.home / "artifacts"), dist, known)
+    worker = UrabraskWorker(bb.publisher(), ArtifactStore(bb.settings.artifacts), dist, known)
     console.print(f"urabrask: {len(known)} kernels already measured")
     _serve(bb, "tezzeret.kernels.events", group, "urabrask",
            lambda consumer: worker.run(consumer, idle_timeout=idle_timeout or None))

@@ -552,7 +552,7 @@ def field_trial(bb, prep, seeds: int, echo: Callable[[str], None] = print) -> di
 
     view = load_view(bb)
     record = field_outcomes(read_field_reports(bb))  # what runs before the trial saw, for every arm alike
-    store = ArtifactStore(bb.settings.home / "artifacts")
+    store = ArtifactStore(bb.settings.artifacts)
     runs: dict[str, list[dict]] = {arm: [] for arm in FIELD_ARMS}
     with bb.run_publisher() as publisher:
         for seed in range(seeds):

@@ -348,7 +348,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
     library = ensure_library(bb, prep.shapes, echo, progress, device=prep.device.type)
     view = load_view(bb)
     reports = read_field_reports(bb)  # earlier runs' outcomes, read once: every seed of this run sees the same
-    store = ArtifactStore(bb.settings.home / "artifacts")
+    store = ArtifactStore(bb.settings.artifacts)
     publisher = bb.run_publisher()
     policy = _policy(prep, opts, bb, view, store, publisher, echo) if cfg.controller == "gnn" else None
     runs = []

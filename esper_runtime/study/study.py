@@ -105,7 +105,7 @@ def _study(opts: StudyOptions, bb, echo, progress) -> dict:
         preps[name] = prepare(cfg)
     ensure_library(bb, set().union(*(p.shapes for p in preps.values())), echo, progress)
     view = load_view(bb)
-    store = ArtifactStore(bb.settings.home / "artifacts")
+    store = ArtifactStore(bb.settings.artifacts)
     publisher = bb.run_publisher()
     result = {"epochs": opts.epochs, "seeds": opts.seeds, "controller_defaults": esper.model_dump(mode="json"),
               "tasks": {}}

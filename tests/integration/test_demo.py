@@ -26,8 +26,10 @@ def _free_port() -> int:
 def demo_env(kafka_bootstrap, tmp_path_factory):
     """One home and topic prefix for the module: the first demo compiles the library, the others reuse it."""
     tmp = tmp_path_factory.mktemp("demo")
-    # an empty home and an empty compiler cache: the first run a new user has, cold compiles included
-    return tmp, dict(os.environ, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap, ESPER_HOME=str(tmp / "home"),
+    # an empty home, no kernel store shared with other tests and an empty compiler cache: the first run a new user
+    # has, cold compiles included
+    env = {k: v for k, v in os.environ.items() if k != "ESPER_ARTIFACTS_DIR"}
+    return tmp, dict(env, ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap, ESPER_HOME=str(tmp / "home"),
                      ESPER_TOPIC_PREFIX=f"demo-{uuid.uuid4().hex[:8]}.", ESPER_PROCESSORS_PORT=str(_free_port()),
                      TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"))
 

@@ -139,6 +139,11 @@ def test_state_laid_out_the_old_way_is_refused_and_rebuilt(topic_registry, tmp_p
         for ev in published:
             want.apply(ev)
         deadline = time.monotonic() + 90
+        # the status port opens after the rebuild has deleted and recreated the state topic; reading it before
+        # may find no topic at all
+        while worker.status() is None and time.monotonic() < deadline:
+            assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
+            time.sleep(0.5)
         while (got := _seeds(bb, [run, "gone"])) != {run: want.seed_states, "gone": {}} and \
                 time.monotonic() < deadline:
             time.sleep(1)
