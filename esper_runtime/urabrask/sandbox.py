@@ -1,10 +1,12 @@
-"""Urabrask's sandbox: load one kernel artifact in this (separate) process, run it, measure it, print JSON.
+"""Urabrask's sandbox: load one kernel artifact in a process of its own, run it, measure it, give a JSON verdict.
+
+The Urabrask worker (``worker.run_sandbox``) runs ``child`` in a fresh process forked from a server that has
+imported torch once (``python -m esper_runtime.urabrask.sandbox --serve``, see ``serve``); it gives the artifact's
+bytes as a file and the hash Urza declared for them, and reads the verdict ``{"passed": bool, "failure": str,
+...metrics}`` from a file. A crash, a hang (the parent's timeout) or a wrong result here rejects the kernel without
+touching the worker. By hand, the same measurement prints its verdict::
 
     python -m esper_runtime.urabrask.sandbox ARTIFACT_FILE ARTIFACT_ID SHA256 [--runs 3] [--batch 256] [--iters 200]
-
-The parent (the Urabrask worker) gives the artifact's bytes as a file and the hash Urza declared for them; a crash,
-a hang (the parent's timeout) or a wrong result here rejects the kernel without touching the worker. The last line
-of stdout is one JSON object: ``{"passed": bool, "failure": str, ...metrics}``.
 
 A kernel is measured on the device it was compiled for. On CPU: wall-clock latency on one thread, the working set
 from the profiler's memory events, no power figure. On CUDA: latency from CUDA events around each call, the peak of
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -143,7 +146,57 @@ def measure(path: str, artifact_id: str, sha256: str, runs: int, batch: int, ite
     }
 
 
+def child(path: str, artifact_id: str, sha256: str, runs: int, iters: int, verdict_path: str, output_path: str,
+          batch: int = 256) -> None:
+    """The sandbox process's work (``worker.run_sandbox`` starts it): measure, then write the verdict as JSON to
+    ``verdict_path``; this process's stdout and stderr (the kernel's, too) go to ``output_path``."""
+    fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        result = measure(path, artifact_id, sha256, runs, batch, iters)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or run is a verdict, reported as such
+        result = {"passed": False, "failure": f"{type(exc).__name__}: {exc}"[:2000]}
+    with open(verdict_path, "w") as fh:
+        json.dump(result, fh)
+
+
+def serve() -> int:
+    """The fork server (``--serve``): torch imported once, then per request line on stdin
+    (``{"args": [...child's arguments]}``) a forked child runs ``child``; this process prints ``{"pid": N}`` when it
+    has forked and ``{"pid": N, "exit": CODE}`` once the child is gone (a negative code: the signal that ended it).
+    It never runs a kernel itself, so every child starts from the same clean state. Ends at EOF on stdin."""
+    import torch  # noqa: F401 - what the server is for: every child inherits it imported
+
+    from esper_runtime.tezzeret import bundle  # noqa: F401
+
+    out = sys.stdout
+    for line in sys.stdin:
+        args = json.loads(line)["args"]
+        pid = os.fork()
+        if pid == 0:  # the sandbox
+            code = 70
+            try:
+                child(*args)
+                code = 0
+            finally:
+                sys.stdout.flush()  # into the output file child() pointed them at
+                sys.stderr.flush()
+                os._exit(code)
+        out.write(json.dumps({"pid": pid}) + "\n")
+        out.flush()
+        _, status = os.waitpid(pid, 0)
+        out.write(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status)}) + "\n")
+        out.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:] == ["--serve"]:
+        return serve()
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
     ap.add_argument("artifact_id")

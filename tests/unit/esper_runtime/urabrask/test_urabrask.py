@@ -135,3 +135,30 @@ def test_a_kernel_built_for_hardware_this_host_lacks_is_left_for_another_worker(
     published = [r for topic in ("urabrask.kernels.reports", "urza.kernels.events") for r in pub.log.records(topic)]
     assert measured == [] and published == [] and "gpu" not in worker.known and worker.stats.skipped == 1
     assert worker.can_measure("cpu_x86_64") and worker.can_measure("cpu") and not worker.can_measure("a100")
+
+
+def test_each_kernel_runs_in_a_fresh_child_of_one_server_that_comes_back_when_killed(bundles, tmp_path):
+    import os
+    import signal
+
+    from esper_runtime.urabrask.worker import SandboxServer, _server
+
+    good = bundles[0]
+    assert run_sandbox(good.data, good.artifact_id, good.sha256)["passed"]
+    server = _server()
+    first_server, first_child = server.proc.pid, server.last_pid
+    assert run_sandbox(good.data, good.artifact_id, good.sha256)["passed"]
+    assert server.proc.pid == first_server and server.last_pid != first_child  # same server, a new process
+    os.kill(server.proc.pid, signal.SIGKILL)  # the server gone between kernels: the next one starts it again
+    server.proc.wait()
+    assert run_sandbox(good.data, good.artifact_id, good.sha256)["passed"] and server.proc.pid != first_server
+    # a child that fails before any verdict is a failed verdict with its exit status; the server goes on
+    lone = SandboxServer()
+    try:
+        assert lone.run(["too", "few"], timeout=60) == 70
+        assert lone.run([str(tmp_path / "none"), "x", "0" * 64, 1, 1, str(tmp_path / "v.json"),
+                         str(tmp_path / "out")], timeout=60) == 0
+        assert "No such file" in (tmp_path / "v.json").read_text()
+    finally:
+        lone.close()
+    assert lone.proc is None
