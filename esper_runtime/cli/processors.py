@@ -162,7 +162,13 @@ class _Workers:
                                       f"{len(exits)} times in {self.window:.0f} s: left down; the other workers "
                                       "hold its partitions")
                         continue
-                    self.children[i] = self._start(self.commands[i])
+                    try:
+                        self.children[i] = self._start(self.commands[i])
+                    except OSError as exc:  # no fork, no memory: tried again next poll, until left down
+                        self.restarts.append({**entry, "started_again": False, "error": str(exc)})
+                        console.print(f"worker {i + 1} (pid {child.pid}) exited with code {child.returncode}; "
+                                      f"starting it again failed: {exc}")
+                        continue
                     self.restarts.append({**entry, "started_again": True, "new_pid": self.children[i].pid})
                     console.print(f"worker {i + 1} (pid {child.pid}) exited with code {child.returncode}; started "
                                   f"again as pid {self.children[i].pid}")

@@ -78,3 +78,22 @@ def test_a_taken_port_is_found():
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
     assert cli._taken_ports(free, 1) == []
+
+
+def test_a_worker_that_cannot_be_started_again_is_tried_each_poll_then_left_down():
+    crasher = [sys.executable, "-c", "raise SystemExit(3)"]
+    workers = cli._Workers([crasher], poll=0.05, burst=3, window=60.0)
+    real = workers._popen
+
+    def failing(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    workers._popen = failing
+    try:
+        _wait_for(lambda: any(r["worker"] == 1 and "error" not in r and not r["started_again"]
+                              for r in workers.restarts))
+        assert [r.get("error", "")[:9] for r in workers.restarts] == ["[Errno 12", "[Errno 12", ""]
+        assert workers._thread.is_alive()  # the watch goes on for the other workers
+    finally:
+        workers._popen = real
+        workers.stop()
