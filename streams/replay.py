@@ -11,6 +11,7 @@ of a live topic terminates. Sources: :class:`KafkaSource` (assign, no consumer g
 from __future__ import annotations
 
 import heapq
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -139,9 +140,11 @@ class MemorySource:
 
 class KafkaSource:
     """Reads partitions with one assigned consumer (no group, no commits), buffering per partition and pausing
-    partitions whose buffer is full, so a merge over many partitions streams in bounded memory."""
+    partitions whose buffer is full, so a merge over many partitions streams in bounded memory. A read that gets
+    nothing for ``stall_seconds`` while records it was promised (offsets below the end it was given) have not come
+    raises ``TopicError`` instead of waiting for ever: the broker went away, or the records did."""
 
-    def __init__(self, bootstrap: str, buffer_records: int = 20_000, **overrides):
+    def __init__(self, bootstrap: str, buffer_records: int = 20_000, stall_seconds: float = 120.0, **overrides):
         from confluent_kafka import Consumer
 
         config = {
@@ -154,7 +157,10 @@ class KafkaSource:
         }
         config.update(overrides)
         self._consumer = Consumer(config)
+        self._bootstrap = bootstrap
         self._buffer_records = buffer_records
+        self._stall_seconds = stall_seconds
+        self._progress_at = time.monotonic()  # when the consumer last delivered anything
         self._meta: dict[str, int] = {}
         self._buffers: dict[tuple[str, int], deque[LogRecord]] = {}
         self._ends: dict[tuple[str, int], int] = {}
@@ -199,6 +205,7 @@ class KafkaSource:
         self._next[tp] = start
         self._consumer.incremental_assign([TopicPartition(topic, partition, start)])
         self._assigned.add(tp)
+        self._progress_at = time.monotonic()
         return self._drain(tp)
 
     def _drain(self, tp: tuple[str, int]) -> Iterator[LogRecord]:
@@ -221,6 +228,7 @@ class KafkaSource:
         # the last batch of every read would otherwise cost 0.5 s (a third of a 60k-record replay)
         left = sum(self._ends[tp] - self._next[tp] for tp in self._assigned if tp not in self._done | self._paused)
         msgs = self._consumer.consume(num_messages=max(1, min(5000, left)), timeout=0.5)
+        self._check_stall(msgs, want, self._ends[want])
         for msg in msgs:
             tp = (msg.topic(), msg.partition())
             if tp not in self._buffers or tp in self._done:
@@ -247,6 +255,15 @@ class KafkaSource:
                 self._consumer.pause([TopicPartition(*tp)])
                 self._paused.add(tp)
 
+    def _check_stall(self, msgs: list, where: tuple[str, int], end: int) -> None:
+        now = time.monotonic()
+        if msgs:
+            self._progress_at = now
+        elif now - self._progress_at > self._stall_seconds:
+            raise TopicError(f"reading {where[0]}[{where[1]}]: nothing from {self._bootstrap} for "
+                             f"{self._stall_seconds:.0f} s while records below offset {end} "
+                             "were still to come (is the broker up? were the records deleted?)")
+
     def _finish(self, tp: tuple[str, int]) -> None:
         from confluent_kafka import TopicPartition
 
@@ -269,10 +286,13 @@ class KafkaSource:
         left = sum(b.end - b.start for b in spans)
         reading = set(ends)
         self._consumer.incremental_assign([TopicPartition(b.topic, b.partition, b.start) for b in spans])
+        self._progress_at = time.monotonic()
         try:
             while reading:
                 # no more than is left: consume() waits out its timeout for a batch it cannot fill
                 msgs = self._consumer.consume(num_messages=max(1, min(5000, left)), timeout=0.5)
+                waiting = min(reading)
+                self._check_stall(msgs, waiting, ends[waiting])
                 batch = []
                 for msg in msgs:
                     tp = (msg.topic(), msg.partition())

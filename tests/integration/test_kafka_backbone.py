@@ -144,6 +144,42 @@ def test_a_run_publisher_gathers_events_until_its_linger_or_a_flush(topic_regist
     assert (held, delivered) == (0, 3)
 
 
+def test_a_read_whose_records_never_come_says_so_instead_of_waiting_for_ever(topic_registry, kafka_bootstrap,
+                                                                             catalog):
+    """Bounds past what the partition holds (records deleted, a broker gone): after ``stall_seconds`` with nothing
+    delivered, both ways of reading raise, naming the partition and the offset they waited for."""
+    from streams.exceptions import TopicError
+    from streams.replay import Bounds
+
+    registry = topic_registry()
+    bb = Backbone(load_settings(), registry=registry, catalog=catalog)
+    topic = bb.resolve_topic("innovation.field_reports")
+    with bb.publisher() as pub:
+        envs = EnvelopeFactory("run-stall", "test")
+        for i in range(3):
+            pub.publish(_report(envs, i), key="one-key")
+        pub.flush()
+    bb.close()
+    source = KafkaSource(kafka_bootstrap, stall_seconds=2)
+    [(partition, end)] = [(p, source.watermarks(topic, p)[1]) for p in range(source.partitions(topic))
+                          if source.watermarks(topic, p)[1]]
+    assert end == 3
+    got = []
+    t0 = time.monotonic()
+    with pytest.raises(TopicError, match=f"{topic}\\[{partition}\\].*below offset 8"):
+        for rec in source.iter_partition(topic, partition, 0, 8):
+            got.append(rec.offset)
+    assert got == [0, 1, 2] and time.monotonic() - t0 < 60
+    source.close()
+    source = KafkaSource(kafka_bootstrap, stall_seconds=2)
+    values = []
+    with pytest.raises(TopicError, match="below offset 5"):
+        for batch in source.values([Bounds(topic, partition, 1, 5)]):
+            values.extend(batch)
+    assert len(values) == 2
+    source.close()
+
+
 def test_a_consumer_group_resumes_after_its_committed_offset(topic_registry, kafka_bootstrap, catalog):
     registry = topic_registry()
     bb = Backbone(load_settings(kafka_bootstrap=kafka_bootstrap), registry=registry, catalog=catalog)
