@@ -140,8 +140,16 @@ class RunView:
             self._tell(ev, position, "run", f"nothing grew: {why}")
 
     def no_growth_reason(self) -> str | None:
-        """Why nothing germinated, from Tamiyo's decisions (None when something did, or no controller decided)."""
-        if self.germinated or not self.waits:
+        """Why the run did not grow, or None when it did (or no controller decided). Nothing germinated: why, from
+        Tamiyo's decisions. Seeds germinated but the finished run has the host's parameters: none was part of the
+        model at the end (culled, rolled back, or still in its lifecycle when the epochs ran out)."""
+        if self.germinated:
+            if self.final_params is None or self.host_params is None or self.final_params > self.host_params:
+                return None
+            return (f"{self.germinated} seed(s) germinated but none was part of the model at the end "
+                    f"({self.fossilized} fossilized, {self.culled} culled; {self.host_params} -> {self.final_params} "
+                    f"params): every seed was culled or rolled back, or the epochs ran out before one was grafted")
+        if not self.waits:
             return None
         blocked = {r: n for r, n in self.waits.items() if r.startswith(("no candidate", "germination budget"))}
         if blocked:

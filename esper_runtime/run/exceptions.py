@@ -35,6 +35,6 @@ class RunBroke(EsperError):
 
 
 class NoGrowth(EsperError):
-    """The run finished but nothing germinated in any seed's run: the summary says why."""
+    """The run finished but no seed's run grew (ended with more parameters than its host): the summary says why."""
 
     exit_code = 4

@@ -37,7 +37,7 @@ class RunOptions:
     out: Path
     policy: Path | None = None  # gnn: a policy directory (default: the latest Simic trained)
     experience_runs: int = 4  # gnn without a policy: heuristic runs logged first, for Simic to learn from
-    require_growth: bool = True  # finishing with nothing germinated is an error (NoGrowth)
+    require_growth: bool = True  # finishing with no run grown past its host's parameters is an error (NoGrowth)
     resume: bool = False  # continue each seed's grown run from its checkpoint in out/checkpoints/s<seed>/
 
 
@@ -404,7 +404,9 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
                 "values": values}
 
     germinated = [folds[r["run_id"]].germinated for r in runs]
-    no_growth = {r["run_id"]: folds[r["run_id"]].no_growth_reason() for r in runs if not folds[r["run_id"]].germinated}
+    # a run grew when it ended with more parameters than its host: germinating alone is not growth
+    no_growth = {r["run_id"]: folds[r["run_id"]].no_growth_reason() for r in runs
+                 if r["final_params"] <= r["host_params"]}
     kasmina = primary["model"].kasmina
     summary = {
         "run_id": primary["run_id"],
@@ -464,7 +466,7 @@ def _execute(prep: Prepared, opts: RunOptions, bb, echo, progress) -> dict:
                      "out_features": prep.n_outputs, "scaling": prep.data.scaling, "classes": prep.data.classes})
     (opts.out / "lineage.json").write_text((opts.out / "model" / "lineage.json").read_text())
     write_report(opts.out, summary, runs)
-    if opts.require_growth and not any(germinated):
+    if opts.require_growth and len(no_growth) == len(runs):
         raise NoGrowth(f"nothing grew in any of the {cfg.seeds} run(s): {no_growth.get(primary['run_id'])} "
                        f"(the summary and report are in {opts.out})")
     return summary

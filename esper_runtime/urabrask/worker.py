@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from esper_runtime.devices import hardware_label
+from esper_runtime.urabrask.exceptions import SandboxServerError
 from esper_runtime.urabrask.tagging import Distributions, assign_tags
 from esper_runtime.urza.store import ArtifactNotFound, ArtifactStore
 from streams.contracts import KernelCompiled, KernelStatusChanged, KernelTagsAssigned, KernelValidationReport
@@ -72,10 +73,6 @@ def _tail(path: Path, chars: int = 500) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
-
-
-class SandboxServerError(RuntimeError):
-    pass
 
 
 class SandboxServer:

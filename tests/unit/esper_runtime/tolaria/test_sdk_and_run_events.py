@@ -264,3 +264,14 @@ def test_a_run_killed_mid_checkpoint_resumes_from_the_one_before(library, publis
     assert meta["epoch"] == 4
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(
         ["last.json", meta["model_file"], meta["resume_file"]])  # the torn files went with the next checkpoint
+
+
+
+def test_a_run_whose_seed_germinated_but_never_joined_the_model_did_not_grow(library, publisher):
+    # after one epoch of warm-up a seed germinates at epoch 2's boundary; the run ends there, before it is grafted
+    model, tamiyo, trainer = _run(library, publisher, epochs=2)
+    host_params = sum(p.numel() for p in model.parameters())
+    trainer.train()
+    folded, _ = _run_events(publisher, "run-t")
+    assert folded.germinated == 1 and folded.final_params == host_params
+    assert folded.no_growth_reason().startswith("1 seed(s) germinated but none was part of the model at the end")
