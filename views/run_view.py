@@ -13,7 +13,11 @@ from typing import Any
 from views.seed_state import DUPLICATE, GAP, fold_seed
 from views.urza_view import Unapplicable, parse_json
 
-__all__ = ["RunView"]
+__all__ = ["RunView", "TAKEN_BACK"]
+
+
+_MILESTONES = {"GERMINATED": "germinated", "FOSSILIZED": "fossilized", "CULLED": "culled"}
+TAKEN_BACK = "resume: taken back"  # how the reason of a resume's transition back to its checkpoint's state begins
 
 
 @dataclass
@@ -41,6 +45,9 @@ class RunView:
     config: dict | None = None  # the run's resolved configuration, as RunStarted recorded it
     waits: dict[str, int] = field(default_factory=dict)  # Tamiyo's reasons for not acting, epochs each
     rejected: list[str] = field(default_factory=list)  # events the fold could not apply, and why (skipped)
+    # (epoch, counter) of each germination, fossilization, cull and field report counted: a resume's rollback
+    # uncounts those of the epochs it takes back, which the resumed run trains (and counts) again
+    counted: list[tuple[int, str]] = field(default_factory=list)
 
     def apply(self, ev: Any, position: str = "") -> None:
         env = ev.envelope
@@ -87,9 +94,9 @@ class RunView:
         to = ev.to_state.value
         self.seeds[origin] = to
         self.seed_kernels[origin] = ev.kernel_artifact_id
-        self.germinated += to == "GERMINATED"
-        self.fossilized += to == "FOSSILIZED"
-        self.culled += to == "CULLED"
+        counter = _MILESTONES.get(to)
+        if counter is not None and not ev.reason.startswith(TAKEN_BACK):  # a way back is no new milestone
+            self._count(counter, ev.epoch)
         if to in ("GERMINATED", "FOSSILIZED", "CULLED", "ROLLED_BACK", "ERROR_RECOVERY", "CANCELLED") or \
                 ev.reason.startswith(("load failed", "resume:")):
             self._tell(ev, position, "lifecycle", f"epoch {ev.epoch}: {origin} {ev.from_state.value} -> {to}"
@@ -107,7 +114,7 @@ class RunView:
                        candidates=len(ev.candidates))
 
     def _on_FieldReport(self, ev, position) -> None:
-        self.field_reports += 1
+        self._count("field_reports", max(self.epochs, default=0))  # sent at the boundary of the last epoch
         self._tell(ev, position, "outcome", f"seed {ev.seed_id}: {ev.outcome}, val acc {ev.pre_metric:.4f} -> "
                    f"{ev.post_metric:.4f}, reward {ev.reward if ev.reward is not None else float('nan'):.2f}",
                    blueprint=ev.blueprint_id, kernel=ev.kernel_artifact_id)
@@ -128,6 +135,10 @@ class RunView:
     def _on_RollbackPerformed(self, ev, position) -> None:
         for epoch in [e for e in self.epochs if e > ev.to_epoch]:
             del self.epochs[epoch]  # trained again from the checkpoint
+        if ev.trigger == "resume":  # the epochs past the checkpoint did not happen in the run that goes on
+            for epoch, counter in [c for c in self.counted if c[0] > ev.to_epoch]:
+                setattr(self, counter, getattr(self, counter) - 1)
+            self.counted = [c for c in self.counted if c[0] <= ev.to_epoch]
         self._tell(ev, position, "rollback", f"epoch {ev.from_epoch}: rolled back to epoch {ev.to_epoch} "
                    f"({ev.trigger}: {ev.reason})")
 
@@ -138,6 +149,10 @@ class RunView:
         why = self.no_growth_reason()
         if why:
             self._tell(ev, position, "run", f"nothing grew: {why}")
+
+    def _count(self, counter: str, epoch: int) -> None:
+        setattr(self, counter, getattr(self, counter) + 1)
+        self.counted.append((epoch, counter))
 
     def no_growth_reason(self) -> str | None:
         """Why the run did not grow, or None when it did (or no controller decided). Nothing germinated: why, from

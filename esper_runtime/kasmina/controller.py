@@ -27,6 +27,7 @@ from esper_runtime.kasmina.state import HEALTH, StateLayout, kernel_hash
 from streams.contracts import KasminaControlCommand, SeedHealth, SeedLifecycleTransition, SeedTelemetry
 from streams.envelope import EnvelopeFactory
 from streams.publisher import Publisher
+from views.run_view import TAKEN_BACK
 
 __all__ = ["Kasmina", "BoundaryReport", "seed_name"]
 
@@ -349,7 +350,7 @@ class Kasmina:
                 envelope=self.envelopes.next(name), layer_id=layer_id, seed_id=i, from_state=Code[was].state,
                 to_state=code.state, epoch=epoch, command_id=None,
                 kernel_artifact_id=self._seeds[(layer_id, i)].kernel_artifact_id or None,
-                reason=f"resume: taken back to the checkpoint of epoch {epoch}"))
+                reason=f"{TAKEN_BACK} to the checkpoint of epoch {epoch}"))
             taken.append(name)
         self._flush_events()
         return taken

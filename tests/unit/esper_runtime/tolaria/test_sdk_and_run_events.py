@@ -152,6 +152,10 @@ def _log_versions(publisher, run_id):
     return versions
 
 
+def _milestones(view):
+    return view.germinated, view.fossilized, view.culled, view.field_reports
+
+
 def _maker(library, publisher):
     def make(run_id, checkpoints):
         store, view = library
@@ -188,19 +192,24 @@ def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(library, publishe
     folded, _ = _run_events(publisher, "run-resumed")
     assert folded.status == "completed" and folded.gaps == [] and folded.duplicates == 0
     assert sorted(folded.epochs) == list(range(1, 15))
+    assert _milestones(folded) == _milestones(_run_events(publisher, "run-straight")[0])  # none counted twice
     with pytest.raises(Exception, match="not run-other's"):
         make("run-other", tmp_path / "c").resume(tmp_path / "b")
 
 
-def test_a_run_killed_after_its_transitions_reached_the_log_takes_them_back_on_resume(library, publisher, tmp_path):
+@pytest.mark.parametrize("later", [0, 1])
+def test_a_run_killed_after_its_transitions_reached_the_log_takes_them_back_on_resume(library, publisher, tmp_path,
+                                                                                       later):
     """Killed after an epoch's boundary published seed transitions and before that epoch's checkpoint: the resume
-    publishes each moved seed's way back to the checkpoint's state, and the run ends as an uninterrupted one does."""
+    publishes each moved seed's way back to the checkpoint's state, and the run ends as an uninterrupted one does.
+    ``later`` 0: killed in the epoch a seed germinated (it goes back to DORMANT); 1: in the epoch after (the seed
+    goes back to GERMINATED, which is no second germination)."""
     make = _maker(library, publisher)
     _, straight = make("run-straight", tmp_path / "a").train()
     _, events = _run_events(publisher, "run-straight")
     moves = sorted({ev.epoch for ev in events if type(ev).__name__ == "SeedLifecycleTransition" and ev.epoch > 1})
     assert moves, "the straight run's seeds never moved after epoch 1"
-    stop = moves[0]
+    stop = moves[0] + later
 
     def killed_before_the_checkpoint(record):
         if record["epoch"] == stop:
@@ -216,7 +225,8 @@ def test_a_run_killed_after_its_transitions_reached_the_log_takes_them_back_on_r
                          log_seeds=folded.seeds) == stop - 1
     live = {f"seed/{l}/{s}": c.name for l, s, c in second.kasmina.seeds()}
     folded, events = _run_events(publisher, "run-taken")
-    assert any("taken back to the checkpoint" in getattr(ev, "reason", "") for ev in events)
+    backs = [ev for ev in events if "taken back to the checkpoint" in getattr(ev, "reason", "")]
+    assert backs and {ev.to_state.value for ev in backs} == {"DORMANT" if not later else "GERMINATED"}
     assert any("resume: taken back to the checkpoint" in line["text"] for line in folded.story)  # replay says so
     assert {k: v for k, v in folded.seeds.items() if v != "DORMANT"} == {k: v for k, v in live.items()
                                                                            if v != "DORMANT"}
@@ -224,6 +234,9 @@ def test_a_run_killed_after_its_transitions_reached_the_log_takes_them_back_on_r
     assert history.epochs[-1]["val_accuracy"] == straight.epochs[-1]["val_accuracy"]
     folded, _ = _run_events(publisher, "run-taken")
     assert folded.status == "completed" and folded.gaps == [] and folded.duplicates == 0
+    # the milestones of the epoch taken back, and the ways back, are not counted: the totals are the straight run's
+    assert _milestones(folded) == _milestones(_run_events(publisher, "run-straight")[0])
+    assert folded.germinated >= 1
     assert {k: v for k, v in folded.seeds.items() if v != "DORMANT"} == {
         f"seed/{l}/{s}": c.name for l, s, c in second.kasmina.seeds() if c.name != "DORMANT"}
 
