@@ -72,8 +72,9 @@ class Backbone:
         return ReplayReader(self.source(), self.serde)
 
     def consumer(self, topics: Iterable[str], group_id: str, name: str | None = None, **overrides) -> EventConsumer:
-        sink = DeadLetterSink(self.publisher(), name or group_id)
-        return EventConsumer(self.bootstrap, topics, group_id, self.serde, sink, self.registry, **overrides)
+        sink = DeadLetterSink(self.publisher(), name or group_id)  # the consumer's own: closed with it
+        return EventConsumer(self.bootstrap, topics, group_id, self.serde, sink, self.registry,
+                             close_deadletter=True, **overrides)
 
     def close(self) -> None:
         for src in self._sources:

@@ -55,8 +55,11 @@ class EventConsumer:
         deadletter: DeadLetterSink,
         registry: TopicRegistry = TOPICS,
         from_beginning: bool = True,
+        close_deadletter: bool = False,
         **overrides,
     ):
+        """``close_deadletter``: the dead-letter sink's publisher is this consumer's own, closed with it (its
+        librdkafka handle, threads and connections released); otherwise the caller's, left open."""
         from confluent_kafka import Consumer
 
         self.topics = list(topics)
@@ -65,6 +68,7 @@ class EventConsumer:
         self.serde = serde
         self.registry = registry
         self.deadletter = deadletter
+        self._close_deadletter = close_deadletter
         config = {
             "bootstrap.servers": bootstrap,
             "group.id": group_id,
@@ -170,7 +174,11 @@ class EventConsumer:
         try:
             self.commit()
         finally:
-            self._consumer.close()
+            try:
+                self._consumer.close()
+            finally:
+                if self._close_deadletter:
+                    self.deadletter.publisher.close()
 
     def __enter__(self):
         return self

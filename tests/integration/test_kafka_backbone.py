@@ -86,6 +86,8 @@ def test_undecodable_records_go_to_the_dead_letter_topic_and_the_consumer_keeps_
         if len(good) == 2 and consumer.dead_lettered == 2:
             break
     consumer.close()
+    with pytest.raises(PublishError):  # the dead-letter publisher the backbone made for it was closed with it
+        consumer.deadletter.publisher.publish_raw(registry.deadletter, b"late", b"k")
     assert sorted(e.decoded.typed().seed_id for e in good) == ["0/0", "0/1"]  # two partitions: no order between them
     dead = list(ReplayReader(bb.source(), bb.serde).records([registry.deadletter]))
     bb.close()
